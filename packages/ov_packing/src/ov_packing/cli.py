@@ -1,0 +1,21 @@
+"""The `ov-pack` command line interface.
+
+Every onevision CLI is a click group configured the same way: `-h/--help` on every command,
+defaults shown in the help text, `--version` on the group. Heavy imports (torch) happen inside
+the commands so that `--help` answers instantly.
+"""
+
+import click
+
+from ov_packing import __version__
+
+
+@click.group(
+    name="ov-pack",
+    context_settings={"show_default": True, "help_option_names": ["-h", "--help"]},
+)
+@click.version_option(__version__, "-V", "--version", prog_name="ov-pack")
+def main() -> None:
+    """Offline packing of variable-length samples into fixed-capacity bins (C++ core), plan files
+    and packed shards.
+    """

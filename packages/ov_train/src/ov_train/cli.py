@@ -1,0 +1,21 @@
+"""The `ov-train` command line interface.
+
+Every onevision CLI is a click group configured the same way: `-h/--help` on every command,
+defaults shown in the help text, `--version` on the group. Heavy imports (torch) happen inside
+the commands so that `--help` answers instantly.
+"""
+
+import click
+
+from ov_train import __version__
+
+
+@click.group(
+    name="ov-train",
+    context_settings={"show_default": True, "help_option_names": ["-h", "--help"]},
+)
+@click.version_option(__version__, "-V", "--version", prog_name="ov-train")
+def main() -> None:
+    """Three-stage LLaVA-OneVision-1.5 trainer on torch.distributed: recipes, packed data, exact
+    resume, quickstart.
+    """

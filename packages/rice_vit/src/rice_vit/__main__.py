@@ -1,0 +1,5 @@
+"""Run the `rice-vit` command line interface as `python -m rice_vit`."""
+
+from rice_vit.cli import main
+
+main()
