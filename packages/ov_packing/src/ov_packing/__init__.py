@@ -1,12 +1,49 @@
 """ov_packing: offline packing of variable-length samples into fixed-capacity bins.
 
 The heavy lifting happens in the compiled `ov_packing._core` extension (C++17, pybind11); the
-modules here are a thin, typed Python API over it.
+modules here are a thin, typed Python API over it:
+
+- `inputs`: read and write per-sample lengths (JSONL, `name:length` text, .npy, optionally .zst);
+- `packer`: `pack(...) -> PackPlan`;
+- `plan`: the `PackPlan` and its versioned file format;
+- `stats`, `verify`: numbers about a plan and an independent check of its invariants;
+- `shards`: packed webdataset shards written from a plan, and read back;
+- `reference`, `synthetic`: the numpy FFD oracle and realistic length generators.
 """
 
 from importlib.metadata import version
 
 from ov_packing.bounds import lower_bound_bins
+from ov_packing.errors import (
+    InputFormatError,
+    PackingError,
+    PlanFileError,
+    PlanVerificationError,
+    ShardError,
+)
+from ov_packing.inputs import SampleLengths, read_lengths, write_lengths
+from ov_packing.packer import pack
+from ov_packing.plan import PackParams, PackPlan, RejectReason
+from ov_packing.stats import PackStats, compute_stats
+from ov_packing.verify import verify_plan
 
 __version__ = version("ov-packing")
-__all__ = ["__version__", "lower_bound_bins"]
+__all__ = [
+    "InputFormatError",
+    "PackParams",
+    "PackPlan",
+    "PackStats",
+    "PackingError",
+    "PlanFileError",
+    "PlanVerificationError",
+    "RejectReason",
+    "SampleLengths",
+    "ShardError",
+    "__version__",
+    "compute_stats",
+    "lower_bound_bins",
+    "pack",
+    "read_lengths",
+    "verify_plan",
+    "write_lengths",
+]

@@ -1,21 +1,250 @@
 """The `ov-pack` command line interface.
 
 Every onevision CLI is a click group configured the same way: `-h/--help` on every command,
-defaults shown in the help text, `--version` on the group. Heavy imports (torch) happen inside
-the commands so that `--help` answers instantly.
+defaults shown in the help text, `--version` on the group. Bad input ends the command with a
+one-line error naming the file, line or sample (exit status 1), never a traceback.
 """
 
+import sys
+import time
+from pathlib import Path
+
 import click
+import msgspec
 
 from ov_packing import __version__
+from ov_packing.errors import PackingError
+
+_CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 
-@click.group(
-    name="ov-pack",
-    context_settings={"show_default": True, "help_option_names": ["-h", "--help"]},
-)
+class _Group(click.Group):
+    """Turns ov_packing's input errors into clean CLI errors."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except PackingError as error:
+            raise click.ClickException(str(error)) from error
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(name="ov-pack", cls=_Group, context_settings=_CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="ov-pack")
 def main() -> None:
-    """Offline packing of variable-length samples into fixed-capacity bins (C++ core), plan files
-    and packed shards.
+    """Offline packing of variable-length samples into fixed-capacity bins (C++ core), plan
+    files and packed shards."""
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--capacity", type=click.IntRange(min=1), required=True, help="Tokens per bin.")
+@click.option(
+    "--patch-capacity",
+    type=click.IntRange(min=1),
+    default=None,
+    help="ViT patches per bin (needs per-sample patch counts in the input). Default: unbounded.",
+)
+@click.option(
+    "--max-per-bin",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Samples per bin. Default: unbounded.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=2,
+    help="Threads; changes speed only, never the plan.",
+)
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, help="Seed of the bin order.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Plan file to write.",
+)
+def plan(
+    input_path: Path,
+    capacity: int,
+    patch_capacity: int | None,
+    max_per_bin: int | None,
+    threads: int,
+    seed: int,
+    output: Path,
+) -> None:
+    """Pack the samples listed in INPUT into bins and write a plan file.
+
+    INPUT is JSONL ({"id", "tokens", "patches"?} per line), the `name:length` text format or a
+    .npy array, each optionally zstd-compressed (.zst).
     """
+    from ov_packing.inputs import read_lengths
+    from ov_packing.packer import pack
+    from ov_packing.stats import compute_stats, format_stats
+
+    started = time.perf_counter()
+    lengths = read_lengths(input_path)
+    _say(
+        f"read {len(lengths):,} samples from {input_path} in {time.perf_counter() - started:.2f} s"
+    )
+    if len(lengths) == 0:
+        _say(f"warning: {input_path} holds no samples; writing an empty plan")
+    started = time.perf_counter()
+    result = pack(
+        lengths,
+        capacity=capacity,
+        patch_capacity=patch_capacity,
+        max_per_bin=max_per_bin,
+        seed=seed,
+        threads=threads,
+    )
+    _say(f"packed into {result.num_bins:,} bins in {time.perf_counter() - started:.2f} s")
+    result.save(output)
+    _say(f"wrote {output}")
+    click.echo(format_stats(compute_stats(result)))
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as one JSON object.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    help="Batch size of the input-order padding baseline.",
+)
+def stats(plan_path: Path, as_json: bool, batch_size: int) -> None:
+    """Print the statistics of a plan: bins, lower bound, fill, padding saved."""
+    from ov_packing.plan import PackPlan
+    from ov_packing.stats import compute_stats, format_stats
+
+    result = compute_stats(PackPlan.load(plan_path), batch_size=batch_size)
+    click.echo(msgspec.json.encode(result).decode() if as_json else format_stats(result))
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False, path_type=Path))
+def show(plan_path: Path) -> None:
+    """Print one JSON line per bin: {"bin", "ids", "tokens", "patches"}."""
+    from ov_packing.plan import PackPlan
+
+    loaded = PackPlan.load(plan_path)
+    tokens = loaded.bin_tokens()
+    patches = loaded.bin_patches()
+    out = sys.stdout
+    for index in range(loaded.num_bins):
+        row = {
+            "bin": index,
+            "ids": [loaded.sample_id(int(i)) for i in loaded.bin(index)],
+            "tokens": int(tokens[index]),
+            "patches": None if patches is None else int(patches[index]),
+        }
+        out.write(msgspec.json.encode(row).decode() + "\n")
+
+
+@main.command()
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The input the plan was made from; also check that the plan describes it exactly.",
+)
+def verify(plan_path: Path, input_path: Path | None) -> None:
+    """Re-check every invariant of a plan independently of the packer (exit status 1 if broken)."""
+    from ov_packing.inputs import read_lengths
+    from ov_packing.plan import PackPlan
+    from ov_packing.verify import verify_plan
+
+    loaded = PackPlan.load(plan_path)
+    verify_plan(loaded, read_lengths(input_path) if input_path is not None else None)
+    checked = f" against {input_path}" if input_path is not None else ""
+    click.echo(
+        f"ok: {plan_path}{checked}: {loaded.num_samples:,} samples, {loaded.num_bins:,} bins"
+    )
+
+
+@main.command()
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Plan file whose ids are the source samples' keys.",
+)
+@click.option(
+    "--source",
+    "source_patterns",
+    multiple=True,
+    required=True,
+    help="Source webdataset tars: files, folders or glob patterns (quote them); may repeat.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Output directory for the packed shards and index.json.",
+)
+@click.option(
+    "--max-bins-per-shard",
+    type=click.IntRange(min=1),
+    default=1000,
+    help="Start a new shard after this many bins.",
+)
+@click.option(
+    "--max-shard-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Start a new shard before one would grow past this many bytes. Default: no limit.",
+)
+def write(
+    plan_path: Path,
+    source_patterns: tuple[str, ...],
+    out: Path,
+    max_bins_per_shard: int,
+    max_shard_bytes: int | None,
+) -> None:
+    """Write packed webdataset shards: one tar entry per bin, with its sub-samples' files."""
+    from ov_packing.plan import PackPlan
+    from ov_packing.shards import write_shards
+
+    index = write_shards(
+        PackPlan.load(plan_path),
+        list(source_patterns),
+        out,
+        max_bins_per_shard=max_bins_per_shard,
+        max_shard_bytes=max_shard_bytes,
+        progress=True,
+    )
+    click.echo(f"wrote {index.num_bins:,} bins in {len(index.shards)} shards to {out}")
+
+
+@main.command()
+@click.argument("distribution", type=click.Choice(["caption", "sft", "uniform"]))
+@click.option("-n", "--count", type=click.IntRange(min=0), default=100_000, help="Samples.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, help="Random seed.")
+@click.option(
+    "--capacity", type=click.IntRange(min=10), default=8192, help="Shapes `uniform` lengths."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output file: .jsonl, .txt (name:length) or .npy, optionally with .zst.",
+)
+def synth(distribution: str, count: int, seed: int, capacity: int, output: Path) -> None:
+    """Generate realistic synthetic sample lengths (see ov_packing.synthetic) to try packing on."""
+    from ov_packing.inputs import SampleLengths, write_lengths
+    from ov_packing.synthetic import generate_lengths
+
+    lengths = generate_lengths(distribution, count, seed=seed, capacity=capacity)
+    if ".txt" in output.suffixes:  # the release's name:length format has no patch counts
+        lengths = SampleLengths(lengths.source, lengths.ids, lengths.tokens, None)
+    write_lengths(output, lengths)
+    click.echo(f"wrote {count:,} {distribution} samples to {output}")
