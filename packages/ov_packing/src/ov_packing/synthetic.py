@@ -34,8 +34,8 @@ def smart_resize_grid(
     """Vectorised Qwen2-VL smart_resize: resized (height, width), multiples of `factor`."""
     heights = heights.astype(np.float64)
     widths = widths.astype(np.float64)
-    new_h = np.maximum(factor, np.round(heights / factor) * factor)
-    new_w = np.maximum(factor, np.round(widths / factor) * factor)
+    new_h = np.round(heights / factor) * factor  # numpy rounds half to even, as Python does
+    new_w = np.round(widths / factor) * factor
     too_big = new_h * new_w > MAX_PIXELS
     beta = np.sqrt(heights * widths / MAX_PIXELS)
     new_h = np.where(too_big, np.maximum(factor, np.floor(heights / beta / factor) * factor), new_h)
