@@ -51,7 +51,8 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "pack",
       [](const Int32Array& tokens, const std::optional<Int32Array>& patches, int64_t capacity,
-         int64_t patch_capacity, int64_t max_per_bin, uint64_t seed, int threads) {
+         int64_t patch_capacity, int64_t max_per_bin, uint64_t seed, int threads, bool first_fit,
+         bool best_fit) {
         require_one_dimensional(tokens, "tokens");
         ov_packing::PackRequest request;
         request.tokens = tokens.data();
@@ -68,6 +69,8 @@ PYBIND11_MODULE(_core, m) {
         request.max_per_bin = max_per_bin;
         request.seed = seed;
         request.threads = threads;
+        request.first_fit = first_fit;
+        request.best_fit = best_fit;
         ov_packing::PackResult result;
         {
           py::gil_scoped_release release;
@@ -80,6 +83,7 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("tokens"), py::arg("patches"), py::arg("capacity"), py::arg("patch_capacity") = 0,
       py::arg("max_per_bin") = 0, py::arg("seed") = 0, py::arg("threads") = 1,
+      py::arg("first_fit") = true, py::arg("best_fit") = true,
       "Pack samples into bins. Returns (bin_offsets int64, bin_samples int32, rejected int32, "
       "rejected_reasons uint8, algorithm).");
 }

@@ -10,16 +10,27 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 
+#include "best_fit_levels.hpp"
 #include "first_fit_tree.hpp"
 #include "successor_set.hpp"
 
 namespace ov_packing {
 namespace {
 
-// Best-fit keeps a list head per remaining capacity; above this capacity it would cost too much
-// memory and only first-fit runs.
+// Best-fit keeps a list (one budget) or a heap (two budgets) per remaining capacity; above these
+// capacities its tables would cost too much memory and only first-fit runs.
 constexpr int64_t kBestFitMaxCapacity = int64_t{1} << 24;
+constexpr int64_t kBestFitMaxCapacityTwoBudgets = int64_t{1} << 20;
+
+// With two budgets, first-fit's tree search can degrade towards a scan of all bins when token-full
+// and patch-full bins interleave. It is abandoned as soon as it has examined more than this many
+// tree nodes per sample placed so far (after a grace allowance); best-fit (O(log capacity) per
+// sample) then decides. The count depends on the data only, so the outcome is still the same for
+// every thread count.
+constexpr uint64_t kFirstFitVisitsPerSample = 64;
+constexpr uint64_t kFirstFitVisitsGrace = 1 << 14;
 
 struct Items {
   std::vector<int32_t> order;  // accepted input indices, largest first
@@ -51,18 +62,26 @@ void sort_descending(std::vector<int32_t>& indices, Key key, int64_t max_key) {
   indices.swap(sorted);
 }
 
-Assignment first_fit_decreasing(const Items& items, const PackRequest& request) {
+// `may_abandon`: best-fit runs too, so first-fit may give up (num_bins = -1) when its two-budget
+// search gets too expensive.
+Assignment first_fit_decreasing(const Items& items, const PackRequest& request, bool may_abandon) {
   const bool two_dimensions = items.patches != nullptr;
   const auto capacity = static_cast<int32_t>(request.capacity);
   const auto patch_capacity = static_cast<int32_t>(request.patch_capacity);
-  FirstFitTree tree(two_dimensions);
+  FirstFitTree tree(two_dimensions, request.capacity, request.patch_capacity);
+  const bool bounded = two_dimensions && may_abandon;
+  uint64_t visits = 0;
   std::vector<int32_t> tokens_left, patches_left, counts;
   Assignment result{std::vector<int32_t>(items.order.size()), 0, "first-fit-decreasing"};
   for (std::size_t k = 0; k < items.order.size(); ++k) {
     const int32_t index = items.order[k];
     const int32_t tokens = items.tokens[index];
     const int32_t patches = two_dimensions ? items.patches[index] : 0;
-    int64_t bin = tree.find_first(tokens, patches);
+    int64_t bin = tree.find_first(tokens, patches, visits);
+    if (bounded && visits > kFirstFitVisitsPerSample * (k + kFirstFitVisitsGrace)) {
+      result.num_bins = -1;  // abandoned: see kFirstFitVisitsPerSample
+      return result;
+    }
     if (bin < 0) {
       bin = static_cast<int64_t>(tokens_left.size());
       tokens_left.push_back(capacity);
@@ -81,14 +100,13 @@ Assignment first_fit_decreasing(const Items& items, const PackRequest& request) 
   return result;
 }
 
-Assignment best_fit_decreasing(const Items& items, const PackRequest& request) {
-  const bool two_dimensions = items.patches != nullptr;
+Assignment best_fit_decreasing_one_budget(const Items& items, const PackRequest& request) {
   const auto capacity = static_cast<int32_t>(request.capacity);
   // Open bins with r tokens left form a doubly linked list starting at head[r]; `levels` holds the
   // r whose list is not empty.
   SuccessorSet levels(static_cast<uint64_t>(capacity) + 1);
   std::vector<int32_t> head(static_cast<std::size_t>(capacity) + 1, -1);
-  std::vector<int32_t> next, previous, tokens_left, patches_left, counts;
+  std::vector<int32_t> next, previous, tokens_left, counts;
   auto unlink = [&](int32_t bin) {
     const auto r = static_cast<std::size_t>(tokens_left[bin]);
     if (previous[bin] >= 0) next[previous[bin]] = next[bin];
@@ -108,22 +126,11 @@ Assignment best_fit_decreasing(const Items& items, const PackRequest& request) {
   for (std::size_t k = 0; k < items.order.size(); ++k) {
     const int32_t index = items.order[k];
     const int32_t tokens = items.tokens[index];
-    const int32_t patches = two_dimensions ? items.patches[index] : 0;
-    int32_t bin = -1;
-    for (uint64_t r = levels.next_at_or_after(static_cast<uint64_t>(tokens)); r <= static_cast<uint64_t>(capacity);
-         r = levels.next_at_or_after(r + 1)) {
-      for (int32_t candidate = head[r]; candidate >= 0; candidate = next[candidate]) {
-        if (patches_left[candidate] >= patches) {
-          bin = candidate;
-          break;
-        }
-      }
-      if (bin >= 0) break;
-    }
+    const uint64_t level = levels.next_at_or_after(static_cast<uint64_t>(tokens));
+    int32_t bin = level <= static_cast<uint64_t>(capacity) ? head[level] : -1;
     if (bin < 0) {
       bin = static_cast<int32_t>(tokens_left.size());
       tokens_left.push_back(capacity);
-      patches_left.push_back(static_cast<int32_t>(request.patch_capacity));
       counts.push_back(0);
       next.push_back(-1);
       previous.push_back(-1);
@@ -131,7 +138,6 @@ Assignment best_fit_decreasing(const Items& items, const PackRequest& request) {
       unlink(bin);
     }
     tokens_left[bin] -= tokens;
-    patches_left[bin] -= patches;
     ++counts[bin];
     const bool at_cap = request.max_per_bin > 0 && counts[bin] >= request.max_per_bin;
     if (tokens_left[bin] > 0 && !at_cap) link(bin);
@@ -139,6 +145,38 @@ Assignment best_fit_decreasing(const Items& items, const PackRequest& request) {
   }
   result.num_bins = static_cast<int64_t>(tokens_left.size());
   return result;
+}
+
+Assignment best_fit_decreasing_two_budgets(const Items& items, const PackRequest& request) {
+  const auto capacity = static_cast<int32_t>(request.capacity);
+  BestFitLevels levels(capacity);
+  std::vector<int32_t> tokens_left, patches_left, counts;
+  Assignment result{std::vector<int32_t>(items.order.size()), 0, "best-fit-decreasing"};
+  for (std::size_t k = 0; k < items.order.size(); ++k) {
+    const int32_t index = items.order[k];
+    const int32_t tokens = items.tokens[index];
+    const int32_t patches = items.patches[index];
+    int32_t bin = levels.take(tokens, patches);
+    if (bin < 0) {
+      bin = static_cast<int32_t>(tokens_left.size());
+      tokens_left.push_back(capacity);
+      patches_left.push_back(static_cast<int32_t>(request.patch_capacity));
+      counts.push_back(0);
+    }
+    tokens_left[bin] -= tokens;
+    patches_left[bin] -= patches;
+    ++counts[bin];
+    const bool at_cap = request.max_per_bin > 0 && counts[bin] >= request.max_per_bin;
+    if (tokens_left[bin] > 0 && !at_cap) levels.put(bin, tokens_left[bin], patches_left[bin]);
+    result.bin_of[k] = bin;
+  }
+  result.num_bins = static_cast<int64_t>(tokens_left.size());
+  return result;
+}
+
+Assignment best_fit_decreasing(const Items& items, const PackRequest& request) {
+  return items.patches != nullptr ? best_fit_decreasing_two_budgets(items, request)
+                                  : best_fit_decreasing_one_budget(items, request);
 }
 
 uint64_t splitmix64(uint64_t& state) {
@@ -170,6 +208,38 @@ void write_bins(const Items& items, const Assignment& assignment, uint64_t seed,
     const auto p = static_cast<std::size_t>(position[assignment.bin_of[k]]);
     out.bin_samples[static_cast<std::size_t>(cursor[p]++)] = items.order[k];
   }
+}
+
+// Runs the selected candidates, at the same time when threads >= 2. A candidate that did not run
+// (or gave up) has num_bins = -1.
+std::pair<Assignment, Assignment> run_candidates(const Items& items, const PackRequest& request,
+                                                 bool run_first_fit, bool run_best_fit) {
+  Assignment first_fit, best_fit;
+  first_fit.num_bins = best_fit.num_bins = -1;
+  auto first = [&] { first_fit = first_fit_decreasing(items, request, run_best_fit); };
+  auto best = [&] { best_fit = best_fit_decreasing(items, request); };
+  if (run_first_fit && run_best_fit && request.threads >= 2) {
+    std::exception_ptr worker_error;
+    std::thread worker([&] {
+      try {
+        best();
+      } catch (...) {
+        worker_error = std::current_exception();
+      }
+    });
+    try {
+      first();
+    } catch (...) {
+      worker.join();
+      throw;
+    }
+    worker.join();
+    if (worker_error) std::rethrow_exception(worker_error);
+  } else {
+    if (run_first_fit) first();
+    if (run_best_fit) best();
+  }
+  return {std::move(first_fit), std::move(best_fit)};
 }
 
 void check_request(const PackRequest& request) {
@@ -224,31 +294,18 @@ PackResult pack(const PackRequest& request) {
   }
   sort_descending(items.order, [&](int32_t i) { return request.tokens[i]; }, request.capacity);
 
-  Assignment first_fit, best_fit;
-  const bool run_best_fit = request.capacity <= kBestFitMaxCapacity;
-  if (run_best_fit && request.threads >= 2) {
-    std::exception_ptr worker_error;
-    std::thread worker([&] {
-      try {
-        best_fit = best_fit_decreasing(items, request);
-      } catch (...) {
-        worker_error = std::current_exception();
-      }
-    });
-    try {
-      first_fit = first_fit_decreasing(items, request);
-    } catch (...) {
-      worker.join();
-      throw;
-    }
-    worker.join();
-    if (worker_error) std::rethrow_exception(worker_error);
-  } else {
-    first_fit = first_fit_decreasing(items, request);
-    if (run_best_fit) best_fit = best_fit_decreasing(items, request);
+  const bool run_best_fit =
+      request.best_fit && request.capacity <= (two_dimensions ? kBestFitMaxCapacityTwoBudgets
+                                                              : kBestFitMaxCapacity);
+  if (!request.first_fit && !run_best_fit) {
+    throw std::invalid_argument(
+        request.best_fit ? "best-fit alone cannot run at this capacity (limit 2^24, 2^20 with patches)"
+                         : "no packing heuristic selected");
   }
-  const Assignment& winner =
-      run_best_fit && best_fit.num_bins < first_fit.num_bins ? best_fit : first_fit;
+  const auto [first_fit, best_fit] = run_candidates(items, request, request.first_fit, run_best_fit);
+  const bool first_fit_wins =
+      first_fit.num_bins >= 0 && (best_fit.num_bins < 0 || first_fit.num_bins <= best_fit.num_bins);
+  const Assignment& winner = first_fit_wins ? first_fit : best_fit;
   out.algorithm = winner.algorithm;
   write_bins(items, winner, request.seed, out);
   return out;

@@ -19,6 +19,8 @@ struct PackRequest {
   int64_t max_per_bin = 0;     // samples per bin; 0 = unbounded
   uint64_t seed = 0;           // permutes the order bins are listed in
   int threads = 1;             // how many candidate packings run at once; never changes results
+  bool first_fit = true;       // candidates to run (at least one)
+  bool best_fit = true;
 };
 
 struct PackResult {

@@ -56,6 +56,11 @@ def test_invariants_hold_and_bins_never_exceed_first_fit_decreasing(problem, thr
     assert plan.num_bins <= len(oracle)
     if plan.algorithm == "first-fit-decreasing":
         assert bins_as_sets(plan) == oracle_as_sets(oracle)
+    first_fit_only = pack(tokens, heuristics=("first-fit-decreasing",), **problem)
+    assert bins_as_sets(first_fit_only) == oracle_as_sets(oracle)
+    best_fit_only = pack(tokens, heuristics=("best-fit-decreasing",), **problem)
+    assert find_problems(best_fit_only) == []
+    assert plan.num_bins == min(first_fit_only.num_bins, best_fit_only.num_bins)
 
 
 @pytest.mark.parametrize("distribution", ["caption", "sft", "uniform"])
@@ -178,3 +183,20 @@ def test_bad_arguments_are_value_errors_naming_the_sample(kwargs, message):
     tokens = np.array(kwargs.pop("tokens"))
     with pytest.raises(ValueError, match=message):
         pack(tokens, **kwargs)
+
+
+def test_two_budget_packing_stays_within_both_budgets_at_scale():
+    lengths = generate_lengths("sft", 200_000, seed=0, with_ids=False)
+    plan = pack(lengths, capacity=CAPACITY, patch_capacity=16_384)
+    assert find_problems(plan) == []
+    packed = plan.bin_samples
+    lower_bound = max(
+        -(-int(plan.patches[packed].sum()) // 16_384),
+        -(-int(plan.tokens[packed].sum()) // CAPACITY),
+    )
+    assert plan.num_bins <= lower_bound * 1.02
+
+
+def test_unknown_heuristic_is_refused():
+    with pytest.raises(ValueError, match="heuristics must be"):
+        pack(np.array([1]), capacity=4, heuristics=("worst-fit",))

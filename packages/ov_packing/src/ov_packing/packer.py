@@ -14,20 +14,26 @@ Algorithm (csrc/packing.cpp):
      found with a 64-ary successor bitset over remaining capacities, O(log64 capacity) per sample
      (skipped above 2^24 tokens per bin, where its tables would cost too much memory).
    With patches and a patch capacity both heuristics check the two budgets together; with a sample
-   cap a bin closes when it reaches the cap.
+   cap a bin closes when it reaches the cap. Best-fit then finds its bin through a segment tree
+   over remaining-token levels holding each level's best patch room, O(log capacity). First-fit's
+   tree search, which can degrade towards a scan when token-full and patch-full bins interleave,
+   gives up once it has examined more than 64 tree nodes per sample (a count that depends on the
+   data alone), leaving the choice to best-fit.
 4. List the winner's bins in a seeded pseudo-random order, so a reader walking the bins in sequence
    does not see every large sample first. Inside a bin, samples stay largest first.
 
 Guarantees. No bin exceeds any budget; every input sample is in exactly one bin or rejected; the
 bin count is never above FFD's (FFD is a candidate, and the numpy reference in `reference.py`
-reproduces it exactly), hence at most 11/9 OPT + 6/9 bins in one dimension (Dósa 2007), and in
-practice land within a hair of ceil(total / capacity) on realistic lengths (see the
-benchmarks). The result depends only on the input and the seed: the two candidates are sequential,
-deterministic computations and `threads >= 2` merely runs them at the same time. Cost: O(n log n)
-time, about 20 bytes of working memory per sample.
+reproduces it exactly; with two budgets this holds whenever first-fit did not give up), hence at
+most 11/9 OPT + 6/9 bins in one dimension (Dósa 2007), and in practice within a hair of
+ceil(total / capacity) on realistic lengths (see the benchmarks). The result depends only on the
+input and the seed: the two candidates are sequential, deterministic computations and
+`threads >= 2` merely runs them at the same time. Cost: O(n log n) time (a counting sort and
+O(log) searches), about 30 bytes of working memory per sample (see the memory benchmark).
 """
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +41,8 @@ import numpy.typing as npt
 from ov_packing import _core
 from ov_packing.inputs import SampleLengths
 from ov_packing.plan import PackParams, PackPlan
+
+HEURISTICS = ("first-fit-decreasing", "best-fit-decreasing")
 
 
 def pack(
@@ -47,14 +55,19 @@ def pack(
     threads: int | None = None,
     patches: npt.ArrayLike | None = None,
     ids: list[str] | None = None,
+    heuristics: Sequence[str] = HEURISTICS,
 ) -> PackPlan:
     """Pack samples into bins of at most `capacity` tokens and return the plan.
 
     `samples` is a `SampleLengths` (as read by `read_lengths`, carrying ids and patch counts) or an
     array of token counts, with `patches` and `ids` given separately. `patch_capacity` bounds the
     ViT patches per bin (needs patch counts), `max_per_bin` the samples per bin. `threads` (default:
-    up to 2 CPUs) changes speed only, never the result.
+    up to 2 CPUs) changes speed only, never the result. `heuristics` selects the candidates
+    (default both; one alone reproduces that classic algorithm exactly).
     """
+    unknown = set(heuristics) - set(HEURISTICS)
+    if unknown or not heuristics:
+        raise ValueError(f"heuristics must be a non-empty subset of {HEURISTICS}, got {heuristics}")
     if isinstance(samples, SampleLengths):
         if patches is not None or ids is not None:
             raise ValueError("give patches and ids through the SampleLengths, not separately")
@@ -84,6 +97,8 @@ def pack(
         max_per_bin=max_per_bin or 0,
         seed=seed,
         threads=threads,
+        first_fit="first-fit-decreasing" in heuristics,
+        best_fit="best-fit-decreasing" in heuristics,
     )
     return PackPlan(
         params=params,

@@ -1,0 +1,119 @@
+"""Packing benchmarks: the C++ core against the numpy first-fit-decreasing oracle, side by side.
+
+Run: `uv run pytest packages/ov_packing/benchmarks -o python_files='bench_*.py'` (add
+`--benchmark-columns=min,mean,rounds` for a compact table). Each case records its quality numbers
+(bins, lower bound, % over it, fill) in the benchmark's extra_info, printed with `-s` as well.
+
+Cases: 1M samples from the `caption` and `sft` generators at capacity 8192 and 16384, plus
+`uniform`; reading 1M JSONL rows; 85M samples from arrays (marked slow); peak memory per sample.
+"""
+
+import json
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ov_packing import lower_bound_bins, pack, read_lengths, write_lengths
+from ov_packing.reference import first_fit_decreasing_reference
+from ov_packing.synthetic import generate_lengths
+
+MILLION = 1_000_000
+CASES = [("caption", 8192), ("caption", 16384), ("sft", 8192), ("sft", 16384), ("uniform", 8192)]
+
+
+def _quality(bins: int, tokens: np.ndarray, capacity: int) -> dict:
+    fitting = tokens[tokens <= capacity]
+    bound = lower_bound_bins(fitting, capacity)
+    return {
+        "bins": bins,
+        "lower_bound": bound,
+        "over_lower_bound_percent": round(100 * (bins - bound) / bound, 4),
+        "fill_percent": round(100 * int(fitting.sum()) / (bins * capacity), 4),
+    }
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{d}-{c}" for d, c in CASES])
+def million(request):
+    distribution, capacity = request.param
+    lengths = generate_lengths(distribution, MILLION, seed=0, capacity=capacity, with_ids=False)
+    return distribution, capacity, lengths.tokens
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_core_packs_one_million(benchmark, million, threads):
+    distribution, capacity, tokens = million
+    plan = benchmark.pedantic(
+        pack, args=(tokens,), kwargs={"capacity": capacity, "threads": threads}, rounds=5
+    )
+    benchmark.extra_info.update(_quality(plan.num_bins, tokens, capacity), algorithm=plan.algorithm)
+    print(f"\ncore {distribution} {capacity} threads={threads}: {benchmark.extra_info}")
+
+
+def test_numpy_ffd_reference_packs_one_million(benchmark, million):
+    distribution, capacity, tokens = million
+    bins = benchmark.pedantic(first_fit_decreasing_reference, args=(tokens, capacity), rounds=2)
+    benchmark.extra_info.update(_quality(len(bins), tokens, capacity))
+    print(f"\nnumpy FFD {distribution} {capacity}: {benchmark.extra_info}")
+
+
+def test_core_packs_with_a_patch_budget(benchmark):
+    lengths = generate_lengths("sft", MILLION, seed=0, with_ids=False)
+    plan = benchmark.pedantic(
+        pack, args=(lengths,), kwargs={"capacity": 8192, "patch_capacity": 16384}, rounds=3
+    )
+    benchmark.extra_info.update(_quality(plan.num_bins, lengths.tokens, 8192))
+    print(f"\ncore sft 8192 with 16384 patches per bin: {benchmark.extra_info}")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_read_one_million_rows(benchmark, tmp_path_factory, suffix):
+    lengths = generate_lengths("caption", MILLION, seed=0)
+    if suffix == ".txt":
+        lengths = type(lengths)(lengths.source, lengths.ids, lengths.tokens, None)
+    path = tmp_path_factory.mktemp("inputs") / f"lengths{suffix}"
+    write_lengths(path, lengths)
+    read = benchmark.pedantic(read_lengths, args=(path,), rounds=3)
+    assert len(read) == MILLION
+
+
+_MEMORY_PROBE = """
+import resource, sys, numpy as np
+from ov_packing import pack
+from ov_packing.synthetic import generate_lengths
+n = int(sys.argv[1])
+tokens = generate_lengths("caption", n, seed=0, with_ids=False).tokens
+tokens = np.ascontiguousarray(tokens)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+plan = pack(tokens, capacity=8192, threads=2)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024 / n)
+"""
+
+
+def test_peak_memory_per_sample():
+    """Peak resident memory added by `pack` (input excluded), in bytes per sample."""
+    count = 5 * MILLION
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    per_sample = float(out.stdout.strip())
+    print(f"\npeak memory added by pack: {per_sample:.1f} bytes per sample ({count:,} samples)")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+@pytest.mark.slow
+def test_core_packs_85_million_from_arrays(benchmark):
+    base = generate_lengths("caption", MILLION, seed=0, with_ids=False).tokens
+    rng = np.random.default_rng(0)
+    tokens = np.concatenate([rng.permutation(base) for _ in range(85)])
+    plan = benchmark.pedantic(
+        pack, args=(tokens,), kwargs={"capacity": 8192, "threads": 2}, rounds=1
+    )
+    benchmark.extra_info.update(_quality(plan.num_bins, tokens, 8192))
+    print(f"\ncore 85M caption 8192: {json.dumps(benchmark.extra_info)}")
