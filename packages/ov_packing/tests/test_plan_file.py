@@ -86,3 +86,10 @@ def test_other_file_is_not_a_plan(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(PlanFileError, match=r"nope\.ovp: plan file not found"):
         PackPlan.load(tmp_path / "nope.ovp")
+
+
+def test_long_and_unicode_ids_round_trip(tmp_path):
+    ids = ["x" * 300, "é/ü:" * 100, "short"]
+    plan = pack(np.array([10, 20, 30]), capacity=64, ids=ids)
+    plan.save(tmp_path / "p")
+    assert PackPlan.load(tmp_path / "p").ids == ids
