@@ -23,3 +23,81 @@ def test_help_describes_the_package():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
     assert "Usage: ov-eval" in result.output
+
+
+def test_list_shows_every_task_with_version_hash_metric_and_budget():
+    from ov_eval.tasks import TASKS
+
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:3] == ["task", "version", "prompt"]
+    for cls in TASKS.values():
+        task = cls()
+        (line,) = [line for line in lines if line.split()[0] == task.name]
+        assert line.split()[1:5] == [
+            str(task.version),
+            task.prompt_hash,
+            task.metric,
+            str(task.max_new_tokens),
+        ]
+
+
+def test_list_prompts_prints_the_templates():
+    result = CliRunner().invoke(main, ["list", "--prompts"])
+    assert result.exit_code == 0, result.output
+    assert "[chartqa] ChartQA test" in result.output
+    assert "prompt: '{question}\\nAnswer the question with a single word.'" in result.output
+
+
+def test_report_prints_markdown_or_writes_a_file(tmp_path):
+    from ov_eval.results import (
+        FORMAT_VERSION,
+        Prediction,
+        RunResults,
+        RunSettings,
+        TaskResult,
+        encode_prediction,
+        write_results,
+    )
+
+    write_results(
+        tmp_path,
+        RunResults(
+            format_version=FORMAT_VERSION,
+            ov_eval_version=__version__,
+            created="2025-01-01T00:00:00Z",
+            settings=RunSettings(model="m", batch_size=1),
+            tasks=[
+                TaskResult(
+                    task="jsonl",
+                    version=1,
+                    prompt_hash="bc61e4d07414",
+                    max_new_tokens=128,
+                    num_samples=1,
+                    metric="score",
+                    metrics={"score": 1.0},
+                    predictions="predictions/jsonl.jsonl",
+                )
+            ],
+        ),
+    )
+    (tmp_path / "predictions").mkdir()
+    (tmp_path / "predictions" / "jsonl.jsonl").write_bytes(
+        encode_prediction(Prediction("1", "q", "a", "a", 1.0))
+    )
+    printed = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert printed.exit_code == 0, printed.output
+    assert "| jsonl | score | 100.00 | 1 | 1 | `bc61e4d07414` | 128 | yes |" in printed.output
+    target = tmp_path / "report.md"
+    written = CliRunner().invoke(main, ["report", str(tmp_path), "-o", str(target)])
+    assert written.exit_code == 0, written.output
+    assert target.read_text() == printed.output
+
+
+def test_report_errors_are_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 1
+    assert (
+        result.output == f"Error: {tmp_path}: no results.json (not an ov-eval results directory)\n"
+    )

@@ -1,20 +1,91 @@
 """The `ov-eval` command line interface.
 
 Every onevision CLI is a click group configured the same way: `-h/--help` on every command,
-defaults shown in the help text, `--version` on the group. Heavy imports (torch) happen inside
-the commands so that `--help` answers instantly.
+defaults shown in the help text, `--version` on the group. Heavy imports (pyarrow, Pillow, the
+task modules) happen inside the commands so that `--help` answers instantly. Bad input ends the
+command with a one-line error naming the file, row or task (exit status 1), never a traceback.
+
+Commands: `list` (the benchmarks and their pinned prompts) and `report` (a results directory as
+Markdown). Running a model (`run`) comes with the ov_model integration.
 """
+
+from pathlib import Path
 
 import click
 
 from ov_eval import __version__
+from ov_eval.errors import EvalError
+
+_CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 
-@click.group(
-    name="ov-eval",
-    context_settings={"show_default": True, "help_option_names": ["-h", "--help"]},
-)
+class _Group(click.Group):
+    """Turns ov_eval's input errors into clean CLI errors."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EvalError as error:
+            raise click.ClickException(str(error)) from error
+
+
+@click.group(name="ov-eval", cls=_Group, context_settings=_CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="ov-eval")
 def main() -> None:
     """Offline benchmark evaluation of LLaVA-OneVision-class checkpoints with the official
     metrics."""
+
+
+@main.command(name="list")
+@click.option("--prompts", is_flag=True, help="Also print every task's prompt templates.")
+def list_tasks(prompts: bool) -> None:
+    """List the tasks with their version, prompt hash, metric and generation budget."""
+    from ov_eval.tasks import TASKS
+
+    header = ("task", "version", "prompt hash", "metric", "max new tokens", "dataset")
+    rows = [header]
+    for cls in TASKS.values():
+        task = cls()
+        rows.append(
+            (
+                task.name,
+                str(task.version),
+                task.prompt_hash,
+                task.metric,
+                str(task.max_new_tokens),
+                task.dataset,
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+    if prompts:
+        for cls in TASKS.values():
+            click.echo(f"\n[{cls.name}] {cls.summary}")
+            for key, template in cls.prompt_templates.items():
+                click.echo(f"  {key}: {template!r}")
+
+
+@main.command()
+@click.argument("out_dir", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the Markdown to this file instead of printing it.",
+)
+def report(out_dir: Path, output: Path | None) -> None:
+    """Render the results directory OUT (results.json + predictions/*.jsonl) as Markdown.
+
+    Every task's predictions file is checked against the results first.
+    """
+    from ov_eval.report import build_report
+
+    markdown = build_report(out_dir)
+    if output is None:
+        click.echo(markdown, nl=False)
+    else:
+        output.write_text(markdown, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)

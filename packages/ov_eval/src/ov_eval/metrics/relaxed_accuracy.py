@@ -1,0 +1,39 @@
+"""ChartQA's relaxed accuracy: numbers may be off by 5 %, everything else must match exactly.
+
+The rule (ChartQA paper, section 5.1, after Methani et al. 2020; implemented identically by the
+Pix2Struct/Qwen-VL scorers that lmms-eval uses):
+
+- if both the prediction and the answer parse as numbers and the answer is not zero, the
+  prediction is right when |prediction - answer| / |answer| <= 5 %;
+- otherwise the two strings must be equal, ignoring case.
+
+A number is what Python's `float` accepts, or that followed by '%', which is divided by 100 (so
+"12%" and "0.12" are the same value). Nothing else is cleaned up, exactly as in the official rule:
+"1,000", "$5", "5 kg" or "about 5" do not parse and fall back to string equality, and a zero
+answer is only matched by the same string. The one liberty taken here is trimming surrounding
+whitespace first, which only ever turns a wrong score into a right one for an output such as
+"12%\\n" (the official rule would fail to see the '%').
+"""
+
+
+def _to_number(text: str) -> float | None:
+    try:
+        if text.endswith("%"):
+            return float(text.rstrip("%")) / 100.0
+        return float(text)
+    except ValueError:
+        return None
+
+
+def relaxed_accuracy(prediction: str, answer: str, tolerance: float = 0.05) -> float:
+    """Return 1.0 if `prediction` matches `answer` under ChartQA's relaxed rule, else 0.0."""
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be non-negative, got {tolerance}")
+    prediction = prediction.strip()
+    answer = answer.strip()
+    predicted_number = _to_number(prediction)
+    answer_number = _to_number(answer)
+    if predicted_number is not None and answer_number:
+        relative_error = abs(predicted_number - answer_number) / abs(answer_number)
+        return 1.0 if relative_error <= tolerance else 0.0
+    return 1.0 if prediction.lower() == answer.lower() else 0.0

@@ -1,0 +1,208 @@
+"""MathVista testmini (`mathvista_testmini`): visual math, rule-based answer extraction.
+
+Data: `AI4Math/MathVista`, split `testmini` (1,000 problems), files `data/testmini-*.parquet`;
+columns pid, question, decoded_image, choices (list, or empty for free-form problems), unit,
+precision (decimal places of float answers), answer, question_type ("multi_choice" /
+"free_form"), answer_type ("text", "integer", "float", "list"), metadata.
+
+Prompt: lmms-eval's MathVista "format-prompt" variant (task `mathvista_testmini_format`, one of
+the three prompt variants lmms-eval's `mathvista_testmini` group runs; the only one that asks
+for a bare answer, which is what a rule-based extractor can read reliably). Lines, joined by
+newlines, empty ones left out, then trimmed:
+  the question, followed by " (Unit: <unit>)" when there is a unit;
+  the choices as "A. text" lines (multiple choice only);
+  the instruction for the answer type:
+    multiple choice: "Answer with the option's letter from the given choices directly."
+    integer: "Answer the question using a single integer number."
+    float, 1 place: "Answer the question using a single floating-point number with one
+      decimal place." (one line)
+    float, 2 places: the same with "two decimal places."
+    list: "Answer the question using a Python list."
+Generation: up to 1,024 new tokens (lmms-eval versions of this variant set 1,024 or 16,384; a
+bare answer needs a handful).
+
+Score: MathVista's official pipeline (extract, normalise, compare as strings) with the GPT answer
+extractor replaced by rules, so no judge model is needed:
+1. extraction: an empty output gives ""; an output that is one of the choices, or (for integer /
+   float answers) parses as such a number as a whole, is taken as is; otherwise, by rule:
+   multiple choice -> `extract_choice`'s letter (else the output), integer/float -> the last
+   number in the output, list -> the last "[...]" in the output (else the output);
+2. normalisation (official): multiple choice -> a letter (or "(x)") maps to its choice's text,
+   anything else to the most similar choice by edit distance; integer -> str(int(float(x)));
+   float -> str(round(float(x), precision)); list -> str(x); failures become None;
+   (so an empty multiple-choice output becomes the shortest choice, as in the official code);
+3. the item is right when str(normalised).strip() == answer.strip().
+`accuracy` is the fraction of right items. Scores can differ from lmms-eval's GPT-judged ones
+where an output needs understanding rather than rules to read (long explanations, answers in
+words); with this bare-answer prompt such outputs are rare.
+"""
+
+import re
+from types import MappingProxyType
+
+from ov_eval.errors import DatasetError
+from ov_eval.metrics import extract_choice, levenshtein_distance, option_letters
+from ov_eval.rows import (
+    RowLocation,
+    get_id,
+    get_image,
+    get_optional_str,
+    get_str,
+    get_str_list,
+    is_missing,
+    shown,
+)
+from ov_eval.sample import Sample
+from ov_eval.tasks.base import SampleScore, Task, format_options
+
+MULTI_CHOICE = "multi_choice"
+_ANSWER_TYPES = ("text", "integer", "float", "list")
+_BRACKETED_LETTER = re.compile(r"\(([a-zA-Z])\)")
+_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
+_PYTHON_LIST = re.compile(r"\[[^\[\]]*\]")
+
+
+class MathVistaTestmini(Task):
+    """MathVista testmini, bare-answer prompt, rule-based extraction."""
+
+    name = "mathvista_testmini"
+    version = 1
+    summary = "MathVista testmini: visual math, bare-answer prompt, rule-based extraction"
+    dataset = "AI4Math/MathVista (split testmini)"
+    data_files = ("data/testmini-*.parquet", "testmini-*.parquet")
+    columns = ("pid", "question", "decoded_image", "choices", "unit", "precision", "answer")
+    columns += ("question_type", "answer_type")
+    optional_columns = ("metadata",)
+    prompt_templates = MappingProxyType(
+        {
+            "unit": " (Unit: {unit})",
+            "option": "{letter}. {text}",
+            "hint_multi_choice": "Answer with the option's letter from the given choices directly.",
+            "hint_integer": "Answer the question using a single integer number.",
+            "hint_float_1": "Answer the question using a single floating-point number with one "
+            "decimal place.",
+            "hint_float_2": "Answer the question using a single floating-point number with two "
+            "decimal places.",
+            "hint_list": "Answer the question using a Python list.",
+        }
+    )
+    pinned_prompt_hash = "097b7e59f23b"
+    max_new_tokens = 1024
+    metric = "accuracy"
+
+    def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
+        """A Sample keyed by pid; problem type, answer type, precision and unit in metadata."""
+        question_type = get_str(row, "question_type", where)
+        answer_type = get_str(row, "answer_type", where)
+        if answer_type not in _ANSWER_TYPES:
+            raise DatasetError(f"{where}: column 'answer_type': unknown type {shown(answer_type)}")
+        if (question_type == MULTI_CHOICE) != (answer_type == "text"):
+            raise DatasetError(
+                f"{where}: question_type {question_type!r} with answer_type {answer_type!r} "
+                "(multiple choice has text answers, free form has integer/float/list answers)"
+            )
+        choices = () if is_missing(row.get("choices")) else get_str_list(row, "choices", where)
+        if question_type == MULTI_CHOICE and not choices:
+            raise DatasetError(f"{where}: a multiple-choice problem without choices")
+        precision = None if is_missing(row.get("precision")) else row["precision"]
+        if answer_type == "float":
+            if precision not in (1, 2):
+                raise DatasetError(
+                    f"{where}: column 'precision': a float answer needs 1 or 2 decimal places, "
+                    f"got {shown(precision)}"
+                )
+            precision = int(precision)
+        metadata = row.get("metadata")
+        return Sample(
+            id=get_id(row, "pid", where),
+            question=get_str(row, "question", where),
+            images=(get_image(row, "decoded_image", where),),
+            answers=(get_str(row, "answer", where),),
+            options=choices,
+            metadata={
+                "question_type": question_type,
+                "answer_type": answer_type,
+                "precision": precision,
+                "unit": get_optional_str(row, "unit", where) or "",
+                "category": metadata.get("category") if isinstance(metadata, dict) else None,
+            },
+        )
+
+    def build_prompt(self, sample: Sample) -> str:
+        """Question (+ unit), lettered choices, answer-type instruction; newline-joined."""
+        templates = self.prompt_templates
+        question = sample.question
+        if sample.metadata["unit"]:
+            question += templates["unit"].format(unit=sample.metadata["unit"])
+        choices = format_options(sample.options, templates["option"]) if sample.options else ""
+        lines = [question, choices, templates[_hint_key(sample)]]
+        return "\n".join(line for line in lines if line).strip()
+
+    def score(self, sample: Sample, prediction: str) -> SampleScore:
+        """Extract, normalise and compare with the answer as MathVista does."""
+        extraction = extract_answer(prediction, sample)
+        normalised = normalise_answer(extraction, sample)
+        right = str(normalised).strip() == sample.answers[0].strip()
+        return SampleScore(1.0 if right else 0.0, normalised)
+
+
+def _hint_key(sample: Sample) -> str:
+    if sample.metadata["question_type"] == MULTI_CHOICE:
+        return "hint_multi_choice"
+    answer_type = sample.metadata["answer_type"]
+    if answer_type == "float":
+        return f"hint_float_{sample.metadata['precision']}"
+    return f"hint_{answer_type}"
+
+
+def _parses(text: str, kind: type) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
+
+
+def extract_answer(prediction: str, sample: Sample) -> str:
+    """The answer text MathVista's extractor would read from `prediction` (rules, no GPT)."""
+    response = prediction.strip()
+    answer_type = sample.metadata["answer_type"]
+    if not response:
+        return ""
+    if sample.metadata["question_type"] == MULTI_CHOICE:
+        if response in sample.options:
+            return response
+        return extract_choice(response, sample.options) or response
+    if answer_type == "integer" and _parses(response, int):
+        return str(int(response))
+    if answer_type == "float" and _parses(response, float):
+        return str(float(response))
+    if answer_type in ("integer", "float"):
+        numbers = _NUMBER.findall(response)
+        return numbers[-1].replace(",", "") if numbers else response
+    lists = _PYTHON_LIST.findall(response)
+    return lists[-1] if lists else response
+
+
+def normalise_answer(extraction: str, sample: Sample) -> str | None:
+    """MathVista's normalisation of an extracted answer (None when it cannot be normalised)."""
+    answer_type = sample.metadata["answer_type"]
+    if sample.metadata["question_type"] == MULTI_CHOICE:
+        choices = sample.options
+        extraction = extraction.strip()
+        bracketed = _BRACKETED_LETTER.findall(extraction)
+        if bracketed:
+            extraction = bracketed[0].upper()
+        letters = option_letters(len(choices))
+        if extraction in letters:
+            return choices[letters.index(extraction)]
+        distances = [levenshtein_distance(extraction, choice) for choice in choices]
+        return choices[distances.index(min(distances))]
+    try:
+        if answer_type == "integer":
+            return str(int(float(extraction)))
+        if answer_type == "float":
+            return str(round(float(extraction), sample.metadata["precision"]))
+    except (ValueError, OverflowError):
+        return None
+    return str(extraction)
