@@ -3,6 +3,7 @@
 import pathlib
 import tomllib
 
+import torch
 from click.testing import CliRunner
 
 from ov_model import __version__
@@ -23,3 +24,58 @@ def test_help_describes_the_package():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
     assert "Usage: ov-model" in result.output
+
+
+def _run(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_info_convert_and_chat_on_a_tiny_checkpoint(tmp_path):
+    from PIL import Image
+
+    from ov_model.model import LlavaOV
+    from ov_model.tiny import create_tiny_model
+
+    model, processor = create_tiny_model(tmp_path / "tiny", ["a red circle on a blue square"] * 4)
+    shown = _run("info", str(tmp_path / "tiny"))
+    assert f"{model.num_parameters():,}" in shown
+    assert "Qwen3 2 layers" in shown
+
+    _run("convert", str(tmp_path / "tiny"), "--dtype", "bf16", "--out", str(tmp_path / "bf16"))
+    converted = LlavaOV.from_pretrained(tmp_path / "bf16")
+    assert {p.dtype for p in converted.parameters()} == {torch.bfloat16}
+    assert (tmp_path / "bf16" / "tokenizer.json").is_file()
+
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(tmp_path / "red.png")
+    answer = _run(
+        "chat",
+        "--model",
+        str(tmp_path / "tiny"),
+        "--image",
+        str(tmp_path / "red.png"),
+        "--max-new-tokens",
+        "5",
+        "what colour?",
+    )
+    sample = processor.prompt(
+        [{"from": "human", "value": "<image>\nwhat colour?"}], images=[tmp_path / "red.png"]
+    )
+    special = processor.tokenizer.special
+    expected = model.generate(
+        [sample.input_ids],
+        pixel_values=sample.pixel_values,
+        image_grid_thw=sample.image_grid_thw,
+        max_new_tokens=5,
+        stop_token_ids=(special.im_end, special.endoftext),
+    )[0]
+    assert answer.rstrip("\n") == processor.decode(expected)
+
+
+def test_bad_checkpoint_is_a_one_line_error(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    result = CliRunner().invoke(main, ["info", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "model_type None is not 'llavaonevision1_5'" in result.output
+    assert "Traceback" not in result.output

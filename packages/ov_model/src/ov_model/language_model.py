@@ -1,0 +1,256 @@
+"""The Qwen3 / Qwen2 decoder, single-device, with two attention paths.
+
+- Packed training/scoring path (`forward`): the tokens of many samples as one (tokens, hidden)
+  sequence with `cu_seqlens`; causal attention through rice_vit's `varlen_attention`, so no token
+  sees another sample and nothing is padded. Positions are given per token (they restart at 0 for
+  every sample).
+- Cached generation path (`forward_cached`): a padded (batch, new tokens) block attending to a
+  `KVCache` of earlier tokens with an explicit mask (left padding), through torch's SDPA.
+
+Numerics follow the official modeling code: RMSNorm in fp32 cast back before the weight; RoPE
+cos/sin computed in fp32 and cast to the activation dtype; per-head q/k RMSNorm before RoPE (Qwen3);
+grouped-query attention; SwiGLU MLP. No torch.distributed here: parallelism is ov_train's job,
+applied from outside to these plain modules (their names match the HF checkpoint's).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ov_model.config import TextConfig
+from rice_vit import varlen_attention
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) in fp32, cast back, times the weight."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.to(torch.float32)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (*positions.shape, head_dim) for 1D RoPE, computed in fp32."""
+    inv_freq = 1.0 / (
+        theta
+        ** (
+            torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float()
+            / head_dim
+        )
+    )
+    freqs = positions.to(torch.float32)[..., None] * inv_freq
+    angles = torch.cat([freqs, freqs], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin; cos/sin broadcast over the head dimension (-2)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.unsqueeze(-2) + rotated * sin.unsqueeze(-2)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of earlier tokens per layer: (batch, kv_heads, length, head_dim) each."""
+
+    keys: list[torch.Tensor | None] = field(default_factory=list)
+    values: list[torch.Tensor | None] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, num_layers: int) -> "KVCache":
+        """A cache with nothing stored for `num_layers` layers."""
+        return cls([None] * num_layers, [None] * num_layers)
+
+    @property
+    def length(self) -> int:
+        """Tokens stored (0 when empty)."""
+        return 0 if not self.keys or self.keys[0] is None else self.keys[0].shape[2]
+
+    def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
+        """Store new keys/values for `layer`; returns all keys and values so far."""
+        if self.keys[layer] is not None:
+            keys = torch.cat([self.keys[layer], keys], dim=2)
+            values = torch.cat([self.values[layer], values], dim=2)
+        self.keys[layer], self.values[layer] = keys, values
+        return keys, values
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows `rows` (generation drops finished sequences)."""
+        self.keys = [k[rows] if k is not None else None for k in self.keys]
+        self.values = [v[rows] if v is not None else None for v in self.values]
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with optional q/k RMSNorm (Qwen3) and q/k/v bias (Qwen2)."""
+
+    def __init__(self, config: TextConfig, layer_index: int) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.rope_theta = config.rope_theta
+        hidden, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
+
+    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q (..., heads, head_dim), k, v (..., kv_heads, head_dim) with norms and RoPE."""
+        shape = x.shape[:-1]
+        q = self.q_proj(x).view(*shape, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(*shape, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(*shape, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        backend: str | None,
+    ) -> torch.Tensor:
+        """Packed causal attention over (tokens, hidden)."""
+        q, k, v = self._project(x, cos, sin)
+        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, backend=backend)
+        return self.o_proj(out.reshape(x.shape[0], -1))
+
+    def forward_cached(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        cache: KVCache,
+    ) -> torch.Tensor:
+        """(batch, new, hidden) attending to the cache and itself; `mask` (batch, 1, new, all)."""
+        batch, new = x.shape[:2]
+        q, k, v = self._project(x, cos, sin)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (batch, heads, new, head_dim)
+        k, v = cache.append(self.layer_index, k, v)
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, new, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: TextConfig, layer_index: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_index)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, cu_seqlens, max_seqlen, backend):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, max_seqlen, backend)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_cached(self, x, cos, sin, mask, cache):
+        x = x + self.self_attn.forward_cached(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LanguageModel(nn.Module):
+    """Token embedding, decoder layers and the final norm (the HF `model.*` tensors)."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            DecoderLayer(config, i) for i in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attention_backend: str | None = None
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        *,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """Final-norm hidden states (tokens, hidden) of a packed sequence, and optionally the input
+        of every layer plus the final output (as the HF `hidden_states`)."""
+        cos, sin = rope_cos_sin(
+            position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype
+        )
+        x = inputs_embeds
+        states = [x] if output_hidden_states else None
+        for layer in self.layers:
+            x = layer(x, cos, sin, cu_seqlens, max_seqlen, self.attention_backend)
+            if states is not None:
+                states.append(x)
+        x = self.norm(x)
+        if states is not None:
+            states[-1] = x
+        return x, tuple(states) if states is not None else None
+
+    def forward_cached(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: KVCache,
+    ) -> torch.Tensor:
+        """Final-norm hidden states (batch, new, hidden) of new tokens after the cached ones.
+
+        `attention_mask` (batch, cached + new) is 1 for real tokens, 0 for left padding.
+        """
+        new = inputs_embeds.shape[1]
+        total = attention_mask.shape[1]
+        past = total - new
+        device = inputs_embeds.device
+        causal = torch.ones(new, total, dtype=torch.bool, device=device).tril(past)
+        mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
+        # Every token may see itself, so a padding row is never fully masked: a fully masked row
+        # gives NaN, and NaN keys of padding would leak into real rows as 0 * NaN.
+        itself = torch.zeros(new, total, dtype=torch.bool, device=device)
+        itself[torch.arange(new, device=device), past + torch.arange(new, device=device)] = True
+        mask = mask | itself[None, None]
+        cos, sin = rope_cos_sin(
+            position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype
+        )
+        x = inputs_embeds
+        for layer in self.layers:
+            x = layer.forward_cached(x, cos, sin, mask, cache)
+        return self.norm(x)

@@ -1,0 +1,46 @@
+"""Cross entropy over supervised tokens without materialising (tokens x vocab) fp32 logits.
+
+Only rows with a target take part (prompts, images and padding never reach the output head), and
+those go through the head in chunks; each chunk's fp32 logits live only inside a checkpointed
+function, so the backward pass recomputes them instead of keeping them: peak memory is one chunk
+of logits (chunk x vocab x 4 bytes) instead of the whole sequence's. The result is the SUM over
+supervised tokens; callers divide by the number of supervised tokens of their (global) batch.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ov_model.packing import IGNORE_INDEX
+
+DEFAULT_CHUNK = 4096
+
+
+def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = (hidden @ weight.t()).float()
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def supervised_cross_entropy_sum(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> tuple[torch.Tensor, int]:
+    """(sum of CE over rows whose target != IGNORE_INDEX, number of such rows)."""
+    rows = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+    count = int(rows.numel())
+    total = hidden.new_zeros((), dtype=torch.float32)
+    if count == 0:
+        # Keep the graph connected so backward works (gradients are zero).
+        return total + 0.0 * hidden.sum().float(), 0
+    selected, wanted = hidden[rows], targets[rows]
+    for start in range(0, count, chunk_size):
+        part = slice(start, start + chunk_size)
+        if torch.is_grad_enabled() and (selected.requires_grad or head_weight.requires_grad):
+            total = total + checkpoint(
+                _chunk_loss, selected[part], head_weight, wanted[part], use_reentrant=False
+            )
+        else:
+            total = total + _chunk_loss(selected[part], head_weight, wanted[part])
+    return total, count

@@ -1,0 +1,90 @@
+"""Generation: cached greedy equals uncached argmax, batching with left padding, sampling."""
+
+import pytest
+import torch
+
+from ov_model.errors import InputError
+
+
+def _argmax_without_cache(model, prompt, steps, pixel_values=None, grid=None):
+    ids = prompt.clone()
+    out = []
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(ids[None], pixel_values, grid).logits[0, -1]
+            token = int(logits.argmax())
+            out.append(token)
+            ids = torch.cat([ids, torch.tensor([token])])
+    return out
+
+
+def test_cached_greedy_equals_uncached_argmax(make_model):
+    model = make_model(11)
+    prompt = torch.randint(10, 500, (7,))
+    assert model.generate([prompt], max_new_tokens=12)[0] == _argmax_without_cache(
+        model, prompt, 12
+    )
+
+
+def test_cached_greedy_with_an_image_equals_uncached(make_model):
+    model = make_model(12)
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.tensor([20, 21, 3, *([5] * 6), 4, 22, 23])
+    pixels, grid = torch.randn(24, 588, generator=generator), torch.tensor([[1, 4, 6]])
+    cached = model.generate([prompt], pixel_values=pixels, image_grid_thw=grid, max_new_tokens=8)
+    assert cached[0] == _argmax_without_cache(model, prompt, 8, pixels, grid)
+
+
+def test_batched_left_padded_prompts_give_each_row_its_own_output(make_model):
+    model = make_model(13)
+    generator = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(10, 500, (n,), generator=generator) for n in (3, 9, 5, 1)]
+    batched = model.generate(prompts, max_new_tokens=10)
+    alone = [model.generate([p], max_new_tokens=10)[0] for p in prompts]
+    assert batched == alone
+
+
+def test_stop_token_ends_a_row_and_is_kept(make_model):
+    model = make_model(14)
+    prompt = torch.randint(10, 500, (6,))
+    free = model.generate([prompt], max_new_tokens=10)[0]
+    stop = free[3]
+    stopped = model.generate([prompt], max_new_tokens=10, stop_token_ids=(stop,))[0]
+    assert stopped == free[: free.index(stop) + 1]
+
+
+def test_streaming_callback_sees_every_token_in_order(make_model):
+    model = make_model(15)
+    prompts = [torch.randint(10, 500, (4,)), torch.randint(10, 500, (6,))]
+    seen: dict[int, list[int]] = {0: [], 1: []}
+    outputs = model.generate(prompts, max_new_tokens=5, callback=lambda r, t: seen[r].append(t))
+    assert [seen[0], seen[1]] == outputs
+
+
+def test_sampling_is_seeded_and_respects_top_k(make_model):
+    model = make_model(16)
+    prompt = torch.randint(10, 500, (5,))
+    settings = {"max_new_tokens": 20, "temperature": 1.5, "top_k": 3, "seed": 7}
+    first = model.generate([prompt], **settings)[0]
+    assert first == model.generate([prompt], **settings)[0]
+    assert first != model.generate([prompt], **{**settings, "seed": 8})[0]
+    with torch.no_grad():  # every sampled token was among the 3 most likely at its step
+        ids = prompt.clone()
+        for token in first:
+            top3 = model(ids[None]).logits[0, -1].topk(3).indices.tolist()
+            assert token in top3
+            ids = torch.cat([ids, torch.tensor([token])])
+
+
+def test_top_p_tiny_keeps_only_the_most_likely_token(make_model):
+    model = make_model(17)
+    prompt = torch.randint(10, 500, (5,))
+    greedy = model.generate([prompt], max_new_tokens=6)[0]
+    nucleus = model.generate([prompt], max_new_tokens=6, temperature=1.0, top_p=1e-6, seed=3)[0]
+    assert nucleus == greedy
+
+
+def test_invalid_settings_are_refused(make_model):
+    model = make_model(18)
+    with pytest.raises(InputError, match="top_p must be in"):
+        model.generate([torch.tensor([1, 2])], top_p=0.0)

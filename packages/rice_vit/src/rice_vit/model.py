@@ -1,0 +1,278 @@
+"""The RICE-ViT encoder at native resolution, many images packed into one sequence.
+
+Forward for n images with N patches in total (`pixel_values` (N, C*P*P) in merge-block order,
+`grid_thw` (n, 3)):
+
+1. Patch embedding: the bias-free Conv2d(C, D, P, stride P) of the checkpoints, applied to each
+   (C, P, P) patch, is a matmul of the flattened rows with the reshaped kernel: one Linear over all
+   N rows, no image-shaped tensor.
+2. Every image gets a class token (`class_embedding`) in front of its patches: the packed sequence
+   is `[cls_0, patches_0, cls_1, patches_1, ...]`, split by `cu_seqlens` (see `token_layout`).
+   The 2D RoPE angles are the patches' grid (row, column) and the learned `class_pos_emb` for
+   class tokens (see `rope`). Then `pre_layernorm` over all tokens.
+3. Pre-LN blocks: `x + proj(attn(norm1(x)))`, `x + fc2(gelu(fc1(norm2(x))))`, attention through
+   `varlen_attention`, bidirectional within an image, nothing across images.
+4. The patch rows after the last block, each image's own class token removed, in input order. No
+   post-layernorm (LLaVA-OV has none; MLCD's acts on the class token only: `pool(..., "cls")`).
+
+Memory grows linearly with N: every op is per token except attention, which never builds the dense
+(N+n) x (N+n) mask the official HF code uses. Per-image semantics are the correct ones: the output
+for an image does not depend on the other images of the call. The official HF tower drops only the
+first class token of a multi-image call and returns rows shifted by one per preceding image
+(MODEL.md); that bug is deliberately not reproduced.
+
+Model code is single-device: parallelism (FSDP, tensor parallel) is applied from outside by
+ov_train to the plain `nn.Linear`/`nn.LayerNorm` modules here.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rice_vit.attention import Backend, varlen_attention
+from rice_vit.config import Layout, RiceViTConfig
+from rice_vit.errors import InputError
+from rice_vit.rope import apply_rope, patch_rope_angles, rope_cos_sin
+from rice_vit.token_layout import TokenLayout
+
+
+class PatchEmbed(nn.Module):
+    """Flattened (C*P*P) patch rows -> D features with the checkpoints' conv kernel."""
+
+    def __init__(self, config: RiceViTConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(
+            config.in_channels,
+            config.hidden_size,
+            kernel_size=config.patch_size,
+            stride=config.patch_size,
+            bias=False,
+        )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        weight = self.proj.weight
+        return F.linear(pixel_values.to(weight.dtype), weight.reshape(weight.shape[0], -1))
+
+
+class Attention(nn.Module):
+    """Fused-qkv multi-head attention with 2D RoPE over packed images."""
+
+    def __init__(self, config: RiceViTConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        backend: Backend | None,
+    ) -> torch.Tensor:
+        tokens = x.shape[0]
+        q, k, v = self.qkv(x).view(tokens, 3, self.num_heads, self.head_dim).unbind(1)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        attended = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend)
+        return self.proj(attended.reshape(tokens, self.num_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    """fc2(gelu(fc1(x))) with exact (erf) GELU."""
+
+    def __init__(self, config: RiceViTConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block."""
+
+    def __init__(self, config: RiceViTConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.block_layer_norm_eps)
+        self.attn = Attention(config)
+        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.block_layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        backend: Backend | None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, cu_seqlens, max_seqlen, backend)
+        return x + self.mlp(self.norm2(x))
+
+
+@dataclass
+class RiceViTOutput:
+    """Everything `RiceViT.encode` returns."""
+
+    patch_features: torch.Tensor
+    """(patches, hidden) after the last block, rows in input (merge-block) order."""
+    class_tokens: torch.Tensor
+    """(images, hidden) each image's class token after the last block (no post-layernorm)."""
+    patch_counts: torch.Tensor
+    """(images,) patches per image: image i owns the next patch_counts[i] rows."""
+    cu_seqlens: torch.Tensor
+    """(images + 1,) int32 offsets into the packed token sequence of `hidden_states`: image i's
+    class token is row cu_seqlens[i], its patches the rows after it."""
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    """With `output_hidden_states`: depth + 1 packed sequences (tokens, hidden), class tokens
+    included: [0] after pre_layernorm, [i] after block i."""
+
+
+class RiceViT(nn.Module):
+    """The RICE-ViT encoder (see the module docstring). `attention_backend` None picks the best
+    available `varlen_attention` backend per call; it can be changed on the instance."""
+
+    def __init__(self, config: RiceViTConfig, *, attention_backend: Backend | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.attention_backend: Backend | None = attention_backend
+        self.patch_embed = PatchEmbed(config)
+        self.class_embedding = nn.Parameter(torch.empty(config.hidden_size))
+        self.class_pos_emb = nn.Parameter(torch.empty(1, config.head_dim // 2))
+        self.pre_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.post_layernorm = (
+            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            if config.has_post_layernorm
+            else None
+        )
+        nn.init.normal_(self.class_embedding, std=config.hidden_size**-0.5)
+        nn.init.normal_(self.class_pos_emb, std=1.0)
+
+    def forward(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor | Sequence[Sequence[int]]
+    ) -> torch.Tensor:
+        """(patches, hidden) features of `pixel_values` (patches, C*P*P) in merge-block order,
+        for images of `grid_thw` (images, 3) = (1, h, w) in patches."""
+        return self.encode(pixel_values, grid_thw).patch_features
+
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        grid_thw: torch.Tensor | Sequence[Sequence[int]],
+        *,
+        output_hidden_states: bool = False,
+    ) -> RiceViTOutput:
+        """Patch features, class tokens and optionally every layer's packed hidden states."""
+        config = self.config
+        device = self.class_embedding.device
+        layout = TokenLayout.from_grid_thw(grid_thw, config.spatial_merge_size, device)
+        if pixel_values.dim() != 2 or pixel_values.shape != (layout.num_patches, config.patch_dim):
+            raise InputError(
+                f"pixel_values must be (patches, {config.patch_dim}) with patches = sum(h*w) of "
+                f"grid_thw = {layout.num_patches}; got {tuple(pixel_values.shape)}"
+            )
+        patches = self.patch_embed(pixel_values.to(device))
+        x = patches.new_empty(layout.num_tokens, config.hidden_size)
+        x[layout.patch_index] = patches
+        x[layout.class_index] = self.class_embedding.to(patches.dtype)
+        angles = torch.empty(
+            layout.num_tokens, config.head_dim // 2, device=device, dtype=torch.float32
+        )
+        angles[layout.patch_index] = patch_rope_angles(
+            layout.patch_rows, layout.patch_cols, config.head_dim
+        )
+        angles[layout.class_index] = self.class_pos_emb.to(torch.float32)
+        cos, sin = rope_cos_sin(angles)
+
+        x = self.pre_layernorm(x)
+        hidden_states = [x] if output_hidden_states else None
+        for block in self.blocks:
+            x = block(x, cos, sin, layout.cu_seqlens, layout.max_seqlen, self.attention_backend)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        return RiceViTOutput(
+            patch_features=x[layout.patch_index],
+            class_tokens=x[layout.class_index],
+            patch_counts=layout.patch_counts,
+            cu_seqlens=layout.cu_seqlens,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+        )
+
+    def pool(self, output: RiceViTOutput, method: Literal["mean", "cls"]) -> torch.Tensor:
+        """(images, hidden) one vector per image: the mean of its patch features, or its class
+        token (through the post-layernorm when the checkpoint has one, i.e. MLCD's
+        `pooler_output`)."""
+        if method == "cls":
+            if self.post_layernorm is None:
+                return output.class_tokens
+            return self.post_layernorm(output.class_tokens)
+        if method == "mean":
+            counts = output.patch_counts
+            image_of_patch = torch.repeat_interleave(
+                torch.arange(counts.numel(), device=counts.device), counts
+            )
+            features = output.patch_features
+            sums = torch.zeros(
+                counts.numel(), features.shape[1], device=features.device, dtype=torch.float32
+            ).index_add_(0, image_of_patch, features.to(torch.float32))
+            return (sums / counts[:, None]).to(features.dtype)
+        raise InputError(f"unknown pool method {method!r}; choose 'mean' or 'cls'")
+
+    def num_parameters(self) -> int:
+        """Number of parameter values."""
+        return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        dtype: torch.dtype | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        attention_backend: Backend | None = None,
+    ) -> "RiceViT":
+        """Load a checkpoint folder in the MLCD or LLaVA-OV layout (single file or sharded). With
+        `dtype=None` parameters keep the stored dtype and bytes. Returned in eval mode."""
+        from rice_vit.checkpoint import load_checkpoint
+
+        config, state, _ = load_checkpoint(path, device=device)
+        with torch.device("meta"):
+            model = cls(config, attention_backend=attention_backend)
+        model.load_state_dict(state, strict=True, assign=True)
+        if dtype is not None:
+            model.to(dtype=dtype)
+        return model.eval()
+
+    def save_pretrained(
+        self,
+        path: str | Path,
+        layout: Layout = "llava-ov",
+        *,
+        max_shard_size: int | str = "5GB",
+        overwrite: bool = False,
+    ) -> list[str]:
+        """Write `config.json` and safetensors weights in `layout` ('llava-ov': `visual.*` names,
+        'mlcd': MLCDVisionModel names), sharded above `max_shard_size`. Returns the module tensors
+        the layout cannot hold and were therefore not written (the post-layernorm in llava-ov)."""
+        from rice_vit.checkpoint import save_checkpoint
+
+        _, dropped = save_checkpoint(
+            path,
+            self.config,
+            self.state_dict(),
+            layout,
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+        )
+        return dropped
