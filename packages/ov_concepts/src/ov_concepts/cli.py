@@ -2,20 +2,448 @@
 
 Every onevision CLI is a click group configured the same way: `-h/--help` on every command,
 defaults shown in the help text, `--version` on the group. Heavy imports (torch) happen inside
-the commands so that `--help` answers instantly.
+the commands so that `--help` answers instantly. Bad input ends the command with a one-line error
+naming the file, row or value (exit status 1), never a traceback. Progress bars go to stderr.
+
+A run from scratch:
+
+    ov-concepts synth --out corpus
+    ov-concepts assign --images corpus/images.npy --concepts corpus/concepts.npy --out assigned
+    ov-concepts balance assigned --target 5000 --out balanced
+    ov-concepts report balanced --vocabulary corpus/vocabulary.txt
 """
+
+from pathlib import Path
 
 import click
 
 from ov_concepts import __version__
+from ov_concepts.errors import ConceptsError
+
+_CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
+_PATH = click.Path(path_type=Path)
+_FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-@click.group(
-    name="ov-concepts",
-    context_settings={"show_default": True, "help_option_names": ["-h", "--help"]},
-)
+class _Group(click.Group):
+    """Turns ov_concepts' input errors into clean CLI errors."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConceptsError as error:
+            raise click.ClickException(str(error)) from error
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(name="ov-concepts", cls=_Group, context_settings=_CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="ov-concepts")
 def main() -> None:
     """Concept balancing of image corpora: embed, top-K concept assignment, inverse-frequency
     resampling, reports.
     """
+
+
+@main.command()
+@click.option("--out", "out_dir", type=_PATH, required=True, help="Directory to write.")
+@click.option("--images", type=click.IntRange(min=1), default=20000, help="Images.")
+@click.option("--concepts", type=click.IntRange(min=1), default=2000, help="Vocabulary size.")
+@click.option("--dim", type=click.IntRange(min=1), default=128, help="Embedding dimension.")
+@click.option(
+    "--per-image", type=click.IntRange(min=1), default=3, help="Planted concepts per image."
+)
+@click.option(
+    "--synonyms", type=click.IntRange(min=1), default=4, help="Concepts per synonym group."
+)
+@click.option(
+    "--zipf", type=click.FloatRange(min=0, min_open=True), default=1.1, help="Zipf exponent."
+)
+@click.option("--noise", type=click.FloatRange(min=0), default=0.5, help="Image noise level.")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Seed.")
+def synth(out_dir, images, concepts, dim, per_image, synonyms, zipf, noise, seed) -> None:
+    """Write a seeded synthetic corpus with Zipf-distributed concepts: images.npy, concepts.npy,
+    vocabulary.txt, planted.npy (the truth) and synthetic.json."""
+    from ov_concepts.synthetic import SyntheticConfig, write_synthetic_corpus
+
+    config = SyntheticConfig(
+        images=images,
+        concepts=concepts,
+        dim=dim,
+        concepts_per_image=per_image,
+        synonyms=synonyms,
+        zipf_exponent=zipf,
+        noise=noise,
+        seed=seed,
+    )
+    write_synthetic_corpus(config, out_dir)
+    _say(f"wrote {images:,} images x {concepts:,} concepts ({dim} dims) to {out_dir}")
+
+
+def _encoder_options(function):
+    options = [
+        click.option(
+            "--checkpoint",
+            type=_FILE,
+            help="open_clip-format CLIP checkpoint. Default: none (this or --from-embeddings).",
+        ),
+        click.option(
+            "--model",
+            default="ViT-H-14-quickgelu",
+            help="Built-in model config name, or an open_clip model config JSON file.",
+        ),
+        click.option(
+            "--from-embeddings",
+            type=_PATH,
+            help="Precomputed embeddings (.npy, .safetensors or an embedding directory) "
+            "instead of a checkpoint. Default: none.",
+        ),
+        click.option(
+            "--tensor", help="Tensor name in a .safetensors file. Default: its only tensor."
+        ),
+        click.option(
+            "--device", default="cpu", help="Device for the CLIP model (cpu, cuda, cuda:1)."
+        ),
+        click.option(
+            "--model-dtype",
+            type=click.Choice(["float32", "bfloat16", "float16"]),
+            default="float32",
+            help="Dtype the CLIP weights run in.",
+        ),
+        click.option(
+            "--batch-size", type=click.IntRange(min=1), default=64, help="Inputs per batch."
+        ),
+        click.option(
+            "--chunk-size", type=click.IntRange(min=1), default=8192, help="Inputs per chunk file."
+        ),
+        click.option(
+            "--store-dtype",
+            type=click.Choice(["float32", "float16"]),
+            default="float32",
+            help="Dtype of the stored embeddings.",
+        ),
+        click.option("--out", "out_dir", type=_PATH, required=True, help="Embedding directory."),
+        click.option("--no-progress", is_flag=True, help="Hide progress bars."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _check_source(checkpoint, from_embeddings) -> None:
+    if (checkpoint is None) == (from_embeddings is None):
+        raise click.UsageError("give exactly one of --checkpoint and --from-embeddings")
+
+
+def _job_config(batch_size: int, chunk_size: int, store_dtype: str):
+    from ov_concepts.embed_job import EmbedJobConfig
+
+    return EmbedJobConfig(chunk_inputs=chunk_size, batch_size=batch_size, dtype=store_dtype)
+
+
+@main.command("embed-images")
+@click.option(
+    "--images",
+    "images_path",
+    type=_PATH,
+    help="Image directory (recursive) or a list file of paths, one per line. "
+    "Default: none (required with --checkpoint).",
+)
+@_encoder_options
+def embed_images(
+    images_path,
+    checkpoint,
+    model,
+    from_embeddings,
+    tensor,
+    device,
+    model_dtype,
+    batch_size,
+    chunk_size,
+    store_dtype,
+    out_dir,
+    no_progress,
+) -> None:
+    """Embed images into a chunked, resumable embedding directory (rerun to resume).
+
+    Corrupt images are skipped and listed in OUT/failures.jsonl; OUT/keys.txt names the image of
+    each embedding row.
+    """
+    from ov_concepts.embed_job import run_embedding_job
+
+    _check_source(checkpoint, from_embeddings)
+    if from_embeddings is not None:
+        from ov_concepts.embeddings import EmbeddingMatrix
+        from ov_concepts.encoders import PrecomputedEncoder
+        from ov_concepts.inputs import EmbeddingRows
+
+        matrix = EmbeddingMatrix(from_embeddings, tensor)
+        encoder = PrecomputedEncoder(images=matrix)
+        inputs = EmbeddingRows(matrix.rows)
+    else:
+        if images_path is None:
+            raise click.UsageError("--images is required with --checkpoint")
+        from ov_concepts.clip import load_clip_encoder
+        from ov_concepts.inputs import ImageFiles
+
+        inputs = ImageFiles.from_path(images_path)
+        encoder = load_clip_encoder(checkpoint, model, device=device, dtype=model_dtype)
+    manifest = run_embedding_job(
+        inputs,
+        encoder,
+        out_dir,
+        _job_config(batch_size, chunk_size, store_dtype),
+        progress=not no_progress,
+    )
+    failed = sum(len(chunk.failed) for chunk in manifest.chunks)
+    _say(f"wrote {manifest.rows:,} image embeddings ({manifest.dim} dims) to {out_dir}")
+    if failed:
+        _say(f"{failed:,} images could not be decoded; see {out_dir / 'failures.jsonl'}")
+
+
+@main.command("embed-concepts")
+@click.argument("vocabulary_path", metavar="VOCABULARY", type=_FILE)
+@click.option(
+    "--tokenizer",
+    type=_FILE,
+    help="CLIP tokenizer.json. Default: none (required with --checkpoint).",
+)
+@click.option("--template", default="{}", help="Prompt template; {} is the concept.")
+@_encoder_options
+def embed_concepts(
+    vocabulary_path,
+    tokenizer,
+    template,
+    checkpoint,
+    model,
+    from_embeddings,
+    tensor,
+    device,
+    model_dtype,
+    batch_size,
+    chunk_size,
+    store_dtype,
+    out_dir,
+    no_progress,
+) -> None:
+    """Embed the concepts of VOCABULARY (.txt, one per line, or .jsonl {"concept": ...}).
+
+    With --from-embeddings the file holds one row per non-blank vocabulary entry. OUT/keys.txt
+    lists the concepts in id order (a vocabulary for `report`).
+    """
+    from ov_concepts.embed_job import run_embedding_job
+    from ov_concepts.inputs import ConceptTexts
+    from ov_concepts.vocabulary import load_vocabulary
+
+    _check_source(checkpoint, from_embeddings)
+    vocabulary = load_vocabulary(vocabulary_path)
+    _say(f"vocabulary: {len(vocabulary):,} concepts from {vocabulary_path}")
+    if vocabulary.duplicates:
+        shown = "; ".join(
+            f"line {d.line} {d.concept!r} repeats line {d.first_line}"
+            for d in vocabulary.duplicates[:5]
+        )
+        more = "" if len(vocabulary.duplicates) <= 5 else "; ..."
+        _say(f"dropped {len(vocabulary.duplicates):,} duplicates: {shown}{more}")
+    if from_embeddings is not None:
+        from ov_concepts.embeddings import EmbeddingMatrix
+        from ov_concepts.encoders import PrecomputedEncoder
+
+        matrix = EmbeddingMatrix(from_embeddings, tensor)
+        encoder = PrecomputedEncoder(texts=matrix, vocabulary=vocabulary)
+    else:
+        if tokenizer is None:
+            raise click.UsageError("--tokenizer is required with --checkpoint")
+        from ov_concepts.clip import load_clip_encoder
+
+        encoder = load_clip_encoder(
+            checkpoint,
+            model,
+            tokenizer=tokenizer,
+            template=template,
+            device=device,
+            dtype=model_dtype,
+        )
+    manifest = run_embedding_job(
+        ConceptTexts(vocabulary),
+        encoder,
+        out_dir,
+        _job_config(batch_size, chunk_size, store_dtype),
+        progress=not no_progress,
+    )
+    _say(f"wrote {manifest.rows:,} concept embeddings ({manifest.dim} dims) to {out_dir}")
+
+
+@main.command()
+@click.option(
+    "--images",
+    "images_path",
+    type=_PATH,
+    required=True,
+    help="Image embeddings: .npy, .safetensors or an embedding directory.",
+)
+@click.option(
+    "--concepts",
+    "concepts_path",
+    type=_PATH,
+    required=True,
+    help="Concept embeddings, same formats.",
+)
+@click.option(
+    "--images-tensor", help="Tensor name in an images .safetensors file. Default: its only tensor."
+)
+@click.option(
+    "--concepts-tensor",
+    help="Tensor name in a concepts .safetensors file. Default: its only tensor.",
+)
+@click.option("--topk", type=click.IntRange(min=1), default=10, help="Concepts per image (K).")
+@click.option(
+    "--min-similarity",
+    type=click.FloatRange(-1, 1),
+    default=None,
+    help="Drop concepts scoring below this cosine (id -1). Default: keep all K.",
+)
+@click.option("--image-block", type=click.IntRange(min=1), default=4096, help="Images per block.")
+@click.option(
+    "--concept-block", type=click.IntRange(min=1), default=16384, help="Concepts per matmul block."
+)
+@click.option("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16"]),
+    default="auto",
+    help="auto: bf16 on CUDA, fp32 on CPU.",
+)
+@click.option("--out", "out_dir", type=_PATH, required=True, help="Assignment directory.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def assign(
+    images_path,
+    concepts_path,
+    images_tensor,
+    concepts_tensor,
+    topk,
+    min_similarity,
+    image_block,
+    concept_block,
+    device,
+    precision,
+    out_dir,
+    no_progress,
+) -> None:
+    """Write the top-K concepts of every image: OUT/ids.npy (int32, best first), OUT/scores.npy
+    (float16) and a manifest. Rerun the same command to resume an interrupted run."""
+    import time
+
+    from ov_concepts.assign import AssignConfig, assign_concepts
+    from ov_concepts.embeddings import EmbeddingMatrix
+
+    config = AssignConfig(
+        topk=topk,
+        min_similarity=min_similarity,
+        image_block=image_block,
+        concept_block=concept_block,
+        device=device,
+        precision=precision,
+    )
+    images = EmbeddingMatrix(images_path, images_tensor)
+    concepts = EmbeddingMatrix(concepts_path, concepts_tensor)
+    started = time.perf_counter()
+    manifest = assign_concepts(images, concepts, out_dir, config, progress=not no_progress)
+    seconds = time.perf_counter() - started
+    _say(
+        f"assigned top-{manifest.topk} of {manifest.concepts:,} concepts to {manifest.images:,} "
+        f"images on {manifest.device} ({manifest.precision}) in {seconds:.1f} s -> {out_dir}"
+    )
+
+
+@main.command()
+@click.argument("assignments_path", metavar="ASSIGNMENTS", type=_PATH)
+@click.option("--target", type=click.IntRange(min=1), required=True, help="Images to select.")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, help="Sampling seed.")
+@click.option(
+    "--rule",
+    type=click.Choice(["mean", "sum", "max", "metaclip"]),
+    default="mean",
+    help="How an image's concept frequencies combine into its weight.",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    help="Power on the inverse frequency, count^-alpha (not used by metaclip).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="MetaCLIP's t. Default: solved so the expected kept count equals --target.",
+)
+@click.option("--replace", is_flag=True, help="Sample with replacement (ids may repeat).")
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=4096),
+    default=1 << 20,
+    help="Rows per streamed chunk (a multiple of 4096); changes memory, not results.",
+)
+@click.option("--out", "out_dir", type=_PATH, required=True, help="Directory to write.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def balance(
+    assignments_path,
+    target,
+    seed,
+    rule,
+    alpha,
+    threshold,
+    replace,
+    chunk_rows,
+    out_dir,
+    no_progress,
+) -> None:
+    """Weight images by the inverse frequency of their concepts and sample exactly --target of
+    them: OUT/selected.npy (sorted int64 indices), OUT/weights.npy, OUT/stats.json."""
+    from ov_concepts.assign import Assignments
+    from ov_concepts.balance import BalanceConfig
+    from ov_concepts.balance import balance as run_balance
+    from ov_concepts.report import stats_table
+
+    config = BalanceConfig(
+        target=target,
+        seed=seed,
+        rule=rule,
+        alpha=alpha,
+        threshold=threshold,
+        replace=replace,
+        chunk_rows=chunk_rows,
+    )
+    stats = run_balance(
+        Assignments.open(assignments_path), out_dir, config, progress=not no_progress
+    )
+    _say(
+        f"selected {stats.selected:,} of {stats.images:,} images ({stats.distinct_selected:,} "
+        f"distinct) -> {out_dir}"
+    )
+    click.echo(stats_table(stats.before, stats.after))
+
+
+@main.command()
+@click.argument("balance_path", metavar="BALANCED", type=_PATH)
+@click.option(
+    "--vocabulary", type=_FILE, help="Vocabulary, to name the head concepts. Default: ids only."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=_PATH,
+    default=None,
+    help="Where to write report.md and rank_frequency.png. Default: BALANCED.",
+)
+def report(balance_path, vocabulary, out_dir) -> None:
+    """Write a Markdown summary and a log-log rank-frequency plot of a `balance` run."""
+    from ov_concepts.report import write_report
+    from ov_concepts.vocabulary import load_vocabulary
+
+    loaded = load_vocabulary(vocabulary) if vocabulary is not None else None
+    path = write_report(balance_path, out_dir, loaded)
+    click.echo(str(path))

@@ -5,8 +5,8 @@ defaults shown in the help text, `--version` on the group. Heavy imports (pyarro
 task modules) happen inside the commands so that `--help` answers instantly. Bad input ends the
 command with a one-line error naming the file, row or task (exit status 1), never a traceback.
 
-Commands: `list` (the benchmarks and their pinned prompts) and `report` (a results directory as
-Markdown). Running a model (`run`) comes with the ov_model integration.
+Commands: `list` (the benchmarks and their pinned prompts), `run` (a checkpoint over tasks,
+resumable) and `report` (a results directory as Markdown).
 """
 
 from pathlib import Path
@@ -20,13 +20,17 @@ _CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 
 class _Group(click.Group):
-    """Turns ov_eval's input errors into clean CLI errors."""
+    """Turns ov_eval's (and the model loader's) input errors into clean CLI errors."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except EvalError as error:
             raise click.ClickException(str(error)) from error
+        except ValueError as error:  # ov_model / rice_vit errors subclass ValueError
+            if type(error).__module__.startswith(("ov_model", "rice_vit")):
+                raise click.ClickException(str(error)) from error
+            raise
 
 
 @click.group(name="ov-eval", cls=_Group, context_settings=_CONTEXT)
@@ -89,3 +93,80 @@ def report(out_dir: Path, output: Path | None) -> None:
     else:
         output.write_text(markdown, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint folder (onevision export or HF LLaVA-OV-1.5 layout).",
+)
+@click.option("--tasks", required=True, help="Comma-separated task names (see `ov-eval list`).")
+@click.option(
+    "--data-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Benchmarks folder: each task reads DATA_DIR/<task> (or DATA_DIR itself).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Results folder; an existing one is resumed.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per task.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Samples per batch.")
+@click.option("--min-pixels", type=click.IntRange(min=1), default=None, help="Image lower bound.")
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Image upper bound. Default: the checkpoint's preprocessor_config.json.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    default="float32",
+    help="Weights dtype.",
+)
+@click.option("--device", default="cpu", help="torch device, e.g. cuda:0.")
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Override every task's generation budget. Default: each task's own.",
+)
+def run(
+    model_dir: Path,
+    tasks: str,
+    data_dir: Path,
+    out: Path,
+    limit: int | None,
+    batch_size: int,
+    min_pixels: int | None,
+    max_pixels: int | None,
+    dtype: str,
+    device: str,
+    max_new_tokens: int | None,
+) -> None:
+    """Evaluate a checkpoint on tasks with greedy decoding; write predictions and results."""
+    from ov_eval.report import render_report
+    from ov_eval.runner import EvalConfig, evaluate
+
+    names = tuple(name.strip() for name in tasks.split(",") if name.strip())
+    config = EvalConfig(
+        model=model_dir,
+        tasks=names,
+        data_dir=data_dir,
+        out=out,
+        limit=limit,
+        batch_size=batch_size,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        dtype=dtype,
+        device=device,
+        max_new_tokens=max_new_tokens,
+    )
+    click.echo(render_report(evaluate(config)), nl=False)
