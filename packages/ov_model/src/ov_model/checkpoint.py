@@ -15,7 +15,7 @@ import torch
 from ov_model.config import LlavaOVConfig
 from ov_model.errors import CheckpointError
 from ov_model.state_dict_adapter import from_hf, hf_name, to_hf
-from ov_model.weights_io import read_tensors, write_tensors
+from rice_vit.safetensors_folder import read_tensors, write_tensors
 
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"

@@ -19,8 +19,8 @@ from ov_model.errors import CheckpointError, ConfigError
 from ov_model.model import LlavaOV
 from ov_model.state_dict_adapter import from_hf
 from ov_model.tokenizer import TextTokenizer
-from ov_model.weights_io import read_tensors
 from rice_vit import RiceViT
+from rice_vit.safetensors_folder import read_tensors
 
 INIT_STD = 0.02
 QWEN_MODEL_TYPES = {"qwen3": "LLaVAOneVision1_5_text", "qwen2": "qwen2"}
