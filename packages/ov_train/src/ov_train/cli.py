@@ -8,6 +8,8 @@ the commands so that `--help` answers instantly.
 import click
 
 from ov_train import __version__
+from ov_train.commands import export_command, recipes_command, run_command
+from ov_train.data.prepare_cli import prepare_command
 
 
 @click.group(
@@ -19,3 +21,8 @@ def main() -> None:
     """Three-stage LLaVA-OneVision-1.5 trainer on torch.distributed: recipes, packed data, exact
     resume, quickstart.
     """
+
+
+# The subcommands live beside what they run; their heavy imports happen only when one runs.
+for _command in (prepare_command, run_command, export_command, recipes_command):
+    main.add_command(_command)

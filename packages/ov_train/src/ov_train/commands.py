@@ -1,0 +1,174 @@
+"""Click commands of the training side, for `ov-train`'s group to register: run, export, recipes.
+
+- `ov-train run RECIPE [--set KEY=VALUE]... [--data DIR] [--out DIR] [--resume/--no-resume]`:
+  RECIPE is a registered name (`ov-train recipes`) or a TOML file; overrides are parsed with
+  the type of the field they set; `--show` prints the resolved recipe instead of training.
+- `ov-train export CKPT --out HF_DIR`: the HF layout of a checkpoint (or of a run's latest).
+- `ov-train recipes [NAME]`: the table of registered recipes, or one of them as TOML.
+
+The recipe's fields are not repeated as flags: `--set` reaches every one of them, with the same
+validation as a TOML file, so the CLI never drifts from the dataclasses. Torch is imported
+inside the commands, so `--help` answers at once. Errors about the user's input (a recipe key,
+a checkpoint folder, the data) are printed as one line, without a traceback.
+"""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Show the package's input errors (all ValueError subclasses) as click errors."""
+    from ov_model.errors import OVModelError
+    from ov_model.processor_errors import ProcessorError
+    from ov_train.data.errors import DataError
+    from ov_train.errors import OVTrainError
+
+    try:
+        yield
+    except (OVTrainError, OVModelError, ProcessorError, DataError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _show_notices() -> None:
+    logger = logging.getLogger("ov_train")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("ov-train: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+@click.command("run", context_settings=CONTEXT)
+@click.argument("recipe")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change one recipe value, e.g. --set optim.lr=2e-5 --set model.trainable=projector,llm "
+    "(repeatable).",
+)
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    show_default="the recipe's data.path",
+    help="Packed shard folder of `ov-train prepare` (sets data.path).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    show_default="runs/<recipe name>",
+    help="Run folder: recipe, processor, metrics.jsonl, loss.png, checkpoints.",
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    help="Continue from the run folder's latest checkpoint; --no-resume refuses a folder that "
+    "has checkpoints.",
+)
+@click.option("--show", is_flag=True, help="Print the resolved recipe as TOML and exit.")
+def run_command(
+    recipe: str,
+    overrides: tuple[str, ...],
+    data: Path | None,
+    out: Path | None,
+    resume: bool,
+    show: bool,
+) -> None:
+    """Train RECIPE (a name from `ov-train recipes` or a TOML file)."""
+    with _user_errors():
+        from ov_train.config_io import recipe_to_toml, resolve_recipe
+
+        changes = list(overrides) + ([f"data.path={data}"] if data is not None else [])
+        resolved = resolve_recipe(recipe, changes)
+        if show:
+            click.echo(recipe_to_toml(resolved), nl=False)
+            return
+        _show_notices()
+        from ov_train.errors import RecipeError
+        from ov_train.parallel import SingleProcess
+        from ov_train.source import open_packed_shards
+        from ov_train.train_loop import Trainer, load_processor
+
+        processor = load_processor(resolved.model)
+        if processor is None:
+            raise RecipeError(
+                "model.path is required to train on packed shards: a model folder with its "
+                "tokenizer (`ov-model init` output or a previous stage's export)"
+            )
+        world = SingleProcess()
+        source = open_packed_shards(resolved, processor, world)
+        run_dir = out if out is not None else Path("runs") / resolved.name
+        result = Trainer(resolved, source, run_dir, resume=resume, world=world).run()
+    click.echo(f"run folder:      {result.run_dir}")
+    click.echo(f"steps:           {result.start_step} -> {result.final_step}")
+    if result.final_loss is not None:
+        click.echo(f"final loss:      {result.final_loss:.4f}")
+    click.echo(f"tokens/s:        {result.tokens_per_second:.0f}")
+    click.echo(f"last checkpoint: {result.last_checkpoint}")
+    if result.plot_path is not None:
+        click.echo(f"loss curve:      {result.plot_path}")
+
+
+@click.command("export", context_settings=CONTEXT)
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the HF-layout model (must be new or empty).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default="fp32",
+    help="Weight dtype of the export (training keeps fp32; the release ships bf16).",
+)
+@click.option("--max-shard-size", default="5GB", help="Largest safetensors file.")
+def export_command(checkpoint: Path, out: Path, dtype: str, max_shard_size: str) -> None:
+    """Write CHECKPOINT (a checkpoint folder, or a run folder for its latest) in the HF layout."""
+    with _user_errors():
+        from ov_train.export import export_checkpoint
+
+        folder = export_checkpoint(checkpoint, out, dtype=dtype, max_shard_size=max_shard_size)
+    click.echo(f"exported {checkpoint} -> {folder}")
+
+
+@click.command("recipes", context_settings=CONTEXT)
+@click.argument("name", required=False)
+def recipes_command(name: str | None) -> None:
+    """List the registered recipes, or print recipe NAME as TOML (a starting point for a file)."""
+    from ov_train.config_io import recipe_to_toml, resolve_recipe
+    from ov_train.recipes import RECIPES
+
+    if name is not None:
+        with _user_errors():
+            click.echo(recipe_to_toml(resolve_recipe(name)), nl=False)
+        return
+    header = ("name", "stage", "trainable", "lr", "steps", "accum", "tokens/mb")
+    rows = [
+        (
+            recipe.name,
+            recipe.stage,
+            ",".join(recipe.model.trainable),
+            f"{recipe.optim.lr:g}",
+            str(recipe.train.steps),
+            str(recipe.train.grad_accumulation),
+            str(recipe.train.micro_batch_tokens),
+        )
+        for recipe in RECIPES.values()
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )

@@ -1,0 +1,300 @@
+"""The typed recipe of a training run: nested, frozen, keyword-only dataclasses.
+
+A `Recipe` is everything that decides what a run computes: the model to start from and which of
+its modules train, the data, AdamW, the learning-rate schedule, the step structure (steps,
+gradient accumulation, micro-batch token budget, clipping, seed, dtype policy), checkpointing and
+logging. Named recipes live in `recipes.py`; TOML files and `--set key=value` overrides are read
+by `config_io.py`. Where the run writes (its folder) and what data folder it reads on this machine
+are not part of it beyond `data.path`, so a recipe file can be shared between machines.
+
+Every section checks itself at construction: values are coerced to the declared type (an int
+where a float is declared becomes a float, a list where a tuple is declared a tuple, nothing
+else is converted) and range-checked, and an error names the dotted key (`optim.lr`). Coercion
+and checks live here, in one place, so a recipe built in Python, read from TOML or changed by an
+override is held to the same rules.
+
+Trade-off: the sections are frozen, so a change is `dataclasses.replace` or an override, never
+an assignment; in exchange a recipe can be shared, hashed and compared without defensive copies.
+"""
+
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from ov_train.errors import RecipeError
+
+MODULES = ("vision", "projector", "llm")
+"""The trainable units of a LLaVA-OV model: the RICE-ViT encoder, the patch merger, the Qwen
+decoder with its output head (`language_model` + `lm_head`)."""
+
+STAGES = ("1", "1.5", "2")
+DTYPES = ("auto", "bf16", "fp32")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """`value` as the type `annotation` (bool, int, float, str, X | None, tuple[X, ...],
+    tuple[X, Y]); raises RecipeError naming `key` when it is not one."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None and len(options) < len(typing.get_args(annotation)):
+            return None
+        if len(options) != 1:
+            raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+        return coerce(value, options[0], key)
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, list | tuple):
+            raise RecipeError(f"{key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise RecipeError(f"{key} must have {len(args)} entries, got {len(value)}: {value!r}")
+        pairs = enumerate(zip(value, args, strict=True))
+        return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in pairs)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{key} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecipeError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise RecipeError(f"{key} must be finite, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+
+
+class Section:
+    """Shared construction-time behaviour: coerce every field to its type, then `check()`."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for item in fields(self):  # type: ignore[arg-type]
+            value, hint = getattr(self, item.name), hints[item.name]
+            if isinstance(hint, type) and issubclass(hint, Section):
+                if not isinstance(value, hint):
+                    raise RecipeError(f"{self.key(item.name)} must be a {hint.__name__}")
+                continue
+            object.__setattr__(self, item.name, coerce(value, hint, self.key(item.name)))
+        self.check()
+
+    def key(self, name: str) -> str:
+        """The dotted key of one of this section's fields (`optim.lr`)."""
+        return f"{self.SECTION}.{name}" if self.SECTION else name
+
+    def check(self) -> None:
+        """Range checks after coercion (override in sections that have any)."""
+
+    def _require(self, condition: bool, name: str, rule: str) -> None:
+        if not condition:
+            raise RecipeError(f"{self.key(name)} {rule}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(Section):
+    """The model to start from and which of its modules train."""
+
+    SECTION: ClassVar[str] = "model"
+    preset: str = "tiny"
+    """An `ov_model.PRESETS` name (tiny, 3b, 4b, 8b): the architecture built (seeded, random)
+    when `path` is unset, and the size the recipe was written for."""
+    path: str | None = None
+    """An HF-layout model folder (weights, config, tokenizer, processor) to start from: the
+    Stage-0 merge of `ov-model init`, or the export of the previous stage."""
+    trainable: tuple[str, ...] = MODULES
+    """Modules that train (of vision, projector, llm); the others are frozen."""
+    attention_backend: str | None = None
+    """Force a varlen attention backend (None: ov_model chooses)."""
+
+    def check(self) -> None:
+        from ov_model.config import PRESETS
+
+        self._require(self.preset in PRESETS, "preset", f"must be one of {sorted(PRESETS)}")
+        self._require(bool(self.trainable), "trainable", "must name at least one module")
+        unknown = [m for m in self.trainable if m not in MODULES]
+        self._require(not unknown, "trainable", f"must name modules of {list(MODULES)}")
+        self._require(
+            len(set(self.trainable)) == len(self.trainable), "trainable", "names a module twice"
+        )
+        self._require(self.path is None or bool(self.path), "path", "must not be empty")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig(Section):
+    """Where the packed training shards are (`ov-train prepare` output) and how they are read."""
+
+    SECTION: ClassVar[str] = "data"
+    path: str | None = None
+    """Folder of packed shards; `ov-train run --data DIR` sets it."""
+    num_workers: int = 0
+    """Loader worker processes (0: read in the training process)."""
+
+    def check(self) -> None:
+        self._require(self.num_workers >= 0, "num_workers", "must be >= 0")
+        self._require(self.path is None or bool(self.path), "path", "must not be empty")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig(Section):
+    """AdamW (decoupled weight decay) with a learning rate per module."""
+
+    SECTION: ClassVar[str] = "optim"
+    lr: float
+    """Peak learning rate of every module without its own below."""
+    lr_vision: float | None = None
+    lr_projector: float | None = None
+    lr_llm: float | None = None
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-5
+    weight_decay: float = 0.0
+    """Applied to the weights of Linear and Conv layers only (see optim.py)."""
+
+    def check(self) -> None:
+        for name in ("lr", "lr_vision", "lr_projector", "lr_llm"):
+            value = getattr(self, name)
+            self._require(value is None or value > 0, name, "must be > 0")
+        self._require(all(0 <= b < 1 for b in self.betas), "betas", "must lie in [0, 1)")
+        self._require(self.eps > 0, "eps", "must be > 0")
+        self._require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+
+    def lr_for(self, module: str) -> float:
+        """The peak learning rate of `module` (one of MODULES)."""
+        if module not in MODULES:
+            raise RecipeError(f"unknown module {module!r}; modules are {list(MODULES)}")
+        specific = getattr(self, f"lr_{module}")
+        return self.lr if specific is None else specific
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleConfig(Section):
+    """Linear warmup, then cosine decay from each module's peak to `min_lr` at the last step."""
+
+    SECTION: ClassVar[str] = "schedule"
+    warmup_fraction: float = 0.002
+    """Warmup steps as a fraction of `train.steps` (rounded up)."""
+    min_lr: float = 1e-6
+
+    def check(self) -> None:
+        self._require(0 <= self.warmup_fraction < 1, "warmup_fraction", "must lie in [0, 1)")
+        self._require(self.min_lr >= 0, "min_lr", "must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Section):
+    """The step structure, precision policy and seed."""
+
+    SECTION: ClassVar[str] = "train"
+    steps: int
+    """Optimizer steps of the run."""
+    grad_accumulation: int = 1
+    """Micro-batches per optimizer step and rank: global batch = this x data-parallel ranks x
+    packed sequences per micro-batch."""
+    micro_batch_tokens: int
+    """Token budget of one micro-batch: packed bins are concatenated up to it, never padded."""
+    clip_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0: measure only, never clip)."""
+    seed: int = 0
+    dtype: str = "auto"
+    """auto: bf16 autocast on CUDA, fp32 on CPU; bf16: autocast on any device; fp32: none.
+    Parameters and optimizer states are always fp32 (master weights)."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms: bitwise reproducible runs and resumes, slower."""
+
+    def check(self) -> None:
+        for name in ("steps", "grad_accumulation", "micro_batch_tokens"):
+            self._require(getattr(self, name) >= 1, name, "must be >= 1")
+        self._require(self.clip_grad_norm >= 0, "clip_grad_norm", "must be >= 0")
+        self._require(self.seed >= 0, "seed", "must be >= 0")
+        self._require(self.dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}")
+        self._require(bool(_DEVICE.match(self.device)), "device", "must be auto, cpu or cuda[:N]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointConfig(Section):
+    """When checkpoints are written and how many are kept."""
+
+    SECTION: ClassVar[str] = "checkpoint"
+    dir: str = "checkpoints"
+    """Folder of the checkpoints; a relative path is inside the run folder."""
+    every: int = 500
+    """Save every this many steps (and always after the last step)."""
+    keep_last: int = 3
+    """Complete checkpoints kept; older ones are deleted after a new one is committed."""
+
+    def check(self) -> None:
+        self._require(bool(self.dir), "dir", "must not be empty")
+        self._require(self.every >= 1, "every", "must be >= 1")
+        self._require(self.keep_last >= 1, "keep_last", "must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoggingConfig(Section):
+    """What a run reports besides `metrics.jsonl` (always written)."""
+
+    SECTION: ClassVar[str] = "logging"
+    progress_bar: bool = True
+    tensorboard: bool = False
+    """Write TensorBoard events when `torch.utils.tensorboard` is importable (else a notice)."""
+    plot: bool = True
+    """Draw `loss.png` in the run folder at the end."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe(Section):
+    """A complete, validated training recipe (see the module docstring)."""
+
+    name: str
+    stage: str
+    """1 (alignment), 1.5 (mid-training) or 2 (instruction tuning)."""
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    SECTIONS: ClassVar[dict[str, type[Section]]] = {
+        "model": ModelConfig,
+        "data": DataConfig,
+        "optim": OptimConfig,
+        "schedule": ScheduleConfig,
+        "train": TrainConfig,
+        "checkpoint": CheckpointConfig,
+        "logging": LoggingConfig,
+    }
+
+    def check(self) -> None:
+        self._require(bool(_NAME.match(self.name)), "name", "must be lower-case [a-z0-9_.-]")
+        self._require(self.stage in STAGES, "stage", f"must be one of {list(STAGES)}")
+        for module in self.model.trainable:
+            lr = self.optim.lr_for(module)
+            if self.schedule.min_lr > lr:
+                raise RecipeError(
+                    f"schedule.min_lr ({self.schedule.min_lr}) is above the peak learning rate "
+                    f"of the trainable module {module!r} ({lr}); lower schedule.min_lr"
+                )
+
+    @property
+    def warmup_steps(self) -> int:
+        """Warmup steps: `schedule.warmup_fraction` of `train.steps`, rounded up."""
+        return math.ceil(self.schedule.warmup_fraction * self.train.steps)

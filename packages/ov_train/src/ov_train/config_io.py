@@ -1,0 +1,249 @@
+"""Recipes to and from TOML, and dotted `--set section.key=value` overrides.
+
+A recipe file is the `Recipe` dataclasses written as TOML: top-level `name`, `stage`,
+`description`, one table per section. A file may start from a named recipe with
+`base = "stage2-8b"` and give only what differs. Unset optional values (`None`) are left out of
+the file, since TOML has no null: reading a file back gives the same recipe.
+
+An override is parsed with the type of the field it sets, so `--set optim.lr=2e-5` is a float,
+`--set model.trainable=projector,llm` a tuple of names, `--set optim.betas=[0.9,0.999]` (or
+`0.9,0.999`) a pair of floats, `--set model.path=none` clears an optional value. Values are read
+as TOML values first; a string field takes the text as it is unless it is quoted. Unknown keys
+are errors that suggest the closest valid key.
+
+We write TOML ourselves (a few dozen lines for our value types: bool, int, float, str, lists of
+them) rather than adding a dependency; reading uses the standard library's tomllib.
+"""
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ov_train.config import Recipe, Section, coerce
+from ov_train.errors import RecipeError
+
+TOP_LEVEL = ("name", "stage", "description")
+NONE_WORDS = ("none", "null")
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as nested plain values (tuples become lists), `None` kept."""
+    data: dict[str, Any] = {name: getattr(recipe, name) for name in TOP_LEVEL}
+    for section in Recipe.SECTIONS:
+        values = dataclasses.asdict(getattr(recipe, section))
+        data[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return data
+
+
+def recipe_from_dict(data: Mapping[str, Any], *, source: str = "recipe") -> Recipe:
+    """Build and validate a Recipe from nested plain values; `source` prefixes errors.
+
+    A `base` entry names a registered recipe whose values the others override.
+    """
+    try:
+        return _build(_with_base(data))
+    except RecipeError as error:
+        raise RecipeError(f"{source}: {error}") from None
+
+
+def _with_base(data: Mapping[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    base_name = data.pop("base", None)
+    if base_name is None:
+        return data
+    from ov_train.recipes import RECIPES
+
+    if base_name not in RECIPES:
+        raise RecipeError(f"base {base_name!r} is not a registered recipe; see `ov-train recipes`")
+    merged = recipe_to_dict(RECIPES[base_name])
+    for key, value in data.items():
+        if key in Recipe.SECTIONS and isinstance(value, Mapping):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(data: Mapping[str, Any]) -> Recipe:
+    _check_keys(data, [*TOP_LEVEL, *Recipe.SECTIONS], prefix="")
+    sections = {}
+    for name, kind in Recipe.SECTIONS.items():
+        values = data.get(name, {})
+        if not isinstance(values, Mapping):
+            raise RecipeError(f"{name} must be a table of keys, got {values!r}")
+        sections[name] = _construct(kind, values, prefix=f"{name}.")
+    top = {k: data[k] for k in TOP_LEVEL if k in data}
+    return _construct(Recipe, {**top, **sections}, prefix="")
+
+
+def _construct(kind: type[Section], values: Mapping[str, Any], prefix: str) -> Any:
+    names = [f.name for f in dataclasses.fields(kind)]  # type: ignore[arg-type]
+    _check_keys(values, names, prefix)
+    for item in dataclasses.fields(kind):  # type: ignore[arg-type]
+        required = (
+            item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+        )
+        if required and item.name not in values:
+            raise RecipeError(f"{prefix}{item.name} is required")
+    return kind(**values)
+
+
+def _check_keys(values: Mapping[str, Any], valid: Iterable[str], prefix: str) -> None:
+    valid = list(valid)
+    for key in values:
+        if key not in valid:
+            raise RecipeError(f"unknown key {prefix}{key}{_suggest(key, valid, prefix)}")
+
+
+def _suggest(key: str, valid: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    if close:
+        return f"; did you mean {prefix}{close[0]}?"
+    return f"; valid keys: {', '.join(prefix + v for v in valid)}"
+
+
+# ---------------------------------------------------------------------------------- TOML files
+def recipe_to_toml(recipe: Recipe) -> str:
+    """The recipe as TOML text (optional values that are unset are left out)."""
+    data = recipe_to_dict(recipe)
+    lines = [f"{key} = {_toml_value(data[key])}" for key in TOP_LEVEL]
+    for section in Recipe.SECTIONS:
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value).replace("\x7f", "\\u007f")
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> Path:
+    """Write the recipe as a TOML file; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(recipe_to_toml(recipe), encoding="utf-8")
+    return path
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a TOML recipe file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such recipe file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise RecipeError(f"{path}: not valid TOML ({error})") from None
+    return recipe_from_dict(data, source=str(path))
+
+
+def resolve_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    """A registered recipe by name, or a TOML file by path, with `key=value` overrides."""
+    from ov_train.recipes import RECIPES
+
+    text = str(name_or_path)
+    if text in RECIPES:
+        recipe = RECIPES[text]
+    elif Path(text).suffix == ".toml" or Path(text).is_file():
+        recipe = load_recipe(text)
+    else:
+        close = difflib.get_close_matches(text, list(RECIPES), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise RecipeError(
+            f"{text!r} is neither a registered recipe nor a TOML file{hint} "
+            "(`ov-train recipes` lists the names)"
+        )
+    return apply_overrides(recipe, overrides)
+
+
+# ---------------------------------------------------------------------------------- overrides
+def apply_overrides(recipe: Recipe, overrides: Iterable[str]) -> Recipe:
+    """A copy of `recipe` with each `section.key=value` (or top-level `key=value`) applied."""
+    data = recipe_to_dict(recipe)
+    for text in overrides:
+        key, raw = _split_override(text)
+        target, name, annotation = _locate(data, key)
+        try:
+            target[name] = parse_value(raw, annotation, key)
+        except RecipeError as error:
+            raise RecipeError(f"--set {text}: {error}") from None
+    return recipe_from_dict(data, source="after --set")
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {text!r}: expected KEY=VALUE, e.g. optim.lr=2e-5")
+    return key.strip(), raw.strip()
+
+
+def _locate(data: dict[str, Any], key: str) -> tuple[dict[str, Any], str, Any]:
+    parts = key.split(".")
+    if len(parts) == 1:
+        if parts[0] not in TOP_LEVEL:
+            raise RecipeError(
+                f"unknown key {key}{_suggest(parts[0], [*TOP_LEVEL, *Recipe.SECTIONS], '')}"
+            )
+        return data, parts[0], typing.get_type_hints(Recipe)[parts[0]]
+    section, name = parts[0], ".".join(parts[1:])
+    if section not in Recipe.SECTIONS:
+        close = difflib.get_close_matches(section, list(Recipe.SECTIONS), n=1)
+        if close and name in data[close[0]]:
+            raise RecipeError(f"unknown key {key}; did you mean {close[0]}.{name}?")
+        raise RecipeError(f"unknown key {key}{_suggest(section, list(Recipe.SECTIONS), '')}")
+    hints = typing.get_type_hints(Recipe.SECTIONS[section])
+    if name not in data[section]:
+        raise RecipeError(f"unknown key {key}{_suggest(name, list(data[section]), section + '.')}")
+    return data[section], name, hints[name]
+
+
+def parse_value(raw: str, annotation: Any, key: str) -> Any:
+    """Text from the command line as the type `annotation` (see the module docstring)."""
+    args = typing.get_args(annotation)
+    optional = typing.get_origin(annotation) in (typing.Union, types.UnionType) and (
+        type(None) in args
+    )
+    if optional:
+        if raw.lower() in NONE_WORDS:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+    if annotation is str:
+        return _toml_or_text(raw) if raw[:1] in ('"', "'") else raw
+    value = _toml_or_text(raw)
+    if typing.get_origin(annotation) is tuple and not isinstance(value, list | str):
+        value = [value]  # one item: `--set optim.betas=0.9` is a list of one, reported as such
+    if typing.get_origin(annotation) is tuple and isinstance(value, str):
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        kinds = typing.get_args(annotation)
+        value = [
+            item if _item_type(kinds, index) is str else _toml_or_text(item)
+            for index, item in enumerate(items)
+        ]
+    return coerce(value, annotation, key)
+
+
+def _item_type(kinds: tuple[Any, ...], index: int) -> Any:
+    if kinds[-1] is Ellipsis:
+        return kinds[0]
+    return kinds[min(index, len(kinds) - 1)]
+
+
+def _toml_or_text(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw

@@ -1,0 +1,128 @@
+"""What the training loop reads: micro-batches from any resumable source, one step at a time.
+
+The loop depends on two small protocols, not on a loader class: a `MicroBatch` holds an
+`ov_model.PackedBatch` (one packed row of several samples, no padding), and a
+`MicroBatchSource` is iterable and has `state_dict()` / `load_state_dict()` that resume at the
+exact next micro-batch. The packed-shard loader of `ov_train.data` and the in-memory
+`memory_loader.InMemoryLoader` are both sources.
+
+Contract with a source:
+- `iter(source)` yields the rest of the current epoch from the position its state says, then
+  ends; the next `iter(source)` is the next epoch (an epoch may be empty when a resumed state
+  stands at its very end);
+- `state_dict()` describes the position after the last micro-batch yielded, and is made of
+  JSON values (dict, list, str, int, float, bool, None): a checkpoint stores it as JSON.
+
+`StepBatches` draws the `grad_accumulation` micro-batches of one optimizer step at once, because
+the loss of a step is normalised by the supervised tokens of the whole step, which must be
+known before the first backward. A step never depends on how epochs fall: it continues into the
+next epoch when one ends.
+
+`supervised_targets` counts what the model will count: labels shifted by one inside each sample
+(never across a boundary), so a sample's first token is never a target. Counting it here from
+the batch rather than trusting a loader's field keeps the normaliser and the model's loss sum
+about the same tokens.
+
+`open_packed_shards` opens the real source, the packed-shard loader of `ov_train.data`.
+"""
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+
+from ov_model.packing import IGNORE_INDEX, PackedBatch, shifted_targets
+from ov_train.errors import RecipeError, TrainingError
+
+if TYPE_CHECKING:
+    from ov_model.processor import OVProcessor
+    from ov_train.config import Recipe
+    from ov_train.parallel import World
+
+
+@runtime_checkable
+class MicroBatch(Protocol):
+    """One micro-batch: several samples packed into one row."""
+
+    @property
+    def batch(self) -> PackedBatch:
+        """The packed row, as `LlavaOV.forward(**batch.model_inputs())` takes it."""
+        ...
+
+
+@runtime_checkable
+class MicroBatchSource(Protocol):
+    """An iterable of micro-batches whose position can be saved and restored."""
+
+    def __iter__(self) -> Iterator[MicroBatch]:
+        """The rest of the current epoch."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last micro-batch yielded (JSON values)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a position `state_dict` returned."""
+        ...
+
+
+class StepBatches:
+    """The micro-batches of each optimizer step, drawn from a source across epoch ends."""
+
+    def __init__(self, source: MicroBatchSource, per_step: int) -> None:
+        self.source = source
+        self.per_step = per_step
+        self._iterator: Iterator[MicroBatch] | None = None
+
+    def next_step(self) -> list[MicroBatch]:
+        """The next `per_step` micro-batches."""
+        return [self._next() for _ in range(self.per_step)]
+
+    def _next(self) -> MicroBatch:
+        for _ in range(2):  # the current epoch, then a fresh one if it has ended
+            if self._iterator is None:
+                self._iterator = iter(self.source)
+            try:
+                return next(self._iterator)
+            except StopIteration:
+                self._iterator = None
+        raise TrainingError(
+            f"the data source {type(self.source).__name__} yielded no micro-batch in a whole "
+            "epoch; is the data folder empty?"
+        )
+
+
+def supervised_targets(batch: PackedBatch) -> int:
+    """Number of supervised next-token targets in the packed row (what the loss sums over)."""
+    targets = shifted_targets(batch.labels, batch.cu_seqlens.to(batch.labels.device))
+    return int((targets != IGNORE_INDEX).sum())
+
+
+def model_inputs(batch: PackedBatch, device: torch.device) -> dict[str, torch.Tensor | None]:
+    """`batch.model_inputs()` moved to `device`."""
+    return {
+        name: None if value is None else value.to(device, non_blocking=True)
+        for name, value in batch.model_inputs().items()
+    }
+
+
+def open_packed_shards(recipe: "Recipe", processor: "OVProcessor", world: "World") -> Any:
+    """The packed-shard loader (`ov_train.data.loader.PackedDataLoader`) of `data.path`, with
+    the recipe's token budget, seed and workers, reading this rank's share."""
+    from ov_train.data.loader import PackedDataLoader
+
+    if recipe.data.path is None:
+        raise RecipeError(
+            "data.path is required: the packed shard folder of `ov-train prepare` "
+            "(`ov-train run --data DIR`)"
+        )
+    return PackedDataLoader(
+        recipe.data.path,
+        processor,
+        micro_batch_tokens=recipe.train.micro_batch_tokens,
+        seed=recipe.train.seed,
+        rank=world.rank,
+        world_size=world.size,
+        num_workers=recipe.data.num_workers,
+    )

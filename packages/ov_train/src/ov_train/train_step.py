@@ -1,0 +1,94 @@
+"""One optimizer step over several micro-batches, normalised by the step's supervised tokens.
+
+The release's loss is the cross entropy summed over the supervised tokens of the global batch,
+divided by their number. A per-micro-batch mean averaged over micro-batches is not that: it
+weighs a token of a short micro-batch more than one of a long micro-batch, so 1 micro-batch of
+8 samples and 8 micro-batches of 1 sample would train differently. Here:
+
+1. the step's micro-batches are all in hand (the loop draws them together), so the number of
+   supervised targets N of the whole step is counted before any backward, and summed over the
+   ranks through `World.sum` (in one process: itself);
+2. each micro-batch runs forward and backpropagates `loss_sum / N`; the gradients accumulate
+   to exactly the gradient of (sum over the step) / N, whatever the split into micro-batches
+   (up to float summation order);
+3. the gradient norm is clipped, AdamW steps, the schedule advances, gradients are dropped.
+
+A micro-batch whose loss does not depend on a trainable parameter (in Stage-1, a text-only row:
+only the projector trains and it sees no image) is forwarded for its loss but not
+backpropagated. A step whose loss or gradient norm is not finite raises `TrainingError` before
+the optimizer touches the parameters, so the last checkpoint and the model stay sound.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ov_train.errors import TrainingError
+from ov_train.optim import trainable_parameters
+from ov_train.parallel import World
+from ov_train.source import MicroBatch, model_inputs, supervised_targets
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step measured (summed over ranks)."""
+
+    loss: float
+    """Cross entropy summed over the step's supervised targets / their number."""
+    supervised_tokens: int
+    tokens: int
+    """Tokens forwarded (image tokens included)."""
+    grad_norm: float
+    """Global gradient norm before clipping."""
+    learning_rates: dict[str, float]
+    """Learning rate each parameter group stepped with, by group name."""
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    micro_batches: Sequence[MicroBatch],
+    *,
+    world: World,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager],
+    clip_grad_norm: float,
+    step: int,
+) -> StepResult:
+    """Run one optimizer step (see the module docstring); `step` (1-based) names it in errors."""
+    counts = [supervised_targets(m.batch) for m in micro_batches]
+    tokens = sum(int(m.batch.input_ids.numel()) for m in micro_batches)
+    totals = world.sum(torch.tensor([sum(counts), tokens], dtype=torch.int64, device=device))
+    total_supervised, total_tokens = (int(v) for v in totals.tolist())
+    if total_supervised == 0:
+        raise TrainingError(f"step {step}: no supervised token in any of its micro-batches")
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for index, (micro_batch, count) in enumerate(zip(micro_batches, counts, strict=True)):
+        with autocast():
+            out = model(**model_inputs(micro_batch.batch, device), return_logits=False)
+        if out.num_supervised != count:
+            raise TrainingError(
+                f"step {step}, micro-batch {index}: the model counted {out.num_supervised} "
+                f"supervised targets where the batch has {count}"
+            )
+        if out.loss_sum.requires_grad:
+            (out.loss_sum / total_supervised).backward()
+        loss_sum += out.loss_sum.detach().double()
+    loss = float(world.sum(loss_sum)) / total_supervised
+    if not math.isfinite(loss):
+        raise TrainingError(f"step {step}: the loss is {loss}; parameters left unchanged")
+    parameters = trainable_parameters(optimizer)
+    max_norm = clip_grad_norm if clip_grad_norm > 0 else math.inf
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+    if not math.isfinite(grad_norm):
+        raise TrainingError(f"step {step}: the gradient norm is {grad_norm}; parameters unchanged")
+    rates = {group["name"]: float(group["lr"]) for group in optimizer.param_groups}
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(loss, total_supervised, total_tokens, grad_norm, rates)

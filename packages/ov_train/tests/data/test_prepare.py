@@ -1,0 +1,275 @@
+"""prepare end to end: three input formats with bad samples mixed in, outputs, determinism,
+selection, packer rejections, truncation, refusals."""
+
+import json
+from collections import Counter
+
+import msgspec
+import pytest
+
+from ov_packing import PackPlan
+from ov_packing.shards import iter_bins
+from ov_train.data.errors import PrepareError
+from ov_train.data.ingest_llava import LlavaSource
+from ov_train.data.manifest import read_manifest
+from ov_train.data.prepare import prepare
+from ov_train.data.report import load_report
+from ov_train.data.sample_record import SampleRecord
+from ov_train.data.selection import Selection, ids_file_selector
+
+
+def _packed_records(shards_dir):
+    """(record, {ext: bytes}, bin tokens entry) of every sub-sample in the shards, in order."""
+    out = []
+    for packed in iter_bins(shards_dir):
+        for sample in packed.samples:
+            record = msgspec.json.decode(sample.files["json"], type=SampleRecord)
+            out.append((record, sample.files, sample.tokens))
+    return out
+
+
+@pytest.fixture
+def prepared(tmp_path, raw_corpus, processor, config_for):
+    result = prepare(config_for(raw_corpus.inputs, tmp_path / "out"), processor)
+    return raw_corpus, result
+
+
+def test_every_bad_sample_is_reported_with_its_reason(prepared):
+    corpus, result = prepared
+    report = result.report
+    reported = sorted((sample.id, sample.reason) for sample in report.rejected_samples)
+    assert reported == sorted(corpus.bad)
+    assert report.counts.rejected == len(corpus.bad)
+    expected_counts = Counter(reason for _, reason in corpus.bad)
+    assert {k: v for k, v in report.counts.rejected_by_reason.items() if v} == expected_counts
+    assert set(report.counts.rejected_by_reason) >= {"too_long", "tokens_over_capacity"}
+    assert report.counts.rows == len(corpus.good) + len(corpus.bad)
+
+
+def test_good_samples_are_in_the_shards_exactly_once_with_their_bytes(prepared):
+    corpus, result = prepared
+    records = _packed_records(result.shards_dir)
+    ids = [record.id for record, _, _ in records]
+    assert sorted(ids) == sorted(corpus.good)
+    for record, files, _ in records:
+        conversation, images = corpus.good[record.id]
+        assert record.conversation == conversation
+        assert [files[ext] for ext in record.images] == images
+        assert record.max_length is None
+    assert result.report.counts.packed == len(corpus.good)
+
+
+def test_manifest_has_one_row_per_input_row_with_sizes_and_status(prepared, processor):
+    corpus, result = prepared
+    rows = list(read_manifest(result.manifest_path))
+    assert len(rows) == len(corpus.good) + len(corpus.bad)
+    by_id = {row.id: row for row in rows if row.status == "packed"}
+    assert set(by_id) == set(corpus.good)
+    pair = by_id["llava-pair"]
+    assert pair.image_sizes == [(40, 70), (90, 30)]  # (height, width)
+    conversation, images = corpus.good["llava-pair"]
+    processed = processor(conversation, [_image(data) for data in images])
+    assert pair.llm_tokens == processed.input_ids.numel()
+    assert pair.vit_patches == int(processed.image_grid_thw.prod(dim=1).sum())
+    assert pair.supervised_tokens == processed.num_supervised
+    assert pair.text_tokens < pair.llm_tokens
+    assert by_id["17"].image_sizes == []
+    assert by_id["17"].vit_patches == 0
+    rejected = [row for row in rows if row.status == "rejected"]
+    assert all(row.key is None and row.llm_tokens is None for row in rejected)
+    # The plan's ids are the manifest keys; the bin JSON's token counts are the manifest's.
+    plan = PackPlan.load(result.plan_path)
+    tokens_by_key = {row.key: row.llm_tokens for row in by_id.values()}
+    assert sorted(plan.ids) == sorted(tokens_by_key)
+    for packed in iter_bins(result.shards_dir):
+        for sample in packed.samples:
+            assert sample.tokens == tokens_by_key[sample.id]
+            assert sample.tokens <= 160
+
+
+def test_report_files_describe_the_run(prepared):
+    _, result = prepared
+    report = load_report(result.out_dir)
+    assert report == result.report
+    assert report.packing["samples_packed"] == len(list(_packed_records(result.shards_dir)))
+    assert report.shards["num_bins"] == report.packing["bins"]
+    markdown = (result.out_dir / "report.md").read_text()
+    assert "`undecodable_image` (4)" in markdown
+    assert "llava-truncated" in markdown
+    assert not (result.out_dir / "work").exists()
+
+
+def test_same_inputs_give_byte_identical_outputs_whatever_the_worker_count(
+    tmp_path, raw_corpus, processor, config_for
+):
+    outputs = []
+    for name, workers in (("a", 1), ("b", 2), ("c", 3)):
+        config = config_for(raw_corpus.inputs, tmp_path / name, workers=workers)
+        result = prepare(config, processor)
+        files = sorted(path for path in result.out_dir.rglob("*") if path.is_file())
+        outputs.append({path.relative_to(result.out_dir): path.read_bytes() for path in files})
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert {str(path) for path in outputs[0]} >= {
+        "manifest.jsonl",
+        "plan.ovp",
+        "report.json",
+        "report.md",
+        "shards/index.json",
+        "shards/shard-000000.tar",
+    }
+
+
+def test_header_only_mode_misses_truncated_pixels_but_not_garbage(
+    tmp_path, raw_corpus, processor, config_for
+):
+    config = config_for(raw_corpus.inputs, tmp_path / "out", verify_images=False)
+    report = prepare(config, processor).report
+    reasons = {sample.id: sample.reason for sample in report.rejected_samples}
+    assert "llava-truncated" not in reasons
+    assert reasons["llava-garbage"] == "undecodable_image"
+
+
+def test_selection_repeats_drops_and_reports_unknown_ids(
+    tmp_path, raw_corpus, processor, config_for
+):
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("wds-1\nllava-2\nwds-1\n\nwds-1\nllava-missing\nno-such-id\n")
+    result = prepare(
+        config_for(raw_corpus.inputs, tmp_path / "out"),
+        processor,
+        select=ids_file_selector(ids_file),
+    )
+    assert Counter(record.id for record, _, _ in _packed_records(result.shards_dir)) == {
+        "wds-1": 3,
+        "llava-2": 1,
+    }
+    rows = {}
+    for row in read_manifest(result.manifest_path):
+        rows.setdefault(row.id, row)  # the first "llava-0"; the second is a duplicate
+    assert rows["wds-1"].status == "packed"
+    assert rows["wds-1"].copies == 3
+    assert rows["llava-0"].status == "not_selected"
+    assert rows["llava-0"].copies == 0
+    assert rows["llava-missing"].status == "rejected"
+    counts = result.report.counts
+    assert (counts.packed, counts.packed_copies) == (2, 4)
+    assert counts.not_selected == len(raw_corpus.good) - 2
+    selection = result.report.selection
+    assert selection["method"] == "ids_file"
+    assert selection["ids_not_accepted"] == 2
+    assert selection["ids_not_accepted_first"] == ["llava-missing", "no-such-id"]
+    assert (
+        result.report.tokens.llm_tokens == 3 * rows["wds-1"].llm_tokens + rows["llava-2"].llm_tokens
+    )
+
+
+def test_selection_hook_receives_the_accepted_rows(tmp_path, raw_corpus, processor, config_for):
+    seen = []
+
+    def select(rows):
+        seen.extend(rows)
+        return Selection([row.id for row in rows if row.vit_patches == 0], {"method": "text"})
+
+    result = prepare(config_for(raw_corpus.inputs, tmp_path / "out"), processor, select=select)
+    assert {row.id for row in seen} == set(raw_corpus.good)
+    assert all(row.status == "packed" and row.key for row in seen)
+    assert {record.id for record, _, _ in _packed_records(result.shards_dir)} == {"17", "pq-text"}
+
+
+def test_packer_rejections_are_reported_per_sample(tmp_path, raw_corpus, processor, config_for):
+    rows = {}
+    config = config_for(raw_corpus.inputs, tmp_path / "out", patch_capacity=40)
+    result = prepare(config, processor)
+    rows = {row.id: row for row in read_manifest(result.manifest_path)}
+    over = {row_id for row_id, row in rows.items() if row.vit_patches and row.vit_patches > 40}
+    assert over  # the two-image sample at least
+    for row_id in over:
+        assert rows[row_id].status == "rejected"
+        assert rows[row_id].reason == "patches_over_capacity"
+    assert result.report.counts.rejected_by_reason["patches_over_capacity"] == len(over)
+    assert result.report.packing["rejected"]["patches_over_capacity"] == len(over)
+    for packed in iter_bins(result.shards_dir):
+        assert packed.patches <= 40
+
+
+def test_truncation_keeps_long_samples_cut_to_max_length(tmp_path, processor, config_for):
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    long_answer = "A red square. " * 80
+    rows = [
+        {
+            "id": "long",
+            "conversations": [
+                {"from": "human", "value": "What is shown?"},
+                {"from": "gpt", "value": long_answer},
+            ],
+        }
+    ]
+    (folder / "data.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    source = LlavaSource(folder / "data.jsonl")
+    result = prepare(config_for((source,), tmp_path / "out", truncate=True), processor)
+    (row,) = read_manifest(result.manifest_path)
+    assert row.status == "packed"
+    assert row.llm_tokens == 160
+    ((record, _, tokens),) = _packed_records(result.shards_dir)
+    assert record.max_length == 160
+    assert tokens == 160
+
+
+def test_refuses_a_non_empty_output_folder_before_reading(
+    tmp_path, raw_corpus, processor, config_for
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "something").write_text("x")
+    with pytest.raises(PrepareError, match="not empty"):
+        prepare(config_for(raw_corpus.inputs, out), processor)
+    assert sorted(path.name for path in out.iterdir()) == ["something"]
+
+
+def test_nothing_packable_still_writes_manifest_and_report(tmp_path, processor, config_for):
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    (folder / "data.json").write_text(
+        json.dumps(
+            [
+                {
+                    "id": "a",
+                    "image": "nope.png",
+                    "conversations": [
+                        {"from": "human", "value": "<image>\nhi"},
+                        {"from": "gpt", "value": "x"},
+                    ],
+                }
+            ]
+        )
+    )
+    out = tmp_path / "out"
+    with pytest.raises(PrepareError, match="no sample could be packed"):
+        prepare(config_for((LlavaSource(folder / "data.json"),), out), processor)
+    report = load_report(out)
+    assert report.counts.rejected_by_reason["missing_file"] == 1
+    assert (out / "manifest.jsonl").is_file()
+    assert not (out / "shards").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_length": 0}, "max_length must be a positive integer"),
+        ({"capacity": -3}, "capacity must be a positive integer or None"),
+        ({"seed": -1}, "seed must be an integer"),
+        ({"caption_prompt": "<image> what?"}, "must not contain <image>"),
+    ],
+)
+def test_config_is_validated_at_construction(tmp_path, raw_corpus, config_for, overrides, message):
+    with pytest.raises(PrepareError, match=message):
+        config_for(raw_corpus.inputs, tmp_path, **overrides)
+
+
+def _image(data):
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data))
