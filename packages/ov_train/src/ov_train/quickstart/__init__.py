@@ -1,0 +1,1 @@
+"""The quickstart: a complete three-stage run on a synthetic corpus, on a laptop CPU."""
