@@ -136,7 +136,9 @@ class PackedBin(msgspec.Struct, frozen=True):
     samples: list[PackedSample]
 
 
-class _SampleRecord(msgspec.Struct):
+class SampleRecord(msgspec.Struct):
+    """One sub-sample as a bin's JSON member describes it."""
+
     id: str
     source: str
     source_key: str
@@ -145,11 +147,13 @@ class _SampleRecord(msgspec.Struct):
     files: dict[str, str]
 
 
-class _BinRecord(msgspec.Struct):
+class BinRecord(msgspec.Struct):
+    """A bin's JSON member: its totals and its sub-samples."""
+
     bin: int
     tokens: int
     patches: int | None
-    samples: list[_SampleRecord]
+    samples: list[SampleRecord]
 
 
 def write_shards(
@@ -301,7 +305,7 @@ def _bin_entry(
 ) -> bytes:
     """The tar bytes (headers, data, padding) of bin `number`'s webdataset sample."""
     key = bin_key(number)
-    records: list[_SampleRecord] = []
+    records: list[SampleRecord] = []
     files: list[tuple[str, bytes]] = []
     for position, sample in enumerate(plan.bin(number).tolist()):
         sample_id = plan.sample_id(sample)
@@ -312,7 +316,7 @@ def _bin_entry(
             data = reader.read(source.source, member.offset, member.size)
             files.append((f"{key}.{renamed[member.ext]}", data))
         records.append(
-            _SampleRecord(
+            SampleRecord(
                 id=sample_id,
                 source=source_index.paths[source.source].name,
                 source_key=sample_id,
@@ -321,7 +325,7 @@ def _bin_entry(
                 files=renamed,
             )
         )
-    bin_record = _BinRecord(
+    bin_record = BinRecord(
         bin=number,
         tokens=sum(record.tokens for record in records),
         patches=None if plan.patches is None else sum(record.patches or 0 for record in records),
@@ -480,20 +484,28 @@ def _read_shard(path: Path, shard: ShardInfo) -> Iterator[PackedBin]:
                     f"{path}: member {first_member!r} does not belong to the expected "
                     f"{bin_key(number)}"
                 )
-            yield _packed_bin(path, number, key, files)
+            yield assemble_bin(path, number, files)
             count += 1
         if count != shard.num_bins:
             raise ShardError(f"{path}: holds {count} bins, {INDEX_NAME} says {shard.num_bins}")
 
 
-def _packed_bin(path: Path, number: int, key: str, files: dict[str, bytes]) -> PackedBin:
+def decode_bin_record(data: bytes, path: Path, name: str) -> BinRecord:
+    """Parse the JSON member `name` of shard `path`; ShardError naming both if malformed."""
+    try:
+        return msgspec.json.decode(data, type=BinRecord)
+    except msgspec.DecodeError as error:
+        raise ShardError(f"{path}: member {name!r} is malformed: {error}") from error
+
+
+def assemble_bin(path: Path, number: int, files: dict[str, bytes]) -> PackedBin:
+    """The PackedBin of bin `number` from its members' bytes by name (consumed). Every file the
+    bin's JSON lists must be there and nothing else; ShardError naming the shard otherwise."""
+    key = bin_key(number)
     json_name = f"{key}.json"
     if json_name not in files:
         raise ShardError(f"{path}: bin {key} has no member {json_name!r}")
-    try:
-        record = msgspec.json.decode(files.pop(json_name), type=_BinRecord)
-    except msgspec.DecodeError as error:
-        raise ShardError(f"{path}: member {json_name!r} is malformed: {error}") from error
+    record = decode_bin_record(files.pop(json_name), path, json_name)
     if record.bin != number:
         raise ShardError(f"{path}: member {json_name!r} describes bin {record.bin}, not {number}")
     samples = []

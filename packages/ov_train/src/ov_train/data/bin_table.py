@@ -25,30 +25,20 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
 import numpy as np
 
 from ov_packing.errors import ShardError
-from ov_packing.shards import INDEX_NAME, PackedBin, PackedSample, ShardIndex, bin_key
+from ov_packing.shards import (
+    INDEX_NAME,
+    PackedBin,
+    ShardIndex,
+    assemble_bin,
+    bin_key,
+    decode_bin_record,
+)
 from ov_packing.source_tars import open_tar, tar_members, unsafe_name_reason
 
 _BLOCK = tarfile.BLOCKSIZE
-
-
-class _SampleEntry(msgspec.Struct):
-    id: str
-    source: str
-    source_key: str
-    tokens: int
-    patches: int | None
-    files: dict[str, str]
-
-
-class _BinEntry(msgspec.Struct):
-    bin: int
-    tokens: int
-    patches: int | None
-    samples: list[_SampleEntry]
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,7 +115,7 @@ def _scan_shard(path: Path, first_bin: int, number: int, columns: list[list[int]
                 extracted = tar.extractfile(member)
                 if extracted is None:
                     raise ShardError(f"{path}: member {member.name!r} is not a regular file")
-                entry = _decode_entry(extracted.read(), path, member.name)
+                entry = decode_bin_record(extracted.read(), path, member.name)
                 key = member_key
                 count += 1
                 shard_of.append(number)
@@ -165,40 +155,4 @@ def read_bin(table: BinTable, index: int) -> PackedBin:
             extracted = tar.extractfile(member)
             assert extracted is not None  # regular member
             files[member.name] = extracted.read()
-    json_name = f"{key}.json"
-    if json_name not in files:
-        raise ShardError(f"{path}: bin {key} has no member {json_name!r}")
-    entry = _decode_entry(files.pop(json_name), path, json_name)
-    if entry.bin != index:
-        raise ShardError(f"{path}: member {json_name!r} describes bin {entry.bin}, not {index}")
-    samples = []
-    for sample in entry.samples:
-        sample_files = {}
-        for ext, renamed in sample.files.items():
-            name = f"{key}.{renamed}"
-            if name not in files:
-                raise ShardError(
-                    f"{path}: member {name!r} listed in {json_name!r} (sample {sample.id!r}) is "
-                    "missing"
-                )
-            sample_files[ext] = files.pop(name)
-        samples.append(
-            PackedSample(
-                id=sample.id,
-                source=sample.source,
-                source_key=sample.source_key,
-                tokens=sample.tokens,
-                patches=sample.patches,
-                files=sample_files,
-            )
-        )
-    if files:
-        raise ShardError(f"{path}: member {next(iter(files))!r} is not listed in {json_name!r}")
-    return PackedBin(index=index, tokens=entry.tokens, patches=entry.patches, samples=samples)
-
-
-def _decode_entry(data: bytes, path: Path, name: str) -> _BinEntry:
-    try:
-        return msgspec.json.decode(data, type=_BinEntry)
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        raise ShardError(f"{path}: member {name!r} is malformed: {error}") from error
+    return assemble_bin(path, index, files)
