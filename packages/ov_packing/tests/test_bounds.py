@@ -42,7 +42,7 @@ def test_release_failure_cases_at_capacity_8192():
         ([8193], 8192, "index 0 is 8193, above the capacity 8192"),
         ([1], 0, "capacity must be positive"),
         ([1.5], 8, "must be integers"),
-        ([1 << 40], 1 << 50, "fit in int32"),
+        ([1 << 40], 1 << 50, "outside the int32 range"),
     ],
 )
 def test_bad_input_is_a_value_error_naming_the_sample(lengths, capacity, message):

@@ -35,11 +35,11 @@ O(log) searches), about 30 bytes of working memory per sample (see the memory be
 import os
 from collections.abc import Sequence
 
-import numpy as np
 import numpy.typing as npt
 
 from ov_packing import _core
 from ov_packing.inputs import SampleLengths
+from ov_packing.int32_array import as_int32
 from ov_packing.plan import PackParams, PackPlan
 
 HEURISTICS = ("first-fit-decreasing", "best-fit-decreasing")
@@ -77,8 +77,8 @@ def pack(
     params = PackParams(
         capacity=capacity, patch_capacity=patch_capacity, max_per_bin=max_per_bin, seed=seed
     )
-    tokens = _as_int32(tokens, "tokens")
-    patch_array = None if patches is None else _as_int32(patches, "patches")
+    tokens = as_int32(tokens, "tokens")
+    patch_array = None if patches is None else as_int32(patches, "patches")
     if patch_array is not None and patch_array.shape != tokens.shape:
         raise ValueError(f"{patch_array.shape[0]} patch counts for {tokens.shape[0]} samples")
     if patch_capacity is not None and patch_array is None:
@@ -111,19 +111,3 @@ def pack(
         rejected=rejected,
         rejected_reasons=reasons,
     )
-
-
-def _as_int32(values: npt.ArrayLike, name: str) -> np.ndarray:
-    array = np.asarray(values)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
-    if array.size == 0:
-        return np.zeros(0, dtype=np.int32)
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must be integers, got dtype {array.dtype}")
-    int32 = np.iinfo(np.int32)
-    out_of_range = np.flatnonzero((array > int32.max) | (array < int32.min))
-    if out_of_range.size:
-        first = int(out_of_range[0])
-        raise ValueError(f"sample {first} has {array[first]} {name}, outside the int32 range")
-    return np.ascontiguousarray(array, dtype=np.int32)
