@@ -1,6 +1,9 @@
 """The lmms-eval plugin: its adapter (tested without lmms-eval) and, when importable, the class."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,12 +14,17 @@ from ov_eval.lmms.models import AVAILABLE_MODELS
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
+def model_folder(tmp_path_factory):
     from ov_model.tiny import create_tiny_model
 
     folder = tmp_path_factory.mktemp("model")
     create_tiny_model(folder, ["a red square and a blue circle"] * 8)
-    return OneVisionAdapter(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapter(model_folder):
+    return OneVisionAdapter(model_folder)
 
 
 def test_images_go_first_unless_the_context_places_them():
@@ -69,3 +77,57 @@ def test_lmms_eval_can_import_the_model_class():
     from ov_eval.lmms.models.onevision import OneVision
 
     assert issubclass(OneVision, lmms)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("lmms_eval") is None, reason="lmms-eval is not installed (extra)"
+)
+def test_lmms_eval_requests_reach_the_adapter(adapter, model_folder):
+    """The class answers lmms-eval `Instance` requests as the adapter answers them directly."""
+    from lmms_eval.api.instance import Instance
+
+    from ov_eval.lmms.models.onevision import OneVision
+
+    model = OneVision(pretrained=str(model_folder))
+    image = Image.new("RGB", (56, 56), (10, 200, 10))
+    docs = [{"image": image, "answer": " red"}, {"image": None, "answer": " blue"}]
+    model.task_dict = {"toy": {"test": docs}}
+
+    def visuals(doc):
+        return [doc["image"]]
+
+    def request(kind, arguments, doc_id):
+        metadata = {"task": "toy", "doc_id": doc_id, "repeats": 1}
+        return Instance(kind, arguments, idx=0, metadata=metadata)
+
+    generate = [
+        request("generate_until", (f"Q{i}?", {"max_new_tokens": 5}, visuals, i, "toy", "test"), i)
+        for i in range(2)
+    ]
+    assert model.generate_until(generate) == [
+        adapter.generate("Q0?", [image], {"max_new_tokens": 5}),
+        adapter.generate("Q1?", [], {"max_new_tokens": 5}),
+    ]
+    likelihood = [
+        request(
+            "loglikelihood", ("Colour?", lambda doc: doc["answer"], visuals, i, "toy", "test"), i
+        )
+        for i in range(2)
+    ]
+    assert model.loglikelihood(likelihood) == [
+        adapter.loglikelihood("Colour?", " red", [image]),
+        adapter.loglikelihood("Colour?", " blue", []),
+    ]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("lmms_eval") is None, reason="lmms-eval is not installed (extra)"
+)
+def test_lmms_eval_finds_the_model_through_the_plugin_variable():
+    """`LMMS_EVAL_PLUGINS=ov_eval.lmms` makes `--model onevision` resolve to our class."""
+    code = "from lmms_eval.models import get_model; print(get_model('onevision').__module__)"
+    environment = {**os.environ, "LMMS_EVAL_PLUGINS": "ov_eval.lmms"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "ov_eval.lmms.models.onevision"
