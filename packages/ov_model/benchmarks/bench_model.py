@@ -80,6 +80,8 @@ def test_training_step_tiny_cpu(benchmark, layout):
     samples = realistic_samples(16, 0, 400, [(8, 8), (4, 12), (16, 8)])
     inputs = packed_inputs(samples) if layout == "packed" else padded_inputs(samples)
     benchmark.pedantic(_step, args=(model, inputs), rounds=5, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: ran once as a smoke test, nothing timed
+        return
     real = sum(len(s[0]) for s in samples)
     rate = real / benchmark.stats.stats.min
     benchmark.extra_info.update(real_tokens=real, computed_tokens=inputs["input_ids"].numel())
@@ -96,6 +98,8 @@ def test_generation_tokens_per_second_tiny_cpu(benchmark):
     outputs = benchmark.pedantic(
         model.generate, args=(prompts,), kwargs={"max_new_tokens": 64}, rounds=3
     )
+    if benchmark.disabled:
+        return
     generated = sum(len(o) for o in outputs)
     print(f"\ngeneration: {generated / benchmark.stats.stats.min:,.0f} tokens/s (batch 4)")
 
@@ -117,5 +121,7 @@ def test_training_step_4b_shape_8_layers_gpu(benchmark, layout):
         torch.cuda.synchronize()
 
     benchmark.pedantic(step, rounds=5, warmup_rounds=2)
+    if benchmark.disabled:
+        return
     real = sum(len(s[0]) for s in samples)
     print(f"\n4B-shape {layout}: {real / benchmark.stats.stats.min:,.0f} real tokens/s")
