@@ -195,31 +195,24 @@ def _sdpa_per_length(
         start += length
     out = torch.empty_like(q)
     for length, starts in starts_by_length.items():
-        if len(starts) == 1:
+        if len(starts) == 1:  # a slice: a view, no gather copy
             rows = slice(starts[0], starts[0] + length)
-            attended = F.scaled_dot_product_attention(
-                _heads_first(q[rows]).unsqueeze(0),
-                _heads_first(k[rows]).unsqueeze(0),
-                _heads_first(v[rows]).unsqueeze(0),
-                is_causal=causal,
-                scale=scale,
-                enable_gqa=gqa,
-            )
-            out[rows] = _heads_first(attended[0])
+            q_, k_, v_ = (x[rows].unsqueeze(0) for x in (q, k, v))
         else:
             # (sequences, length) token indices: one batched call for all equal-length sequences.
-            index = torch.tensor(starts, device=q.device)[:, None] + torch.arange(
+            rows = torch.tensor(starts, device=q.device)[:, None] + torch.arange(
                 length, device=q.device
             )
-            attended = F.scaled_dot_product_attention(
-                _heads_first(q[index]),
-                _heads_first(k[index]),
-                _heads_first(v[index]),
-                is_causal=causal,
-                scale=scale,
-                enable_gqa=gqa,
-            )
-            out[index] = _heads_first(attended)
+            q_, k_, v_ = q[rows], k[rows], v[rows]
+        attended = F.scaled_dot_product_attention(
+            _heads_first(q_),
+            _heads_first(k_),
+            _heads_first(v_),
+            is_causal=causal,
+            scale=scale,
+            enable_gqa=gqa,
+        )
+        out[rows] = _heads_first(attended)  # a leading batch dim of 1 drops on a slice
     return out
 
 
