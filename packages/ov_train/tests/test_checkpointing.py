@@ -26,6 +26,7 @@ from ov_train.optim import build_optimizer, freeze
 from ov_train.parallel import SingleProcess
 from ov_train.rng import capture_rng_state, restore_rng_state
 from ov_train.schedule import build_scheduler
+from ov_train.source import StepPlan
 from ov_train.train_step import train_step
 
 WORLD = SingleProcess()
@@ -66,7 +67,7 @@ def trained(make_recipe, samples):
             model,
             optimizer,
             scheduler,
-            [samples.pack(samples.make_samples(3, seed=step))],
+            StepPlan.of([samples.pack(samples.make_samples(3, seed=step))]),
             world=WORLD,
             device=torch.device("cpu"),
             autocast=contextlib.nullcontext,

@@ -14,7 +14,7 @@ def _ids(micro_batches, items):
 
 
 def _take(iterable_steps, count):
-    return [iterable_steps.next_step() for _ in range(count)]
+    return [list(iterable_steps.next_step()) for _ in range(count)]
 
 
 def test_epochs_are_seeded_permutations(make_batches):
@@ -71,8 +71,25 @@ def test_a_source_without_micro_batches_is_an_error():
         def load_state_dict(self, state):
             pass
 
+        def upcoming_supervised_targets(self, count):
+            return [1] * count
+
     with pytest.raises(TrainingError, match="Empty yielded no micro-batch in a whole epoch"):
-        StepBatches(Empty(), per_step=2).next_step()
+        list(StepBatches(Empty(), per_step=2).next_step())
+
+
+def test_a_step_plan_announces_counts_and_draws_lazily(make_batches):
+    batches = make_batches(3, 1)
+    loader = InMemoryLoader(batches, seed=3)
+    expected = [supervised_targets(batches[i].batch) for i in [*loader.order(0), *loader.order(1)]]
+    plan = StepBatches(loader, per_step=4).next_step()
+    assert list(plan.supervised_targets) == expected[:4]
+    assert loader.state_dict()["position"] == 0  # nothing drawn yet
+    drawn = iter(plan)
+    first = next(drawn)
+    assert supervised_targets(first.batch) == expected[0]
+    assert loader.state_dict()["position"] == 1
+    assert [supervised_targets(m.batch) for m in drawn] == expected[1:4]
 
 
 def test_supervised_targets_count_what_the_model_sums(tiny_model, samples):

@@ -11,6 +11,7 @@ from ov_train.optim import build_optimizer, freeze
 from ov_train.parallel import SingleProcess
 from ov_train.rng import deterministic_mode
 from ov_train.schedule import build_scheduler
+from ov_train.source import StepPlan
 from ov_train.train_step import train_step
 
 CPU = torch.device("cpu")
@@ -28,7 +29,7 @@ def _step(model, optimizer, scheduler, micro_batches, step=1):
         model,
         optimizer,
         scheduler,
-        micro_batches,
+        StepPlan.of(micro_batches),
         world=SingleProcess(),
         device=CPU,
         autocast=contextlib.nullcontext,

@@ -227,6 +227,80 @@ class TrainConfig(Section):
         self._require(bool(_DEVICE.match(self.device)), "device", "must be auto, cpu or cuda[:N]")
 
 
+ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelConfig(Section):
+    """How the processes of a run share the work: the device mesh and memory savers.
+
+    The mesh is (dp_replicate, dp_shard) today: `dp_shard` ranks shard parameters, gradients and
+    optimizer states with FSDP2, `dp_replicate` groups of them hold replicas (HSDP when both are
+    above 1, plain replication when `dp_shard` is 1). Their product must be the world size;
+    `dp_shard = -1` takes whatever the other degrees leave. `tp`, `pp` and `cp` (tensor,
+    pipeline, context parallel) are reserved for the next version and must be 1.
+    """
+
+    SECTION: ClassVar[str] = "parallel"
+    dp_replicate: int = 1
+    """Replica groups (HSDP's outer dimension)."""
+    dp_shard: int = -1
+    """Ranks that shard each replica with FSDP2 (-1: world size / the other degrees)."""
+    tp: int = 1
+    """Tensor parallel degree (reserved: must be 1)."""
+    pp: int = 1
+    """Pipeline parallel degree (reserved: must be 1)."""
+    cp: int = 1
+    """Context parallel degree (reserved: must be 1)."""
+    activation_checkpointing: str = "none"
+    """none; full (every ViT block and decoder layer recomputes its forward in backward);
+    selective (every `checkpoint_every`-th one does)."""
+    checkpoint_every: int = 2
+    """With selective activation checkpointing: checkpoint layers 0, N, 2N, ... of each stack."""
+    reshard_after_forward: bool = True
+    """FSDP2: free the gathered parameters after each layer's forward (gather again for
+    backward); false keeps them, trading memory for one all-gather per layer."""
+    timeout_s: float = 600.0
+    """Process-group timeout: a rank waiting this long on a collective (a peer died) fails
+    with an error instead of hanging."""
+
+    def check(self) -> None:
+        self._require(self.dp_replicate >= 1, "dp_replicate", "must be >= 1")
+        self._require(self.dp_shard >= 1 or self.dp_shard == -1, "dp_shard", "must be >= 1 or -1")
+        for name in ("tp", "pp", "cp"):
+            self._require(
+                getattr(self, name) == 1,
+                name,
+                "must be 1: tensor, pipeline and context parallelism are not in this version",
+            )
+        self._require(
+            self.activation_checkpointing in ACTIVATION_CHECKPOINTING,
+            "activation_checkpointing",
+            f"must be one of {list(ACTIVATION_CHECKPOINTING)}",
+        )
+        self._require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        self._require(self.timeout_s > 0, "timeout_s", "must be > 0")
+
+    def degrees(self, world_size: int) -> tuple[int, int]:
+        """(dp_replicate, dp_shard) for `world_size` processes; RecipeError when they do not
+        multiply to it."""
+        fixed = self.dp_replicate * self.tp * self.pp * self.cp
+        shard = self.dp_shard
+        if shard == -1:
+            if world_size % fixed:
+                raise RecipeError(
+                    f"parallel: {world_size} processes cannot be split into dp_replicate "
+                    f"{self.dp_replicate} groups (dp_shard = -1 takes the rest)"
+                )
+            shard = world_size // fixed
+        if fixed * shard != world_size:
+            raise RecipeError(
+                f"parallel: dp_replicate {self.dp_replicate} x dp_shard {shard} = "
+                f"{fixed * shard} processes, but the run has {world_size}"
+            )
+        return self.dp_replicate, shard
+
+
 @dataclass(frozen=True, kw_only=True)
 class CheckpointConfig(Section):
     """When checkpoints are written and how many are kept."""
@@ -270,6 +344,7 @@ class Recipe(Section):
     optim: OptimConfig
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -279,6 +354,7 @@ class Recipe(Section):
         "optim": OptimConfig,
         "schedule": ScheduleConfig,
         "train": TrainConfig,
+        "parallel": ParallelConfig,
         "checkpoint": CheckpointConfig,
         "logging": LoggingConfig,
     }

@@ -68,6 +68,17 @@ class InMemoryLoader:
         self.epoch += 1
         self.position = 0
 
+    def upcoming_supervised_targets(self, count: int) -> list[int]:
+        """Supervised targets of the next `count` micro-batches, across epoch ends."""
+        counts: list[int] = []
+        epoch, position = self.epoch, self.position
+        while len(counts) < count:
+            order = self.order(epoch)
+            take = order[position : position + count - len(counts)]
+            counts.extend(supervised_targets(self.micro_batches[i].batch) for i in take)
+            epoch, position = epoch + 1, 0
+        return counts
+
     def state_dict(self) -> dict[str, Any]:
         """The epoch and the position inside it (plus the size and seed, checked on load)."""
         return {

@@ -13,10 +13,14 @@ Contract with a source:
 - `state_dict()` describes the position after the last micro-batch yielded, and is made of
   JSON values (dict, list, str, int, float, bool, None): a checkpoint stores it as JSON.
 
-`StepBatches` draws the `grad_accumulation` micro-batches of one optimizer step at once, because
-the loss of a step is normalised by the supervised tokens of the whole step, which must be
-known before the first backward. A step never depends on how epochs fall: it continues into the
-next epoch when one ends.
+The loss of a step is normalised by the supervised targets of the whole step (over all ranks),
+which must be known before the first backward. A source therefore also answers
+`upcoming_supervised_targets(n)`: the counts of the next `n` micro-batches it will yield, read
+from metadata (the packed data's bin table, or batches already in memory) without building them.
+`StepBatches.next_step()` returns a `StepPlan`: those counts, and the micro-batches themselves
+drawn one at a time as the step consumes them, so host memory holds one micro-batch (plus what
+loader workers prefetch), whatever `grad_accumulation` is. A step never depends on how epochs
+fall: it continues into the next epoch when one ends.
 
 `supervised_targets` counts what the model will count: labels shifted by one inside each sample
 (never across a boundary), so a sample's first token is never a target. Counting it here from
@@ -26,7 +30,7 @@ about the same tokens.
 `open_packed_shards` opens the real source, the packed-shard loader of `ov_train.data`.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -66,6 +70,36 @@ class MicroBatchSource(Protocol):
         """Continue from a position `state_dict` returned."""
         ...
 
+    def upcoming_supervised_targets(self, count: int) -> list[int]:
+        """Supervised next-token targets of each of the next `count` micro-batches this source
+        will yield from its current position (continuing into the following epochs), known
+        without building them."""
+        ...
+
+
+class StepPlan:
+    """One optimizer step's micro-batches: their supervised-target counts up front, the
+    micro-batches themselves drawn lazily, one per `next()` (iterate once)."""
+
+    def __init__(self, supervised_targets: list[int], draw: Callable[[], MicroBatch]) -> None:
+        self.supervised_targets = tuple(supervised_targets)
+        self._draw = draw
+        self._drawn = 0
+
+    @classmethod
+    def of(cls, micro_batches: Sequence[MicroBatch]) -> "StepPlan":
+        """A plan over micro-batches already in hand (tests, notebooks): counted here."""
+        pending = iter(micro_batches)
+        return cls([supervised_targets(m.batch) for m in micro_batches], lambda: next(pending))
+
+    def __len__(self) -> int:
+        return len(self.supervised_targets)
+
+    def __iter__(self) -> Iterator[MicroBatch]:
+        while self._drawn < len(self.supervised_targets):
+            self._drawn += 1
+            yield self._draw()
+
 
 class StepBatches:
     """The micro-batches of each optimizer step, drawn from a source across epoch ends."""
@@ -75,9 +109,15 @@ class StepBatches:
         self.per_step = per_step
         self._iterator: Iterator[MicroBatch] | None = None
 
-    def next_step(self) -> list[MicroBatch]:
-        """The next `per_step` micro-batches."""
-        return [self._next() for _ in range(self.per_step)]
+    def next_step(self) -> StepPlan:
+        """The next `per_step` micro-batches: counts now, batches as the step draws them."""
+        counts = self.source.upcoming_supervised_targets(self.per_step)
+        if len(counts) != self.per_step:
+            raise TrainingError(
+                f"the data source {type(self.source).__name__} announced {len(counts)} "
+                f"micro-batches where a step takes {self.per_step}"
+            )
+        return StepPlan(list(counts), self._next)
 
     def _next(self) -> MicroBatch:
         for _ in range(2):  # the current epoch, then a fresh one if it has ended

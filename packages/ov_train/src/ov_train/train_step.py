@@ -5,9 +5,10 @@ divided by their number. A per-micro-batch mean averaged over micro-batches is n
 weighs a token of a short micro-batch more than one of a long micro-batch, so 1 micro-batch of
 8 samples and 8 micro-batches of 1 sample would train differently. Here:
 
-1. the step's micro-batches are all in hand (the loop draws them together), so the number of
-   supervised targets N of the whole step is counted before any backward, and summed over the
-   ranks through `World.sum` (in one process: itself);
+1. the source announces the supervised-target count of each of the step's micro-batches from
+   metadata (`source.StepPlan`), so the number N of the whole step is known before any backward
+   without holding the micro-batches; it is summed over the ranks through `World.sum` (in one
+   process: itself), and each micro-batch is drawn only when its turn comes;
 2. each micro-batch runs forward and backpropagates `loss_sum / N`; the gradients accumulate
    to exactly the gradient of (sum over the step) / N, whatever the split into micro-batches
    (up to float summation order);
@@ -20,7 +21,7 @@ the optimizer touches the parameters, so the last checkpoint and the model stay 
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ from torch import nn
 from ov_train.errors import TrainingError
 from ov_train.optim import trainable_parameters
 from ov_train.parallel import World
-from ov_train.source import MicroBatch, model_inputs, supervised_targets
+from ov_train.source import StepPlan, model_inputs
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    micro_batches: Sequence[MicroBatch],
+    micro_batches: StepPlan,
     *,
     world: World,
     device: torch.device,
@@ -61,14 +62,15 @@ def train_step(
     step: int,
 ) -> StepResult:
     """Run one optimizer step (see the module docstring); `step` (1-based) names it in errors."""
-    counts = [supervised_targets(m.batch) for m in micro_batches]
-    tokens = sum(int(m.batch.input_ids.numel()) for m in micro_batches)
-    totals = world.sum(torch.tensor([sum(counts), tokens], dtype=torch.int64, device=device))
-    total_supervised, total_tokens = (int(v) for v in totals.tolist())
+    counts = micro_batches.supervised_targets
+    total = world.sum(torch.tensor([sum(counts)], dtype=torch.int64, device=device))
+    total_supervised = int(total.item())
     if total_supervised == 0:
         raise TrainingError(f"step {step}: no supervised token in any of its micro-batches")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = 0
     for index, (micro_batch, count) in enumerate(zip(micro_batches, counts, strict=True)):
+        tokens += int(micro_batch.batch.input_ids.numel())
         with autocast():
             out = model(**model_inputs(micro_batch.batch, device), return_logits=False)
         if out.num_supervised != count:
@@ -79,7 +81,11 @@ def train_step(
         if out.loss_sum.requires_grad:
             (out.loss_sum / total_supervised).backward()
         loss_sum += out.loss_sum.detach().double()
-    loss = float(world.sum(loss_sum)) / total_supervised
+    sums = world.sum(
+        torch.stack([loss_sum, torch.tensor(tokens, dtype=torch.float64, device=device)])
+    )
+    loss = float(sums[0]) / total_supervised
+    total_tokens = int(sums[1])
     if not math.isfinite(loss):
         raise TrainingError(f"step {step}: the loss is {loss}; parameters left unchanged")
     parameters = trainable_parameters(optimizer)
