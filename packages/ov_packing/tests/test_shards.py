@@ -105,7 +105,7 @@ def test_index_json_counts_bins_samples_and_describes_each_shard(corpus, plan, t
 
     raw = json.loads((tmp_path / "out" / "index.json").read_text())
     assert raw["format"] == "ov-packing-shards"
-    assert raw["version"] == 1
+    assert raw["version"] == 2
     assert raw["num_bins"] == 4
     assert raw["num_samples"] == 8
     assert [(s["name"], s["first_bin"], s["num_bins"]) for s in raw["shards"]] == [
@@ -118,7 +118,9 @@ def test_index_json_counts_bins_samples_and_describes_each_shard(corpus, plan, t
         assert shard["sha256"] == hashlib.sha256(data).hexdigest()
     assert ShardIndex.load(tmp_path / "out") == returned
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "bins.npy",
         "index.json",
+        "samples.npy",
         "shard-000000.tar",
         "shard-000001.tar",
     ]
@@ -475,9 +477,9 @@ def test_reader_refuses_a_member_of_an_unexpected_bin(written):
 
 def test_reader_refuses_an_unknown_index_version(written):
     raw = json.loads((written / "index.json").read_text())
-    raw["version"] = 2
+    raw["version"] = 3
     (written / "index.json").write_text(json.dumps(raw))
-    with pytest.raises(ShardError, match="index version 2 is not supported"):
+    with pytest.raises(ShardError, match="index version 3 is not supported"):
         list(iter_bins(written))
 
 

@@ -8,6 +8,7 @@ modules here are a thin, typed Python API over it:
 - `plan`: the `PackPlan` and its versioned file format;
 - `stats`, `verify`: numbers about a plan and an independent check of its invariants;
 - `shards`: packed webdataset shards written from a plan, and read back;
+- `shard_table`: the bin table written with the shards (random access, caller columns);
 - `reference`, `synthetic`: the numpy FFD oracle and realistic length generators.
 """
 

@@ -2,10 +2,14 @@
 
 Layout of `out_dir`:
 
-    index.json            {"format": "ov-packing-shards", "version": 1, "num_bins", "num_samples",
-                           "shards": [{"name", "first_bin", "num_bins", "bytes", "sha256"}, ...]}
+    index.json            {"format": "ov-packing-shards", "version": 2, "num_bins", "num_samples",
+                           "shards": [{"name", "first_bin", "num_bins", "bytes", "sha256"}, ...],
+                           "table": {"version", "bins", "bins_sha256", "samples",
+                                     "samples_sha256", "columns"}}
     shard-000000.tar      bins 0 .. n-1, in plan order
     shard-000001.tar      ...
+    bins.npy, samples.npy the bin table: each bin's shard and byte range, tokens, sub-samples,
+                          and named integer columns the caller passed (`shard_table.py`)
 
 Every bin is one webdataset sample with key `bin-<bin index, 9 digits>`:
 
@@ -33,6 +37,8 @@ Guarantees:
   half-way, the files written so far are removed.
 - `max_shard_bytes` bounds the shard file size, except that a bin larger than the limit gets a
   shard of its own; `max_bins_per_shard` bounds the number of bins per shard.
+- The bin table (`shard_table.load_table`) gives random access to any bin without scanning the
+  tars. Index version 1 (before tables) is still read; it has no table.
 - `iter_bins` refuses shards whose size differs from the index, member names that could escape a
   directory or do not belong to the expected bin, and bins whose files differ from their JSON.
 """
@@ -43,15 +49,23 @@ import io
 import re
 import tarfile
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import msgspec
+import numpy as np
 from tqdm import tqdm
 
 from ov_packing.errors import ShardError
 from ov_packing.plan import PackPlan
+from ov_packing.shard_table import (
+    BINS_NAME,
+    SAMPLES_NAME,
+    TableInfo,
+    check_sample_columns,
+    write_table,
+)
 from ov_packing.source_tars import (
     SourceIndex,
     open_tar,
@@ -62,7 +76,8 @@ from ov_packing.source_tars import (
 )
 
 INDEX_FORMAT = "ov-packing-shards"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 INDEX_NAME = "index.json"
 _SHARD_NAME = re.compile(r"shard-[0-9]{6,}\.tar")
 _BLOCK = tarfile.BLOCKSIZE
@@ -88,6 +103,8 @@ class ShardIndex(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     num_bins: int
     num_samples: int
     shards: list[ShardInfo]
+    table: TableInfo | None = None
+    """The bin table's files (`shard_table.py`); None in version-1 directories."""
 
     @classmethod
     def load(cls, out_dir: str | Path) -> "ShardIndex":
@@ -103,11 +120,13 @@ class ShardIndex(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             raise ShardError(f"{path}: not valid JSON: {error}") from error
         if not isinstance(raw, dict) or raw.get("format") != INDEX_FORMAT:
             raise ShardError(f"{path}: not an {INDEX_FORMAT} index")
-        if raw.get("version") != INDEX_VERSION:
+        if raw.get("version") not in _READABLE_VERSIONS:
             raise ShardError(
                 f"{path}: index version {raw.get('version')!r} is not supported (this ov_packing "
-                f"reads version {INDEX_VERSION}); upgrade ov-packing"
+                f"reads versions {', '.join(map(str, _READABLE_VERSIONS))}); upgrade ov-packing"
             )
+        if raw.get("version") == 1 and "table" in raw:
+            raise ShardError(f"{path}: a version-1 index has no table entry")
         try:
             index = msgspec.convert(raw, cls)
         except msgspec.ValidationError as error:
@@ -164,18 +183,22 @@ def write_shards(
     max_bins_per_shard: int | None = 1000,
     max_shard_bytes: int | None = None,
     progress: bool = False,
+    sample_columns: Mapping[str, np.ndarray] | None = None,
 ) -> ShardIndex:
-    """Write the bins of `plan` as packed webdataset shards into the empty `out_dir`.
+    """Write the bins of `plan` as packed webdataset shards into the empty `out_dir`, with their
+    bin table (`bins.npy`, `samples.npy`; see `shard_table.py`).
 
     `sources` are webdataset tars (files, directories of `*.tar`, or glob patterns) whose sample
-    keys are the plan's ids. Returns the index also written to `out_dir/index.json`. ShardError on
-    a non-empty `out_dir`, unusable sources or plan ids missing from them, before anything is
-    written.
+    keys are the plan's ids. `sample_columns` are named integer columns, one value per plan
+    sample, that the table keeps per sub-sample and sums per bin. Returns the index also written
+    to `out_dir/index.json`. ShardError on a non-empty `out_dir`, unusable sources or plan ids
+    missing from them, ValueError on a malformed column, before anything is written.
     """
     if max_bins_per_shard is not None and max_bins_per_shard <= 0:
         raise ValueError(f"max_bins_per_shard must be positive or None, got {max_bins_per_shard}")
     if max_shard_bytes is not None and max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive or None, got {max_shard_bytes}")
+    columns = check_sample_columns(plan, sample_columns)
     out_dir = Path(out_dir)
     _check_empty_out_dir(out_dir)
     source_index = scan_sources(resolve_sources(sources))
@@ -185,17 +208,31 @@ def write_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     try:
+        places = np.zeros((plan.num_bins, 3), dtype=np.int64)
         shards = _write_all_bins(
-            plan, source_index, out_dir, written, max_bins_per_shard, max_shard_bytes, progress
+            plan,
+            source_index,
+            out_dir,
+            written,
+            max_bins_per_shard,
+            max_shard_bytes,
+            progress,
+            places,
         )
+        table, table_files = write_table(out_dir, plan, places, columns)
+        written.extend(table_files)
         index = ShardIndex(
-            num_bins=plan.num_bins, num_samples=int(plan.bin_samples.shape[0]), shards=shards
+            num_bins=plan.num_bins,
+            num_samples=int(plan.bin_samples.shape[0]),
+            shards=shards,
+            table=table,
         )
         _replace_atomically(
             out_dir / INDEX_NAME, msgspec.json.format(msgspec.json.encode(index)) + b"\n"
         )
     except BaseException:
-        for path in [*written, out_dir / f"{INDEX_NAME}.tmp"]:
+        temporaries = [out_dir / f"{name}.tmp" for name in (INDEX_NAME, BINS_NAME, SAMPLES_NAME)]
+        for path in [*written, *temporaries]:
             path.unlink(missing_ok=True)
         if created_dir:
             with contextlib.suppress(OSError):
@@ -266,7 +303,9 @@ def _write_all_bins(
     max_bins_per_shard: int | None,
     max_shard_bytes: int | None,
     progress: bool,
+    places: np.ndarray,
 ) -> list[ShardInfo]:
+    """Write every bin; `places[bin]` receives its shard number, byte offset and length."""
     shards: list[ShardInfo] = []
     shard: _ShardWriter | None = None
     with (
@@ -289,6 +328,7 @@ def _write_all_bins(
                     name = f"shard-{len(shards):06d}.tar"
                     written.append(out_dir / name)
                     shard = _ShardWriter(out_dir / name, first_bin=number)
+                places[number] = (len(shards), shard.content_bytes, len(entry))
                 shard.add_bin(entry)
                 bar.update()
             if shard is not None:
