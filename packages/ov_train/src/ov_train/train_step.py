@@ -14,10 +14,19 @@ weighs a token of a short micro-batch more than one of a long micro-batch, so 1 
    (up to float summation order);
 3. the gradient norm is clipped, AdamW steps, the schedule advances, gradients are dropped.
 
-A micro-batch whose loss does not depend on a trainable parameter (in Stage-1, a text-only row:
-only the projector trains and it sees no image) is forwarded for its loss but not
-backpropagated. A step whose loss or gradient norm is not finite raises `TrainingError` before
-the optimizer touches the parameters, so the last checkpoint and the model stay sound.
+In one process, a micro-batch whose loss does not depend on a trainable parameter (in Stage-1, a
+text-only row: only the projector trains and it sees no image) is forwarded for its loss but not
+backpropagated. Under data parallelism every rank must run every backward: FSDP2's gradient
+reductions are collectives, and a rank that skips one leaves its peers waiting (gloo aborts,
+NCCL hangs until the timeout). The data path guarantees it (every image-less packed row carries
+a padding image, so the ViT and projector always run); a micro-batch that still does not reach a
+trainable parameter is an error naming the step, not a hang.
+
+Gradients are summed over ranks (FSDP2 is set so, see `distributed.fsdp`): each rank's
+`loss_sum / N` with the global N makes the sum the gradient of the global batch. The norm is
+clipped over the (possibly sharded) gradients by `distributed.clipping.clip_gradients`. A step
+whose loss or gradient norm is not finite raises `TrainingError` before the optimizer touches
+the parameters, so the last checkpoint and the model stay sound.
 """
 
 import math
@@ -30,7 +39,7 @@ from torch import nn
 
 from ov_train.errors import TrainingError
 from ov_train.optim import trainable_parameters
-from ov_train.parallel import World
+from ov_train.parallel import World, clip_gradients
 from ov_train.source import StepPlan, model_inputs
 
 
@@ -80,6 +89,13 @@ def train_step(
             )
         if out.loss_sum.requires_grad:
             (out.loss_sum / total_supervised).backward()
+        elif world.size > 1:
+            raise TrainingError(
+                f"step {step}, micro-batch {index} on rank {world.rank}: its loss reaches no "
+                "trainable parameter, so this rank would skip a backward its peers run (a "
+                "hang); under data parallelism every image-less row needs the padding image "
+                "of ov_model.packing"
+            )
         loss_sum += out.loss_sum.detach().double()
     sums = world.sum(
         torch.stack([loss_sum, torch.tensor(tokens, dtype=torch.float64, device=device)])
@@ -90,7 +106,7 @@ def train_step(
         raise TrainingError(f"step {step}: the loss is {loss}; parameters left unchanged")
     parameters = trainable_parameters(optimizer)
     max_norm = clip_grad_norm if clip_grad_norm > 0 else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+    grad_norm = clip_gradients(parameters, max_norm)
     if not math.isfinite(grad_norm):
         raise TrainingError(f"step {step}: the gradient norm is {grad_norm}; parameters unchanged")
     rates = {group["name"]: float(group["lr"]) for group in optimizer.param_groups}

@@ -1,0 +1,81 @@
+"""FSDP2 (`fully_shard`) over the LLaVA-OV model: one unit per layer, gradients summed.
+
+Units, innermost first (each all-gathers its parameters just before its forward and backward
+and frees them after; each reduce-scatters its gradients as soon as its backward is done):
+- every RICE-ViT block;
+- the ViT's stem (`model.vision`: patch embedding, class token and its RoPE angle,
+  pre-layernorm);
+- the projector (`model.projector`);
+- every decoder layer;
+- the root (`model`): what is left, the token embedding, the final norm and the output head.
+The units follow the trainable units of the recipe (vision / projector / llm), so a unit is
+either wholly frozen or wholly trained: Stage-1 trains only the projector, and a frozen unit
+all-gathers for forward (and, inside the LLM, for the input gradient) but never reduces.
+
+Gradient reduction: FSDP2 divides gradients by the data-parallel size by default (a mean over
+ranks). The loss here is already the CE sum divided by the supervised-token count of the global
+batch, so the ranks' gradients must be SUMMED: every unit gets a divide factor of 1 and sum-only
+collectives (the divide factor alone would use NCCL's PREMUL_SUM, which gloo refuses).
+
+Mixed precision: with a bf16 run FSDP2 all-gathers bf16 copies of the fp32 master parameters
+(`param_dtype`), so the whole forward and backward compute in bf16 without autocast, and reduces
+gradients in fp32 (`reduce_dtype`) into fp32 sharded gradients that AdamW steps in fp32. The
+root and the ViT stem cast their floating inputs (the pixels) to bf16; the inner units do not
+(`cast_forward_inputs=False`), so the RoPE cos/sin the model computes in fp32 reach the
+attention as computed.
+
+The root keeps FSDP2's default `reshard_after_forward` (its parameters stay gathered after
+forward: backward needs them at once). torch 2.11's FSDP2 does not look inside the model's
+dataclass output, so a root resharded after forward would not be gathered again for backward;
+the recipe's `reshard_after_forward` applies to the inner units only.
+"""
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+
+def fsdp_units(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """(module, receives pixels) of each unit below the root, innermost first."""
+    units: list[tuple[nn.Module, bool]] = [(block, False) for block in model.vision.blocks]
+    units.append((model.vision, True))
+    units.append((model.projector, False))
+    units.extend((layer, False) for layer in model.language_model.layers)
+    return units
+
+
+def shard_model(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    *,
+    param_dtype: torch.dtype | None,
+    reshard_after_forward: bool,
+) -> nn.Module:
+    """Apply `fully_shard` to every unit and the root (in place); returns the model."""
+
+    def policy(cast_inputs: bool) -> MixedPrecisionPolicy:
+        if param_dtype is None:
+            return MixedPrecisionPolicy()
+        return MixedPrecisionPolicy(
+            param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=cast_inputs
+        )
+
+    for module, cast_inputs in fsdp_units(model):
+        fully_shard(
+            module,
+            mesh=mesh,
+            mp_policy=policy(cast_inputs),
+            reshard_after_forward=reshard_after_forward,
+        )
+    fully_shard(model, mesh=mesh, mp_policy=policy(True))
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            sum_gradients(module)
+    return model
+
+
+def sum_gradients(module: FSDPModule) -> None:
+    """Make `module` sum its gradients over the data-parallel ranks instead of averaging."""
+    module.set_gradient_divide_factor(1.0)
+    module.set_force_sum_reduction_for_comms(True)
