@@ -7,10 +7,15 @@
 - Cached generation path (`forward_cached`): a padded (batch, new tokens) block attending to a
   `KVCache` of earlier tokens with an explicit mask (left padding), through torch's SDPA.
 
-Numerics follow the official modeling code: RMSNorm in fp32 cast back before the weight; RoPE
-cos/sin computed in fp32 and cast to the activation dtype; per-head q/k RMSNorm before RoPE (Qwen3);
-grouped-query attention; SwiGLU MLP. No torch.distributed here: parallelism is ov_train's job,
-applied from outside to these plain modules (their names match the HF checkpoint's).
+Numerics follow the official modeling code: RMSNorm in fp32 cast back before the weight;
+per-head q/k RMSNorm before RoPE (Qwen3); grouped-query attention; SwiGLU MLP. One dtype rule,
+shared with the ViT: norms return their input's dtype (the fp32 weight times a bf16 activation is
+cast back) and RoPE is `rice_vit.rope`'s (cos/sin and the rotation in fp32, result in the input's
+dtype; the official code rotates in the activation dtype, which is the same in fp32). So under
+bf16 autocast q, k and v all reach attention in bf16.
+
+No torch.distributed here: parallelism is ov_train's job, applied from outside to these plain
+modules (their names match the HF checkpoint's).
 """
 
 from dataclasses import dataclass, field
@@ -20,11 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ov_model.config import TextConfig
-from rice_vit import varlen_attention
+from rice_vit import rope, varlen_attention
+from rice_vit.rope import apply_rope
 
 
 class RMSNorm(nn.Module):
-    """x * rsqrt(mean(x^2) + eps) in fp32, cast back, times the weight."""
+    """x * rsqrt(mean(x^2) + eps) in fp32, cast back, times the weight; returns x's dtype."""
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -35,30 +41,15 @@ class RMSNorm(nn.Module):
         dtype = x.dtype
         x32 = x.to(torch.float32)
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        # fp32 weights times a bf16 activation (autocast) would promote to fp32: cast back.
+        return (self.weight * x32.to(dtype)).to(dtype)
 
 
 def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+    positions: torch.Tensor, head_dim: int, theta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (*positions.shape, head_dim) for 1D RoPE, computed in fp32."""
-    inv_freq = 1.0 / (
-        theta
-        ** (
-            torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float()
-            / head_dim
-        )
-    )
-    freqs = positions.to(torch.float32)[..., None] * inv_freq
-    angles = torch.cat([freqs, freqs], dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x * cos + rotate_half(x) * sin; cos/sin broadcast over the head dimension (-2)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos.unsqueeze(-2) + rotated * sin.unsqueeze(-2)
+    """fp32 cos, sin of shape (*positions.shape, head_dim) for 1D RoPE (`rice_vit.rope`)."""
+    return rope.rope_cos_sin(rope.position_rope_angles(positions, head_dim, theta))
 
 
 @dataclass
@@ -211,9 +202,7 @@ class LanguageModel(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Final-norm hidden states (tokens, hidden) of a packed sequence, and optionally the input
         of every layer plus the final output (as the HF `hidden_states`)."""
-        cos, sin = rope_cos_sin(
-            position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype
-        )
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         x = inputs_embeds
         states = [x] if output_hidden_states else None
         for layer in self.layers:
@@ -247,9 +236,7 @@ class LanguageModel(nn.Module):
         itself = torch.zeros(new, total, dtype=torch.bool, device=device)
         itself[torch.arange(new, device=device), past + torch.arange(new, device=device)] = True
         mask = mask | itself[None, None]
-        cos, sin = rope_cos_sin(
-            position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype
-        )
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         x = inputs_embeds
         for layer in self.layers:
             x = layer.forward_cached(x, cos, sin, mask, cache)

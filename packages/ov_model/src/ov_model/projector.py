@@ -2,11 +2,14 @@
 
 LayerNorm per patch row (`ln_q`, eps = the vision layer_norm_eps), the 4 rows of a block (they are
 consecutive: the encoder emits merge-block order) concatenated, then Linear -> exact GELU ->
-Linear to the text width. Names match the HF tensors `visual.merger.{ln_q, mlp.0, mlp.2}`.
+Linear to the text width. Names match the HF tensors `visual.merger.{ln_q, mlp.0, mlp.2}`. The
+LayerNorm is rice_vit's: it returns its input's dtype under autocast, like every norm here.
 """
 
 import torch
 from torch import nn
+
+from rice_vit.layer_norm import LayerNorm
 
 
 class PatchMerger(nn.Module):
@@ -16,7 +19,7 @@ class PatchMerger(nn.Module):
         super().__init__()
         self.group = merge_size * merge_size
         width = vision_hidden * self.group
-        self.ln_q = nn.LayerNorm(vision_hidden, eps=eps)
+        self.ln_q = LayerNorm(vision_hidden, eps=eps)
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, text_hidden))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

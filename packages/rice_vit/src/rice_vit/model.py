@@ -21,8 +21,12 @@ for an image does not depend on the other images of the call. The official HF to
 first class token of a multi-image call and returns rows shifted by one per preceding image
 (MODEL.md); that bug is deliberately not reproduced.
 
+Dtypes: RoPE runs in fp32 and returns its input's dtype (`rope`), the LayerNorms return their
+input's dtype (`layer_norm`), so under bf16 autocast q, k and v reach attention in bf16 and with
+bf16 weights everything is bf16.
+
 Model code is single-device: parallelism (FSDP, tensor parallel) is applied from outside by
-ov_train to the plain `nn.Linear`/`nn.LayerNorm` modules here.
+ov_train to the plain `nn.Linear`/`LayerNorm` modules here.
 """
 
 from collections.abc import Sequence
@@ -37,6 +41,7 @@ from torch import nn
 from rice_vit.attention import Backend, varlen_attention
 from rice_vit.config import Layout, RiceViTConfig
 from rice_vit.errors import InputError
+from rice_vit.layer_norm import LayerNorm
 from rice_vit.rope import apply_rope, patch_rope_angles, rope_cos_sin
 from rice_vit.token_layout import TokenLayout
 
@@ -102,9 +107,9 @@ class Block(nn.Module):
 
     def __init__(self, config: RiceViTConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.block_layer_norm_eps)
+        self.norm1 = LayerNorm(config.hidden_size, eps=config.block_layer_norm_eps)
         self.attn = Attention(config)
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.block_layer_norm_eps)
+        self.norm2 = LayerNorm(config.hidden_size, eps=config.block_layer_norm_eps)
         self.mlp = MLP(config)
 
     def forward(
@@ -149,10 +154,10 @@ class RiceViT(nn.Module):
         self.patch_embed = PatchEmbed(config)
         self.class_embedding = nn.Parameter(torch.empty(config.hidden_size))
         self.class_pos_emb = nn.Parameter(torch.empty(1, config.head_dim // 2))
-        self.pre_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pre_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.post_layernorm = (
-            nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
             if config.has_post_layernorm
             else None
         )
