@@ -4,31 +4,51 @@ Layout of one checkpoint (the folder is self-contained: it can be copied elsewhe
 or exported alone):
 
     <checkpoint.dir>/step_00000040/
-        model_optim/          DCP: .metadata + __<rank>_0.distcp; every model parameter (frozen
-                              ones included) under `model.<name>`, AdamW moments and step counts
-                              under `optimizer.<name>.{exp_avg,exp_avg_sq,step}`
+        model_optim/          DCP: .metadata + __<rank>_0.distcp (one file per saving rank);
+                              every model parameter (frozen ones included) under
+                              `model.<name>`, AdamW moments and step counts under
+                              `optimizer.<name>.{exp_avg,exp_avg_sq,step}`, as whole (unsharded)
+                              tensors in the index whatever the sharding was
         trainer_state.json    format, step, world size, LR-scheduler state, the optimizer's
-                              parameter groups (lr, betas, ..., parameter names); written last
-        rank_00000.json       per rank: RNG states and the data source's state
+                              parameter groups (lr, betas, ..., parameter names), the data
+                              source's position; written last, by rank 0
+        rank_00000.json       per rank: its RNG states
         recipe.toml           the recipe of the run
         config.json           the model's HF config
         processor/            tokenizer, chat template, preprocessor config (when the run has one)
 
-Tensors go through DCP (`dcp.save`/`dcp.load`, with `get_state_dict`/`set_state_dict` so that
-sharded FSDP2/DTensor models save and load the same way later; in one process it runs with
-`no_dist`). Everything else is JSON, never pickled: DCP would pickle non-tensor values and load
-them with `weights_only=False`. DCP's own `.metadata` file is a pickle of its index classes; we
-read it with an unpickler that admits only those classes, torch dtypes/sizes and paths, so a
-checkpoint cannot run code when loaded.
+Tensors go through DCP (`dcp.save`/`dcp.load`, with `get_state_dict`/`set_state_dict`, so a
+sharded FSDP2/DTensor model saves each rank's shards and loads them back into whatever sharding
+the loading run has; in one process it runs with `no_dist`). Everything else is JSON, never
+pickled: DCP would pickle non-tensor values and load them with `weights_only=False`. DCP's own
+`.metadata` file is a pickle of its index classes; we read it with an unpickler that admits only
+those classes, torch dtypes/sizes and paths, so a checkpoint cannot run code when loaded.
+
+Resuming at another world size (N ranks saved, M ranks load), the rule:
+- tensors: resharded by DCP, exactly (the index holds global shapes and each shard's offsets);
+- data position: the source's state is the position of the whole world in the global
+  micro-batch stream (the packed loader's order does not depend on the world size), identical on
+  every rank; it is saved once, in trainer_state.json (every rank checks at save time that its
+  own state is the same), and every rank of the resumed run loads it: the run continues at the
+  same global micro-batch;
+- RNG: with the same world size each rank restores its own states (rank_XXXXX.json); with
+  another one there is no rank to take them from, so every rank reseeds from (train.seed, step,
+  rank) and a warning says the run is no longer bitwise identical to an uninterrupted one (a
+  training step draws no random numbers today, so the loss trace still matches).
 
 Atomicity: a checkpoint is written into `.tmp-step_XXXXXXXX/` and renamed to `step_XXXXXXXX/`
-once every file is on disk (DCP syncs its files; our JSON files and the folder are fsynced). A
-kill at any point leaves either the complete new folder or a temporary one, which readers ignore
-and the next save deletes. Old checkpoints beyond `keep_last` are renamed to `.trash-...` before
-being deleted, so a kill while deleting never leaves a half-deleted folder under a step name.
+once every file of every rank is on disk (DCP syncs its files; our JSON files and the folder are
+fsynced; a barrier precedes the rename). A kill at any point leaves either the complete new
+folder or a temporary one, which readers ignore and the next save deletes. Old checkpoints beyond
+`keep_last` are renamed to `.trash-...` before being deleted, so a kill while deleting never
+leaves a half-deleted folder under a step name. What a kill cannot cause, a disk can (a full disk,
+a truncated copy): `verify_checkpoint` checks a checkpoint's JSON files and that every DCP shard
+file holds the bytes its index points to, and `resume_point.py` falls back to the previous
+checkpoint when the latest fails it.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -54,7 +74,9 @@ from ov_train.config_io import save_recipe
 from ov_train.errors import CheckpointError
 from ov_train.parallel import World, is_main
 
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
+"""Format 1 (one process only) kept the data state in rank_00000.json."""
 STEP_PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
@@ -142,14 +164,15 @@ def save_checkpoint(
         _remove_leftovers(root)
         (tmp / TENSORS_DIR).mkdir(parents=True)
     world.barrier()
+    _check_same_on_every_rank(data_state, world)
     model_state, optimizer_state = get_state_dict(model, optimizer)
-    with _single_process_quiet(world):
+    with single_process_quiet(world.size == 1):
         dcp.save(
             {"model": model_state, "optimizer": optimizer_state["state"]},
             storage_writer=FileSystemWriter(tmp / TENSORS_DIR),
             no_dist=world.size == 1,
         )
-    _write_json(tmp / rank_file(world.rank), {"rng": rng_state, "data": data_state})
+    _write_json(tmp / rank_file(world.rank), {"rng": rng_state})
     if is_main(world):
         save_recipe(recipe, tmp / RECIPE_FILE)
         model_config.save(tmp / MODEL_CONFIG)
@@ -163,6 +186,7 @@ def save_checkpoint(
                 "world_size": world.size,
                 "scheduler": scheduler.state_dict(),
                 "optimizer_param_groups": optimizer_state["param_groups"],
+                "data": data_state,
             },
         )
         _fsync_tree(tmp)
@@ -178,6 +202,24 @@ def save_checkpoint(
             shutil.rmtree(trash)
     world.barrier()
     return final
+
+
+def _check_same_on_every_rank(data_state: dict[str, Any], world: World) -> None:
+    """The data state is saved once (rank 0's), so every rank's must be the same: a source
+    whose state is per rank (not the world's position) would resume wrongly at another size."""
+    if world.size == 1:
+        return
+    text = json.dumps(data_state, sort_keys=True, allow_nan=False, default=str)
+    digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "little")
+    mine = torch.tensor([digest], dtype=torch.int64, device=world.device)
+    reference = world.sum(mine if world.rank == 0 else torch.zeros_like(mine))
+    differing = int(world.sum((mine != reference).to(torch.int64)).item())
+    if differing:
+        raise CheckpointError(
+            f"the data source's state differs on {differing} of {world.size} ranks; a "
+            "checkpoint saves it once, so it must be the world's position in the global "
+            "micro-batch stream, the same on every rank"
+        )
 
 
 def _remove_leftovers(root: Path) -> None:
@@ -217,10 +259,10 @@ def _fsync_tree(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _single_process_quiet(world: World) -> Iterator[None]:
+def single_process_quiet(enabled: bool = True) -> Iterator[None]:
     """DCP warns on every call without a process group; one process is intended here."""
     with warnings.catch_warnings():
-        if world.size == 1:
+        if enabled:
             warnings.filterwarnings(
                 "ignore", message="torch.distributed is disabled", category=UserWarning
             )
@@ -234,18 +276,56 @@ class ResumeState:
 
     step: int
     data_state: dict[str, Any]
-    rng_state: dict[str, Any]
+    rng_state: dict[str, Any] | None
+    """This rank's RNG states; None when the checkpoint was saved by another number of ranks
+    (then the RNG rule of the module docstring reseeds)."""
+    saved_world_size: int
 
 
 def read_trainer_state(path: str | Path) -> dict[str, Any]:
     """The checkpoint's trainer_state.json, format-checked."""
     file = Path(path) / TRAINER_STATE
     state = _read_json(file)
-    if state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS:
+        found = state.get("format") if isinstance(state, dict) else state
         raise CheckpointError(
-            f"{file}: format {state.get('format')!r}, this version reads {FORMAT}"
+            f"{file}: format {found!r}, this version reads {list(READABLE_FORMATS)}"
         )
+    missing = [k for k in _TRAINER_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{file}: lacks {', '.join(missing)}; not a complete checkpoint")
     return state
+
+
+_TRAINER_KEYS = ("step", "world_size", "scheduler", "optimizer_param_groups")
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """CheckpointError naming what is wrong unless the checkpoint's JSON files parse and every
+    DCP shard file holds the bytes its index points to (a truncated or missing `.distcp` is
+    caught without reading the tensors)."""
+    path = Path(path)
+    state = read_trainer_state(path)
+    for rank in range(int(state["world_size"])):
+        if "rng" not in _read_json(path / rank_file(rank)):
+            raise CheckpointError(f"{path / rank_file(rank)}: no RNG state")
+    folder = path / TENSORS_DIR
+    if not (folder / ".metadata").is_file():
+        raise CheckpointError(f"{folder}: no .metadata; not a complete checkpoint")
+    try:
+        metadata = SafeFileSystemReader(folder).read_metadata()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ValueError) as error:
+        raise CheckpointError(f"{folder / '.metadata'}: unreadable ({error})") from None
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, end in sorted(needed.items()):
+        file = folder / name
+        size = file.stat().st_size if file.is_file() else None
+        if size is None or size < end:
+            found = "missing" if size is None else f"{size} bytes"
+            raise CheckpointError(f"{file}: {found}, its index needs {end} bytes (truncated?)")
 
 
 def _read_json(file: Path) -> Any:
@@ -268,11 +348,9 @@ def load_checkpoint(
     """Load model, optimizer and scheduler in place; return the step, data and RNG states."""
     path = Path(path)
     trainer_state = read_trainer_state(path)
-    if trainer_state["world_size"] != world.size:
-        raise CheckpointError(
-            f"{path}: saved by {trainer_state['world_size']} processes, resuming with "
-            f"{world.size}; resharding the data state is not supported"
-        )
+    saved_size = int(trainer_state["world_size"])
+    if trainer_state["format"] == 1:  # one process; the data state in its rank file
+        trainer_state["data"] = _read_json(path / rank_file(0))["data"]
     model_state, optimizer_state = get_state_dict(model, optimizer)
     groups = trainer_state["optimizer_param_groups"]
     _check_groups(path, groups, optimizer_state["param_groups"])
@@ -287,8 +365,8 @@ def load_checkpoint(
         optim_state_dict={"state": tensors["optimizer"], "param_groups": groups},
     )
     scheduler.load_state_dict(trainer_state["scheduler"])
-    per_rank = _read_json(path / rank_file(world.rank))
-    return ResumeState(trainer_state["step"], per_rank["data"], per_rank["rng"])
+    rng = _read_json(path / rank_file(world.rank))["rng"] if saved_size == world.size else None
+    return ResumeState(trainer_state["step"], trainer_state["data"], rng, saved_size)
 
 
 def _check_groups(path: Path, saved: list[dict], current: list[dict]) -> None:
@@ -318,18 +396,10 @@ def _dcp_load(path: Path, tensors: dict[str, Any], world: World | None) -> None:
         raise CheckpointError(f"{folder}: no .metadata; not a complete checkpoint")
     SafeFileSystemReader(folder).read_metadata()  # our own error first, never DCP's wrapped one
     try:
-        with _single_process_quiet(world or _ONE):
+        with single_process_quiet(single):
             dcp.load(tensors, storage_reader=SafeFileSystemReader(folder), no_dist=single)
     except (CheckpointException, RuntimeError) as error:
         raise CheckpointError(f"{folder}: cannot be loaded: {error}") from None
-
-
-class _One:
-    rank = 0
-    size = 1
-
-
-_ONE: Any = _One()
 
 
 # ------------------------------------------------------------------------- safe DCP metadata

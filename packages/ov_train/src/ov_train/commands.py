@@ -1,8 +1,11 @@
 """Click commands of the training side, for `ov-train`'s group to register: run, export, recipes.
 
-- `ov-train run RECIPE [--set KEY=VALUE]... [--data DIR] [--out DIR] [--resume/--no-resume]`:
-  RECIPE is a registered name (`ov-train recipes`) or a TOML file; overrides are parsed with
-  the type of the field they set; `--show` prints the resolved recipe instead of training.
+- `ov-train run RECIPE [--set KEY=VALUE]... [--data DIR] [--out DIR] [--resume/--no-resume]
+  [--resume-from STEP]`: RECIPE is a registered name (`ov-train recipes`) or a TOML file;
+  overrides are parsed with the type of the field they set; `--show` prints the resolved recipe
+  instead of training. Under torchrun (`torchrun --nproc-per-node N -m ov_train run ...`, or
+  the `ov-train` script) every process runs this command: they form one world (see
+  `ov_train.distributed.world`), each reads its share of the data, rank 0 reports.
 - `ov-train export CKPT --out HF_DIR`: the HF layout of a checkpoint (or of a run's latest).
 - `ov-train recipes [NAME]`: the table of registered recipes, or one of them as TOML.
 
@@ -36,13 +39,16 @@ def _user_errors() -> Iterator[None]:
         raise click.ClickException(str(error)) from error
 
 
-def _show_notices() -> None:
+def _show_notices(rank: int = 0, size: int = 1) -> None:
+    """Notices on stderr: rank 0's from INFO up, the other ranks' warnings and errors only,
+    prefixed with their rank when there are several."""
     logger = logging.getLogger("ov_train")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("ov-train: %(message)s"))
+        prefix = "ov-train" if size == 1 else f"ov-train[rank {rank}]"
+        handler.setFormatter(logging.Formatter(f"{prefix}: %(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
 @click.command("run", context_settings=CONTEXT)
@@ -75,6 +81,14 @@ def _show_notices() -> None:
     help="Continue from the run folder's latest checkpoint; --no-resume refuses a folder that "
     "has checkpoints.",
 )
+@click.option(
+    "--resume-from",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="STEP",
+    help="Resume from the checkpoint of this step (newer ones are set aside as "
+    ".discarded-step_X) instead of the latest.",
+)
 @click.option("--show", is_flag=True, help="Print the resolved recipe as TOML and exit.")
 def run_command(
     recipe: str,
@@ -82,6 +96,7 @@ def run_command(
     data: Path | None,
     out: Path | None,
     resume: bool,
+    resume_from: int | None,
     show: bool,
 ) -> None:
     """Train RECIPE (a name from `ov-train recipes` or a TOML file)."""
@@ -93,9 +108,8 @@ def run_command(
         if show:
             click.echo(recipe_to_toml(resolved), nl=False)
             return
-        _show_notices()
         from ov_train.errors import RecipeError
-        from ov_train.parallel import SingleProcess
+        from ov_train.parallel import init_world
         from ov_train.source import open_packed_shards
         from ov_train.train_loop import Trainer, load_processor
 
@@ -105,10 +119,19 @@ def run_command(
                 "model.path is required to train on packed shards: a model folder with its "
                 "tokenizer (`ov-model init` output or a previous stage's export)"
             )
-        world = SingleProcess()
-        source = open_packed_shards(resolved, processor, world)
-        run_dir = out if out is not None else Path("runs") / resolved.name
-        result = Trainer(resolved, source, run_dir, resume=resume, world=world).run()
+        world = init_world(resolved.parallel, resolved.train.device)
+        try:
+            _show_notices(world.rank, world.size)
+            source = open_packed_shards(resolved, processor, world)
+            run_dir = out if out is not None else Path("runs") / resolved.name
+            trainer = Trainer(
+                resolved, source, run_dir, resume=resume, resume_from=resume_from, world=world
+            )
+            result = trainer.run()
+        finally:
+            world.close()
+    if world.rank != 0:
+        return
     click.echo(f"run folder:      {result.run_dir}")
     click.echo(f"steps:           {result.start_step} -> {result.final_step}")
     if result.final_loss is not None:

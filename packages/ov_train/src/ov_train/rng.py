@@ -78,3 +78,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     if state["cuda"] and torch.cuda.is_available():
         states = state["cuda"][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all([_decode(s) for s in states])
+
+
+def resume_seed(seed: int, step: int, rank: int) -> int:
+    """The seed rank `rank` reseeds with when resuming at `step` in another world size than the
+    checkpoint's (see checkpointing.py): distinct per rank and step, the same on every restart."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)

@@ -1,20 +1,32 @@
 """The training loop: a recipe, a micro-batch source and a run folder in; a trained model out.
 
 `Trainer.run()` does, in this order (the order matters for exact resume and for the
-distributed wrappers to come):
+distributed wrappers):
 
-1. seed every generator from `train.seed`, enter deterministic mode if the recipe asks;
-2. build the model (from `model.path`, or the seeded preset), fp32, on the device; freeze the
-   modules the recipe does not train; `parallel.parallelize` (the identity in one process);
-3. AdamW with per-module groups, the warmup + cosine LambdaLR;
-4. resume when the run folder has a complete checkpoint (unless told not to): model, optimizer,
-   scheduler, the source's position, then the RNG states, last, since building drew from them;
-5. per step: draw the step's micro-batches, `train_step`, log, and save a checkpoint every
+1. join the world: the one given, or `init_world(recipe.parallel, train.device)` (one process
+   outside torchrun; a process group of torchrun's ranks, each on `cuda:LOCAL_RANK` or the CPU);
+2. lock the run folder (`run_lock.py`: rank 0 holds `RUN/.lock` for the run's life; a second
+   run on the folder fails at once naming the holder) and agree on the checkpoint to resume
+   from (`resume_point.py`: rank 0 decides, falls back past a corrupt latest one, honours
+   `resume_from`; every rank gets the same step);
+3. seed every generator from `train.seed`, enter deterministic mode if the recipe asks;
+4. build the model (`model_loading.py`: from `model.path` on the meta device, parallelized,
+   then filled shard by shard from the safetensors files; or the seeded preset), frozen as the
+   recipe says, sharded with FSDP2 over several processes;
+5. AdamW with per-module groups, the warmup + cosine LambdaLR;
+6. resume: model, optimizer, scheduler (resharded when the world size changed), the source's
+   position, then the RNG states, last, since building drew from them (the rule for another
+   world size is in checkpointing.py);
+7. per step: draw the step's micro-batches, `train_step`, log, and save a checkpoint every
    `checkpoint.every` steps and after the last;
-6. draw the loss curve.
+8. draw the loss curve.
+
+Only rank 0 writes the run's shared files (recipe, processor, metrics, plot, the checkpoints'
+JSON); every rank writes its own DCP shard and RNG file into a checkpoint.
 
 Run folder:
 
+    RUN/.lock             the run lock (pid, host, start, run id of the holder)
     RUN/recipe.toml       the recipe (rewritten at every start)
     RUN/processor/        tokenizer, chat template, preprocessor config of the model
     RUN/metrics.jsonl     one record per step (see metrics_log.py)
@@ -22,10 +34,14 @@ Run folder:
     RUN/tensorboard/      when asked for and available
     RUN/checkpoints/      step_XXXXXXXX/ folders (see checkpointing.py)
 
-Exact resume: with the same recipe, N steps, a kill (even during a save), and a resumed run to 2N
-give the loss trace and, on CPU in deterministic mode, the bitwise parameters of 2N steps
-uninterrupted: every state a step reads is in the checkpoint, and the metrics written after it
-are dropped on resume.
+Exact resume: with the same recipe, N steps, a kill (even during a save, even of one rank of
+several), and a resumed run to 2N give the loss trace and, on CPU in deterministic mode with the
+same world size, the bitwise parameters of 2N steps uninterrupted: every state a step reads is
+in the checkpoint, and the metrics written after it are dropped on resume.
+
+Faults: when a peer rank dies or hangs, the others fail within `parallel.timeout_s` (at once
+when the peer's connection drops) with a `TrainingError` that says so and names the last
+checkpoint; restart the job (torchrun `--max-restarts` does) and it resumes from there.
 """
 
 import logging
@@ -35,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import torch.distributed as dist
 
 from ov_model.model import LlavaOV
 from ov_model.processor import OVProcessor
@@ -43,19 +59,26 @@ from ov_train.checkpointing import (
     PROCESSOR_DIR,
     RECIPE_FILE,
     BeforeCommit,
-    latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
 from ov_train.config import ModelConfig, Recipe
 from ov_train.config_io import load_recipe, recipe_to_dict, save_recipe
-from ov_train.errors import CheckpointError
+from ov_train.errors import TrainingError
 from ov_train.loss_plot import plot_run_loss
 from ov_train.metrics_log import RunLog
-from ov_train.optim import build_optimizer, freeze
-from ov_train.parallel import SingleProcess, World, is_main, parallelize
-from ov_train.precision import autocast_factory, resolve_device
-from ov_train.rng import capture_rng_state, deterministic_mode, restore_rng_state, seed_everything
+from ov_train.model_loading import build_training_model
+from ov_train.optim import build_optimizer
+from ov_train.parallel import World, forward_autocast, init_world, is_main
+from ov_train.resume_point import choose_resume_checkpoint
+from ov_train.rng import (
+    capture_rng_state,
+    deterministic_mode,
+    restore_rng_state,
+    resume_seed,
+    seed_everything,
+)
+from ov_train.run_lock import acquire_run_lock
 from ov_train.schedule import build_scheduler
 from ov_train.source import MicroBatchSource, StepBatches
 from ov_train.train_step import train_step
@@ -96,16 +119,6 @@ class TrainResult:
         return self.losses[-1][1] if self.losses else None
 
 
-def build_model(config: ModelConfig) -> LlavaOV:
-    """The starting model in fp32: loaded from `config.path`, or the preset drawn at random
-    from the current torch seed."""
-    if config.path is not None:
-        return LlavaOV.from_pretrained(config.path, dtype=torch.float32)
-    from ov_model.config import PRESETS
-
-    return LlavaOV(PRESETS[config.preset])
-
-
 def load_processor(config: ModelConfig) -> OVProcessor | None:
     """The processor stored with `config.path`, or None without a path or a tokenizer there."""
     if config.path is None or not (Path(config.path) / "tokenizer.json").is_file():
@@ -123,21 +136,26 @@ class Trainer:
         run_dir: str | Path,
         *,
         resume: bool = True,
+        resume_from: int | None = None,
         world: World | None = None,
         model: LlavaOV | None = None,
         processor: OVProcessor | None = None,
         hooks: TrainerHooks | None = None,
     ) -> None:
         """`model`/`processor` replace what `recipe.model` would load (the recipe still
-        decides what trains); `resume=False` refuses a run folder that has checkpoints."""
+        decides what trains); `resume=False` refuses a run folder that has checkpoints;
+        `resume_from` resumes from that step's checkpoint (newer ones are set aside). Without
+        `world` the run joins `init_world`'s and closes it at the end."""
         self.recipe = recipe
         self.source = source
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.world = world or SingleProcess()
+        self.resume_from = resume_from
+        self.world = world
         self.model = model
         self.processor = processor
         self.hooks = hooks or TrainerHooks()
+        self._last_checkpoint: Path | None = None
 
     @property
     def checkpoint_root(self) -> Path:
@@ -146,41 +164,72 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train to `train.steps` (resuming when possible); returns what the run did."""
-        with deterministic_mode(self.recipe.train.deterministic):
-            return self._run()
+        owned = self.world is None
+        world = self.world or init_world(self.recipe.parallel, self.recipe.train.device)
+        try:
+            with deterministic_mode(self.recipe.train.deterministic):
+                return self._run_locked(world)
+        finally:
+            if owned:
+                world.close()
 
-    def _run(self) -> TrainResult:
-        recipe, world = self.recipe, self.world
-        latest = latest_checkpoint(self.checkpoint_root)
-        if latest is not None and not self.resume:
-            raise CheckpointError(
-                f"{self.run_dir} already has checkpoints ({latest.name}); resume it, or choose "
-                "another run folder"
-            )
+    def _run_locked(self, world: World) -> TrainResult:
+        try:
+            lock = acquire_run_lock(self.run_dir, world, world.device)
+        except RuntimeError as error:
+            raise _peer_failure(error, world, None) from error
+        with lock:
+            latest = None
+            try:
+                latest = choose_resume_checkpoint(
+                    self.checkpoint_root,
+                    world,
+                    resume=self.resume,
+                    resume_from=self.resume_from,
+                    run_dir=self.run_dir,
+                )
+                return self._run(world, latest)
+            except RuntimeError as error:
+                if not _is_collective_failure(error, world):
+                    raise
+                raise _peer_failure(error, world, self._last_checkpoint or latest) from error
+
+    def _run(self, world: World, latest: Path | None) -> TrainResult:
+        recipe = self.recipe
+        device = world.device
         seed_everything(recipe.train.seed)
-        device = resolve_device(recipe.train.device)
-        model = self.model if self.model is not None else build_model(recipe.model)
-        model.to(device).train()
-        if recipe.model.attention_backend is not None:
-            model.set_attention_backend(recipe.model.attention_backend)
-        freeze(model, recipe.model.trainable)
-        model_config = model.config
+        model, model_config = build_training_model(recipe, world, model=self.model)
         self.model = model
-        model = parallelize(model, recipe, world)
         optimizer = build_optimizer(model, recipe)
         scheduler = build_scheduler(optimizer, recipe)
-        processor_dir = self._write_run_files()
+        processor_dir = self._write_run_files(world)
         start = 0
+        self._last_checkpoint = latest
         if latest is not None:
-            self._note_recipe_changes(latest)
+            if is_main(world):
+                self._note_recipe_changes(latest)
             resumed = load_checkpoint(
                 latest, model=model, optimizer=optimizer, scheduler=scheduler, world=world
             )
             self.source.load_state_dict(resumed.data_state)
-            restore_rng_state(resumed.rng_state)
             start = resumed.step
-            LOGGER.info("resumed from %s (step %d)", latest, start)
-        autocast = autocast_factory(recipe.train.dtype, device)
+            if resumed.rng_state is not None:
+                restore_rng_state(resumed.rng_state)
+            else:
+                seed_everything(resume_seed(recipe.train.seed, start, world.rank))
+                if is_main(world):
+                    LOGGER.warning(
+                        "%s was saved by %d processes, this run has %d: tensors and the data "
+                        "position are resharded exactly; every rank's random generators are "
+                        "reseeded from (seed, step, rank), so the run is not bitwise identical "
+                        "to an uninterrupted one",
+                        latest,
+                        resumed.saved_world_size,
+                        world.size,
+                    )
+            if is_main(world):
+                LOGGER.info("resumed from %s (step %d)", latest, start)
+        autocast = forward_autocast(recipe, world)
         batches = StepBatches(self.source, recipe.train.grad_accumulation)
         log = RunLog(
             self.run_dir,
@@ -193,7 +242,6 @@ class Trainer:
         losses: list[tuple[int, float]] = []
         tokens = 0
         training_time = 0.0
-        last_checkpoint = latest
         began = time.perf_counter()
         try:
             for step in range(start + 1, recipe.train.steps + 1):
@@ -228,7 +276,7 @@ class Trainer:
                 if self.hooks.on_step_end is not None:
                     self.hooks.on_step_end(step, record)
                 if step % recipe.checkpoint.every == 0 or step == recipe.train.steps:
-                    last_checkpoint = save_checkpoint(
+                    self._last_checkpoint = save_checkpoint(
                         self.checkpoint_root,
                         step,
                         model=model,
@@ -254,16 +302,17 @@ class Trainer:
             final_step=losses[-1][0] if losses else start,
             losses=losses,
             tokens_per_second=tokens / training_time if training_time else 0.0,
-            last_checkpoint=last_checkpoint,
+            last_checkpoint=self._last_checkpoint,
             metrics_path=log.path,
             plot_path=plot,
         )
 
-    def _write_run_files(self) -> Path | None:
-        """recipe.toml and processor/ in the run folder; returns the processor folder."""
+    def _write_run_files(self, world: World) -> Path | None:
+        """recipe.toml and processor/ in the run folder (rank 0); returns the processor
+        folder (only rank 0 uses it)."""
         folder = self.run_dir / PROCESSOR_DIR
-        if not is_main(self.world):
-            return folder if folder.is_dir() else None
+        if not is_main(world):
+            return None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_recipe(self.recipe, self.run_dir / RECIPE_FILE)
         if not folder.is_dir():
@@ -299,3 +348,26 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+_COLLECTIVE_MARKERS = ("gloo", "nccl", "connection", "timed out", "timeout", "process group")
+
+
+def _is_collective_failure(error: RuntimeError, world: World) -> bool:
+    """Whether `error` is a collective that failed because a peer died or hung."""
+    if world.size == 1:
+        return False
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return any(marker in text for marker in _COLLECTIVE_MARKERS)
+
+
+def _peer_failure(error: RuntimeError, world: World, checkpoint: Path | None) -> TrainingError:
+    first_line = next((line for line in str(error).splitlines() if line.strip()), "")
+    where = f"the last checkpoint is {checkpoint}" if checkpoint else "no checkpoint yet"
+    return TrainingError(
+        f"rank {world.rank} of {world.size}: a collective failed, so another rank died or "
+        f"stopped answering (the process-group timeout is the recipe's parallel.timeout_s); "
+        f"{where}; restart the job to resume from it. Cause: {first_line[:300]}"
+    )
