@@ -142,8 +142,10 @@ class DataConfig(Section):
     SECTION: ClassVar[str] = "data"
     path: str | None = None
     """Folder of packed shards; `ov-train run --data DIR` sets it."""
-    num_workers: int = 0
-    """Loader worker processes (0: read in the training process)."""
+    num_workers: int = 2
+    """Loader worker processes per rank (0: read in the training process). Workers decode
+    images and run the processor while the GPU computes; they live for the whole run and
+    prefetch two micro-batches each (see `ov_train.data.loader`)."""
 
     def check(self) -> None:
         self._require(self.num_workers >= 0, "num_workers", "must be >= 0")

@@ -149,7 +149,10 @@ def model_inputs(batch: PackedBatch, device: torch.device) -> dict[str, torch.Te
 
 def open_packed_shards(recipe: "Recipe", processor: "OVProcessor", world: "World") -> Any:
     """The packed-shard loader (`ov_train.data.loader.PackedDataLoader`) of `data.path`, with
-    the recipe's token budget, seed and workers, reading this rank's share."""
+    the recipe's token budget, seed and workers, reading this rank's share of the global stream
+    (`world.rank` of `world.size` data-parallel ranks). Rows without an image get a padding
+    sample (the processor gives its image token and patch sizes), so every rank runs the vision
+    tower on every micro-batch."""
     from ov_train.data.loader import PackedDataLoader
 
     if recipe.data.path is None:

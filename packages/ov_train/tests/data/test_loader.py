@@ -1,6 +1,14 @@
-"""PackedDataLoader: content, token budget, determinism across worker counts, exact resume,
-rank split, state validation."""
+"""PackedDataLoader: content, token budget, supervised counts from the bin table, the global
+stream shared by every world size, determinism across worker counts, exact resume at the same
+and at another world size, padding of image-less rows, bounded memory, state validation.
 
+Note: before the global stream, each rank cut its own share of the bins into micro-batches and
+the state was a per-rank bin position; the tests of that order (ranks partition each epoch's
+bins, a state refuses another world size) became the union-of-ranks and resume-at-another-world-
+size tests below.
+"""
+
+import gc
 import io
 import itertools
 import json
@@ -10,13 +18,23 @@ import pytest
 import torch
 from PIL import Image
 
+from ov_model import LlavaOV
+from ov_model.packing import IGNORE_INDEX
 from ov_model.processor import OVProcessor
 from ov_packing.shards import iter_bins
-from ov_train.data.bin_table import read_bin, scan_bin_table
+from ov_train.data.bin_order import StreamPosition
+from ov_train.data.bin_table import (
+    SUPERVISED_TARGETS,
+    ShardTableWarning,
+    load_bin_table,
+    read_bin,
+    scan_bin_table,
+)
 from ov_train.data.errors import LoaderError
 from ov_train.data.ingest_llava import LlavaSource
-from ov_train.data.loader import PackedDataLoader, _MicroBatchStream
+from ov_train.data.loader import MicroBatch, PackedDataLoader, _RankStream
 from ov_train.data.prepare import prepare
+from ov_train.source import StepBatches, supervised_targets
 
 BUDGET = 400
 SAMPLES = 36
@@ -58,6 +76,24 @@ def packed(tmp_path_factory, processor, config_for):
     return result.shards_dir, raw
 
 
+@pytest.fixture(scope="module")
+def text_only(tmp_path_factory, processor, config_for):
+    """Packed shards of six text-only samples (every row needs a padding image)."""
+    root = tmp_path_factory.mktemp("text-only")
+    rows = [
+        {
+            "id": f"t{index}",
+            "conversations": [
+                {"from": "human", "value": "Say hi."},
+                {"from": "gpt", "value": "Hi there. " * (1 + index)},
+            ],
+        }
+        for index in range(6)
+    ]
+    (root / "data.json").write_text(json.dumps(rows))
+    return prepare(config_for((LlavaSource(root / "data.json"),), root / "out"), processor)
+
+
 def _loader(packed, processor, **overrides):
     settings = {"micro_batch_tokens": BUDGET, "seed": 7}
     settings.update(overrides)
@@ -76,7 +112,7 @@ def _take(loader, count):
 
 
 def _key(micro_batch):
-    return (micro_batch.epoch, micro_batch.position, micro_batch.bins)
+    return (micro_batch.epoch, micro_batch.index, micro_batch.bins)
 
 
 def _same(first, second):
@@ -87,8 +123,35 @@ def _same(first, second):
             assert (x is None and y is None) or torch.equal(x, y), name
 
 
-def test_bin_table_reads_exactly_what_iter_bins_reads(packed):
-    table = scan_bin_table(packed[0])
+def _world_steps(packed, processor, world_size, per_step, steps, state=None, **overrides):
+    """`steps` optimizer steps of `world_size` ranks (`per_step` micro-batches each), as the
+    global order: round by round, rank by rank; and every rank's state afterwards."""
+    loaders = [
+        _loader(packed, processor, rank=rank, world_size=world_size, **overrides)
+        for rank in range(world_size)
+    ]
+    for loader in loaders:
+        if state is not None:
+            loader.load_state_dict(state)
+    per_rank = []
+    for loader in loaders:
+        batches = StepBatches(loader, per_step)
+        drawn = []
+        for _ in range(steps):
+            plan = batches.next_step()
+            step = list(plan)
+            assert list(plan.supervised_targets) == [m.supervised_targets for m in step]
+            drawn.extend(step)
+        per_rank.append(drawn)
+    order = [per_rank[rank][k] for k in range(per_step * steps) for rank in range(world_size)]
+    return order, [loader.state_dict() for loader in loaders]
+
+
+def test_the_bin_table_written_with_the_shards_equals_a_scan(packed):
+    table, scanned = load_bin_table(packed[0]), scan_bin_table(packed[0])
+    for name in ("shard", "offset", "length", "tokens", "samples"):
+        assert getattr(table, name).tolist() == getattr(scanned, name).tolist(), name
+    assert table.fingerprint == scanned.fingerprint
     assert [read_bin(table, index) for index in range(table.num_bins)] == list(iter_bins(packed[0]))
 
 
@@ -102,6 +165,7 @@ def test_micro_batches_hold_the_processed_samples_of_their_bins(packed, processo
             conversation, images = packed[1][record["id"]]
             samples.append(processor(conversation, [Image.open(io.BytesIO(d)) for d in images]))
     expected_ids = torch.cat([sample.input_ids for sample in samples])
+    assert not micro_batch.padded  # the corpus has images in most bins
     assert torch.equal(micro_batch.batch.input_ids[0], expected_ids)
     assert torch.equal(micro_batch.batch.labels[0], torch.cat([s.labels for s in samples]))
     lengths = micro_batch.batch.cu_seqlens.diff().tolist()
@@ -109,6 +173,7 @@ def test_micro_batches_hold_the_processed_samples_of_their_bins(packed, processo
     assert micro_batch.num_samples == len(samples)
     assert micro_batch.num_tokens == int(expected_ids.numel())
     assert micro_batch.num_supervised == sum(sample.num_supervised for sample in samples)
+    assert micro_batch.supervised_targets == supervised_targets(micro_batch.batch)
     assert micro_batch.num_bins == len(micro_batch.bins) > 1  # several bins, no padding
 
 
@@ -116,11 +181,12 @@ def test_micro_batches_hold_the_processed_samples_of_their_bins(packed, processo
 def test_micro_batches_are_greedy_and_within_budget_unless_one_bin_is_larger(
     packed, processor, budget
 ):
-    loader = _loader(packed, processor, micro_batch_tokens=budget)
+    loader = _loader(packed, processor, micro_batch_tokens=budget, pad_imageless_rows=False)
     tokens = loader.table.tokens
     count = loader.micro_batches_in_epoch(0)
     batches = list(_take(loader, count))
     assert [m.epoch for m in batches] == [0] * count
+    assert [m.index for m in batches] == list(range(count))
     assert sum(m.num_bins for m in batches) == loader.num_bins
     for current, following in itertools.pairwise(batches):
         assert current.num_tokens == int(tokens[list(current.bins)].sum())
@@ -131,21 +197,55 @@ def test_micro_batches_are_greedy_and_within_budget_unless_one_bin_is_larger(
         assert all(m.num_bins == 1 for m in batches)
 
 
+def test_announced_supervised_targets_are_what_the_micro_batches_hold(packed, processor):
+    loader = _loader(packed, processor, rank=1, world_size=2)
+    count = loader.micro_batches_in_epoch(0)  # about two epochs of this rank
+    announced = loader.upcoming_supervised_targets(count)
+    taken = _take(loader, count)
+    assert {m.epoch for m in taken} == {0, 1}
+    assert announced == [supervised_targets(m.batch) for m in taken]
+    assert announced == [m.supervised_targets for m in taken]
+    column = loader.table.columns[SUPERVISED_TARGETS]
+    assert [int(column[list(m.bins)].sum()) for m in taken] == announced
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_the_ranks_of_a_step_together_read_the_one_rank_stream(packed, processor, world_size):
+    per_step = 2
+    per_epoch = _loader(packed, processor).micro_batches_in_epoch(0)
+    steps = per_epoch // (per_step * world_size) + 1
+    reference, _ = _world_steps(packed, processor, 1, per_step * world_size, steps)
+    union, states = _world_steps(packed, processor, world_size, per_step, steps)
+    assert [_key(m) for m in union] == [_key(m) for m in reference]
+    assert all(state == states[0] for state in states)  # every rank saves the same state
+    assert {m.epoch for m in reference} == {0, 1}  # the steps cross an epoch end
+
+
+@pytest.mark.parametrize(("saved_on", "resumed_on"), [(2, 1), (2, 3), (3, 2), (1, 2)])
+def test_a_state_saved_at_one_world_size_resumes_at_another(
+    packed, processor, saved_on, resumed_on
+):
+    per_step = 2
+    reference, _ = _world_steps(packed, processor, 1, per_step * 6, 1)
+    head, states = _world_steps(packed, processor, saved_on, per_step, 1)
+    rest = len(reference) - len(head)
+    tail, _ = _world_steps(
+        packed, processor, resumed_on, rest // resumed_on, 1, state=states[0], num_workers=1
+    )
+    assert [_key(m) for m in head + tail] == [_key(m) for m in reference[: len(head + tail)]]
+    assert len(head + tail) > len(reference) - resumed_on
+
+
 def test_the_stream_is_the_same_for_0_1_and_2_workers(packed, processor):
-    count = sum(_loader(packed, processor).micro_batches_in_epoch(e) for e in (0, 1)) + 3
+    probe = _loader(packed, processor, rank=1, world_size=2)
+    count = (probe.micro_batches_in_epoch(0) + probe.micro_batches_in_epoch(1)) // 2 + 2
     streams = [
-        _take(_loader(packed, processor, num_workers=workers), count) for workers in (0, 1, 2)
+        _take(_loader(packed, processor, rank=1, world_size=2, num_workers=workers), count)
+        for workers in (0, 1, 2)
     ]
     _same(streams[0], streams[1])
     _same(streams[0], streams[2])
-    epochs = [m.epoch for m in streams[0]]
-    assert epochs[0] == 0
-    assert epochs[-1] == 2  # rolled over twice, with new permutations
-    orders = [[b for m in streams[0] if m.epoch == e for b in m.bins] for e in (0, 1)]
-    assert (
-        sorted(orders[0]) == sorted(orders[1]) == list(range(_loader(packed, processor).num_bins))
-    )
-    assert orders[0] != orders[1]
+    assert [m.epoch for m in streams[0]][-1] == 2  # rolled over twice, with new permutations
 
 
 @pytest.mark.parametrize(("stop", "workers_after"), [(1, 0), (4, 2), ("epoch", 1), ("epoch+2", 0)])
@@ -160,7 +260,7 @@ def test_resuming_from_a_state_continues_the_uninterrupted_stream(
     head = _take(first, stop)
     state = first.state_dict()
     if stop == per_epoch:
-        assert (state["epoch"], state["position"]) == (1, 0)
+        assert (state["epoch"], state["index"]) == (1, 0)
     resumed = _loader(packed, processor, num_workers=workers_after)
     resumed.load_state_dict(state)
     tail = _take(resumed, total - stop)
@@ -168,52 +268,104 @@ def test_resuming_from_a_state_continues_the_uninterrupted_stream(
 
 
 def test_a_loader_resumes_itself_between_iterations(packed, processor):
-    loader = _loader(packed, processor)
+    loader = _loader(packed, processor, num_workers=1)
     reference = _take(_loader(packed, processor), 6)
     first = _take(loader, 2)
     second = _take(loader, 4)
     _same(first + second, reference)
+    loader.load_state_dict(_loader(packed, processor).state_dict())  # back to the start
+    _same(_take(loader, 6), reference)
 
 
-def test_each_iteration_is_the_rest_of_one_epoch(packed, processor):
+def test_each_iteration_is_the_rank_s_share_of_one_epoch(packed, processor):
     loader = _loader(packed, processor, num_workers=2)
     first = list(loader)
-    assert len(first) == loader.micro_batches_in_epoch(0)
+    assert [m.index for m in first] == list(range(loader.micro_batches_in_epoch(0)))
     assert {m.epoch for m in first} == {0}
-    assert (loader.state_dict()["epoch"], loader.state_dict()["position"]) == (1, 0)
+    assert (loader.state_dict()["epoch"], loader.state_dict()["index"]) == (1, 0)
     second = list(loader)
-    assert len(second) == loader.micro_batches_in_epoch(1)
     assert {m.epoch for m in second} == {1}
     assert sorted(b for m in second for b in m.bins) == list(range(loader.num_bins))
+    shares = [list(_loader(packed, processor, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(m.index for share in shares for m in share) == [m.index for m in first]
+    assert [m.index for m in shares[1]] == [m.index for m in first][1::3]
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_ranks_read_every_bin_exactly_once_per_epoch(packed, processor, world_size):
-    per_epoch: dict[int, list[int]] = {0: [], 1: []}
-    for rank in range(world_size):
-        loader = _loader(packed, processor, rank=rank, world_size=world_size)
-        count = loader.micro_batches_in_epoch(0) + loader.micro_batches_in_epoch(1)
-        for micro_batch in _take(loader, count):
-            per_epoch[micro_batch.epoch].extend(micro_batch.bins)
-        assert loader.state_dict()["epoch"] == 2
-        assert loader.bins_per_epoch in (
-            loader.num_bins // world_size,
-            -(-loader.num_bins // world_size),
-        )
-    for bins in per_epoch.values():
-        assert sorted(bins) == list(range(loader.num_bins))
+def test_rows_without_an_image_get_a_padding_sample_the_model_accepts(
+    text_only, processor, tiny_model_dir
+):
+    padded = PackedDataLoader(text_only.shards_dir, processor, micro_batch_tokens=80, seed=0)
+    plain = PackedDataLoader(
+        text_only.shards_dir, processor, micro_batch_tokens=80, seed=0, pad_imageless_rows=False
+    )
+    model = LlavaOV.from_pretrained(tiny_model_dir).eval()
+    merge = processor.image_processor.merge_size
+    for with_pad, without in zip(list(padded), list(plain), strict=True):
+        assert with_pad.padded
+        assert not without.padded
+        batch = with_pad.batch
+        assert batch.input_ids[0, -1] == processor.image_token_id
+        assert batch.labels[0, -1] == IGNORE_INDEX
+        assert batch.cu_seqlens.diff()[-1] == 1
+        assert batch.image_grid_thw.tolist() == [[1, merge, merge]]
+        assert batch.pixel_values.shape[0] == merge * merge
+        assert with_pad.num_samples == without.num_samples
+        assert with_pad.supervised_targets == without.supervised_targets
+        assert with_pad.num_tokens == without.num_tokens + 1
+        with torch.no_grad():
+            out_pad = model(**batch.model_inputs(), return_logits=False)
+            out_plain = model(**without.batch.model_inputs(), return_logits=False)
+        assert out_pad.num_supervised == out_plain.num_supervised == with_pad.supervised_targets
+        torch.testing.assert_close(out_pad.loss_sum, out_plain.loss_sum, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_step", [4, 40])
+def test_host_memory_holds_a_bounded_number_of_micro_batches_whatever_the_step(
+    packed, processor, per_step
+):
+    workers, prefetch = 2, 2
+    loader = _loader(packed, processor, micro_batch_tokens=150, num_workers=workers)
+    assert per_step > 4 or loader.micro_batches_in_epoch(0) < 40  # 40 crosses epochs
+    plan = StepBatches(loader, per_step).next_step()
+    alive = []
+    for micro_batch in plan:
+        del micro_batch
+        gc.collect()
+        alive.append(sum(type(item) is MicroBatch for item in gc.get_objects()))
+    assert len(alive) == per_step
+    assert max(alive) <= workers * prefetch + 1
+    loader.close()
+
+
+def test_a_folder_without_a_bin_table_is_scanned_but_cannot_announce_counts(
+    packed, processor, tmp_path
+):
+    old = tmp_path / "old"
+    old.mkdir()
+    for path in packed[0].iterdir():
+        if path.suffix == ".tar":
+            (old / path.name).symlink_to(path)
+    raw = json.loads((packed[0] / "index.json").read_text())
+    raw["version"] = 1
+    del raw["table"]
+    (old / "index.json").write_text(json.dumps(raw))
+    with pytest.warns(ShardTableWarning, match="without a bin table"):
+        loader = PackedDataLoader(old, processor, micro_batch_tokens=BUDGET, seed=7)
+    _same(_take(loader, 3), _take(_loader(packed, processor), 3))
+    with pytest.raises(LoaderError, match="no 'supervised_targets' column"):
+        loader.upcoming_supervised_targets(1)
 
 
 def test_load_state_dict_refuses_another_order(packed, processor):
     state = _loader(packed, processor).state_dict()
-    for overrides in ({"seed": 8}, {"world_size": 2}, {"rank": 1, "world_size": 2}):
+    for overrides in ({"seed": 8}, {"micro_batch_tokens": BUDGET + 1}):
         with pytest.raises(LoaderError, match="a state only resumes the same data order"):
             _loader(packed, processor, **overrides).load_state_dict(state)
     loader = _loader(packed, processor)
-    with pytest.raises(LoaderError, match="position"):
-        loader.load_state_dict({**state, "position": loader.bins_per_epoch})
-    with pytest.raises(LoaderError, match="not a version-1"):
-        loader.load_state_dict({"epoch": 0})
+    with pytest.raises(LoaderError, match="index"):
+        loader.load_state_dict({**state, "index": loader.micro_batches_in_epoch(0)})
+    with pytest.raises(LoaderError, match="not a version-2"):
+        loader.load_state_dict({"version": 1, "epoch": 0, "position": 0})
     tampered = {**state, "data_fingerprint": "0" * 64}
     with pytest.raises(LoaderError, match="data_fingerprint"):
         loader.load_state_dict(tampered)
@@ -234,14 +386,11 @@ def test_invalid_arguments_are_refused(packed, processor):
         _loader(packed, processor, micro_batch_tokens=0)
     with pytest.raises(LoaderError, match="rank 2 is not below world_size 2"):
         _loader(packed, processor, rank=2, world_size=2)
-    bins = scan_bin_table(packed[0]).num_bins
-    with pytest.raises(LoaderError, match="cannot feed"):
-        _loader(packed, processor, rank=bins, world_size=bins + 1)
 
 
 def test_the_stream_pickles_with_its_processor_for_spawned_workers(packed, processor):
     loader = _loader(packed, processor)
-    stream = _MicroBatchStream(loader, 0, 0)
+    stream = _RankStream(loader, StreamPosition(0, 1))
     copy = pickle.loads(pickle.dumps(stream))
     assert copy.processor is not processor
-    _same(list(copy), list(stream))
+    _same(list(itertools.islice(copy, 3)), list(itertools.islice(stream, 3)))

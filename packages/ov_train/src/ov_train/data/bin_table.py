@@ -3,31 +3,35 @@
 ov_packing's `iter_bins` streams every bin in plan order. The loader needs something else: bins
 in a permuted order that changes every epoch, each rank and each data-loader worker reading only
 its own share. Streaming everything and skipping the rest would read the corpus ranks x workers
-times; so this module indexes the shards once and then reads any bin with one seek.
+times; so the loader opens a table of where every bin lies and then reads any bin with one seek.
 
-`scan_bin_table` walks the tar headers of every shard listed in `index.json` (the data of images
-is skipped, only each bin's small JSON is read) and records per bin: its shard, the byte range of
-its members (a bin's members are contiguous: ov_packing writes one bin as one run), its LLM
-tokens and its sub-sample count. That costs one header read per member, about a second per
-100,000 members on a local disk, and 32 bytes per bin of memory. `read_bin` then reads the byte
-range (positioned reads, safe in forked workers) and parses it into ov_packing's own
-`PackedBin`, with the checks `iter_bins` makes: member names belong to the bin, the JSON
-describes this bin, every listed file is present and nothing else is (tests check the result
-equals `iter_bins` bin for bin).
+`load_bin_table` takes that table from the bin table ov_packing writes with the shards
+(`ov_packing.shard_table`: per bin its shard, byte range, LLM tokens, sub-samples, and the
+per-bin sums of the columns `prepare` passed, here `supervised_targets`), read in milliseconds.
+Shard folders written before tables existed (index version 1) fall back to `scan_bin_table`,
+with a warning: it walks the tar headers of every shard (the data of images is skipped, only each
+bin's small JSON is read), about a second per 100,000 members on a local disk, and knows no
+supervised counts, so such a folder can be read but not trained on (the loader says so; prepare
+it again). `read_bin` reads a bin's byte range (positioned reads, safe in forked workers) and
+parses it into ov_packing's own `PackedBin`, with the checks `iter_bins` makes: member names
+belong to the bin, the JSON describes this bin, every listed file is present and nothing else is
+(tests check the result equals `iter_bins` bin for bin).
 
-The layout read is the one documented in `ov_packing.shards` (index version 1).
+The layout read is the one documented in `ov_packing.shards` (index versions 1 and 2).
 """
 
 import hashlib
 import io
 import os
 import tarfile
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ov_packing.errors import ShardError
+from ov_packing.shard_table import load_table
 from ov_packing.shards import (
     INDEX_NAME,
     PackedBin,
@@ -39,6 +43,12 @@ from ov_packing.shards import (
 from ov_packing.source_tars import open_tar, tar_members, unsafe_name_reason
 
 _BLOCK = tarfile.BLOCKSIZE
+SUPERVISED_TARGETS = "supervised_targets"
+"""The bin-table column `prepare` writes: supervised next-token targets per sub-sample."""
+
+
+class ShardTableWarning(UserWarning):
+    """A packed folder without a bin table: it is scanned, slowly, and cannot be trained on."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +69,12 @@ class BinTable:
     """int32 (bins,): sub-samples in the bin."""
     fingerprint: str
     """SHA-256 of `index.json`: identifies the packed data (index holds every shard's SHA-256)."""
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    """Caller columns of the bin table, summed per bin (int64 (bins,)); empty after a scan."""
+    sample_columns: dict[str, np.ndarray] = field(default_factory=dict)
+    """The same per sub-sample, bins in order (rows `first_sample[b]:first_sample[b + 1]`)."""
+    first_sample: np.ndarray | None = None
+    """int64 (bins + 1,): where each bin's sub-samples start in `sample_columns`."""
 
     @property
     def num_bins(self) -> int:
@@ -66,13 +82,44 @@ class BinTable:
         return int(self.tokens.shape[0])
 
 
-def scan_bin_table(shards_dir: str | Path) -> BinTable:
-    """Index the packed directory `shards_dir` (ShardError naming the shard on any mismatch)."""
+def load_bin_table(shards_dir: str | Path) -> BinTable:
+    """The bin table of the packed directory `shards_dir`: ov_packing's table written with the
+    shards, or a scan of the tar headers (with a `ShardTableWarning`) for folders without one.
+    ShardError naming the file on a missing shard or an inconsistent table."""
     shards_dir = Path(shards_dir)
     index = ShardIndex.load(shards_dir)
-    fingerprint = hashlib.sha256((shards_dir / INDEX_NAME).read_bytes()).hexdigest()
-    columns: list[list[int]] = [[], [], [], [], []]
-    for number, shard in enumerate(index.shards):
+    _check_shard_files(shards_dir, index)
+    table = load_table(shards_dir, index)
+    if table is None:
+        warnings.warn(
+            f"{shards_dir}: packed without a bin table (index version {index.version}); "
+            "scanning every tar header instead (slow on large corpora), and supervised-target "
+            "counts are unknown, so training refuses it: run `ov-train prepare` again",
+            ShardTableWarning,
+            stacklevel=2,
+        )
+        return scan_bin_table(shards_dir)
+    return BinTable(
+        shards_dir=shards_dir,
+        shard_names=tuple(shard.name for shard in index.shards),
+        shard=table.shard,
+        offset=table.offset,
+        length=table.length,
+        tokens=table.tokens,
+        samples=table.samples,
+        fingerprint=_fingerprint(shards_dir),
+        columns=table.bin_columns,
+        sample_columns=table.sample_columns,
+        first_sample=table.first_sample,
+    )
+
+
+def _fingerprint(shards_dir: Path) -> str:
+    return hashlib.sha256((shards_dir / INDEX_NAME).read_bytes()).hexdigest()
+
+
+def _check_shard_files(shards_dir: Path, index: ShardIndex) -> None:
+    for shard in index.shards:
         path = shards_dir / shard.name
         if not path.is_file():
             raise ShardError(f"{path}: shard listed in {INDEX_NAME} is missing")
@@ -80,6 +127,18 @@ def scan_bin_table(shards_dir: str | Path) -> BinTable:
             raise ShardError(
                 f"{path}: shard is {path.stat().st_size} bytes, {INDEX_NAME} says {shard.bytes}"
             )
+
+
+def scan_bin_table(shards_dir: str | Path) -> BinTable:
+    """Index the packed directory `shards_dir` by reading its tar headers (no columns), for
+    folders without a bin table (ShardError naming the shard on any mismatch)."""
+    shards_dir = Path(shards_dir)
+    index = ShardIndex.load(shards_dir)
+    _check_shard_files(shards_dir, index)
+    fingerprint = _fingerprint(shards_dir)
+    columns: list[list[int]] = [[], [], [], [], []]
+    for number, shard in enumerate(index.shards):
+        path = shards_dir / shard.name
         found = _scan_shard(path, shard.first_bin, number, columns)
         if found != shard.num_bins:
             raise ShardError(f"{path}: holds {found} bins, {INDEX_NAME} says {shard.num_bins}")

@@ -11,6 +11,15 @@ the original release did. With `truncate=True` it is cut to `max_length` by the 
 policy (never inside an image, never down to no supervised token) and the loader cuts it the
 same way; only samples that cannot be cut are rejected.
 
+Supervised targets: the trainer normalises a step's loss by its supervised next-token targets
+before building it, so `prepare` records each sample's count with the shards (the bin table
+column `supervised_targets`). A target is a supervised label at any position but the sample's
+first (`ov_model.packing.shifted_targets` never predicts the first token). The processor's
+`SampleLength` gives supervised labels; the first token of a rendered conversation is the chat
+template's role header (`<|im_start|>`), never supervised, so the count is the same. The loader
+checks it against the processed labels, sample by sample, and stops naming the sample if a
+template ever made the first token supervised.
+
 Every `SampleError` of the processor maps to one `Reason`; anything else is a bug and propagates.
 """
 
@@ -35,6 +44,11 @@ class MeasuredSample:
     sample: RawSample
     images: tuple[EncodedImage, ...]
     length: SampleLength
+
+    @property
+    def supervised_targets(self) -> int:
+        """Supervised next-token targets (see the module docstring)."""
+        return self.length.supervised_tokens
 
 
 def measure_sample(

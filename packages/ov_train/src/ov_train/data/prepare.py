@@ -15,14 +15,17 @@ The steps, in one streaming pass plus a packing step:
    accepted samples to pack and how many times.
 4. **Pack** with `ov_packing.pack` (capacity `max_length` unless given, optional ViT patch
    capacity and samples-per-bin cap) and write the shards with `ov_packing.shards.write_shards`
-   from the normalised tars.
+   from the normalised tars, with their bin table; its column `supervised_targets` (per sample,
+   summed per bin) is what lets the loader announce a step's supervised targets before building
+   it.
 5. **Report**: the final `manifest.jsonl` (every row's status), `report.json`, `report.md`.
 
 Output folder (must be empty or absent):
 
     manifest.jsonl      one row per input sample (`manifest.py`)
     plan.ovp            the ov_packing plan (ids are the work-tar keys, `s<row>`)
-    shards/             ov_packing packed shards + index.json; sub-samples are `SampleRecord`s
+    shards/             ov_packing packed shards + index.json + bin table (bins.npy, samples.npy);
+                        sub-samples are `SampleRecord`s
     report.json/.md     counts per reason, every rejected sample, packing statistics
     work/               normalised source tars + intermediate rows (removed unless keep_work)
 
@@ -51,6 +54,7 @@ from tqdm import tqdm
 from ov_model.processor import OVProcessor
 from ov_packing import PackPlan, RejectReason, compute_stats, pack
 from ov_packing.shards import ShardIndex, write_shards
+from ov_train.data.bin_table import SUPERVISED_TARGETS
 from ov_train.data.errors import PrepareError
 from ov_train.data.ingest_llava import LlavaSource
 from ov_train.data.ingest_webdataset import WebDatasetSource
@@ -137,10 +141,12 @@ def prepare(
         with WorkTarWriter(work / "sources", prefix="repeat") as writer:
             write_copies(accepted.tar_paths, repeats, writer)
 
-    plan = _pack(config, accepted, copies)
+    item_of = _items(copies)
+    plan = _pack(config, accepted, copies, item_of)
     shard_summary = None
     if plan.num_bins:
         plan.save(out_dir / PLAN_NAME)
+        targets = np.asarray(accepted.supervised_targets, dtype=np.int64)[item_of]
         index = write_shards(
             plan,
             [work / "sources"],
@@ -148,6 +154,7 @@ def prepare(
             max_bins_per_shard=config.max_bins_per_shard,
             max_shard_bytes=config.max_shard_bytes,
             progress=config.progress,
+            sample_columns={SUPERVISED_TARGETS: targets},
         )
         shard_summary = _shard_summary(index)
 
@@ -173,6 +180,7 @@ class _Accepted:
         self.text_tokens = array.array("q")
         self.vit_patches = array.array("q")
         self.supervised_tokens = array.array("q")
+        self.supervised_targets = array.array("q")
         self.tar_paths: list[Path] = []
 
     def __len__(self) -> int:
@@ -184,6 +192,7 @@ class _Accepted:
         self.text_tokens.append(measured.length.text_tokens)
         self.vit_patches.append(measured.length.vit_patches)
         self.supervised_tokens.append(measured.length.supervised_tokens)
+        self.supervised_targets.append(measured.supervised_targets)
 
 
 def _measure_all(config: PrepareConfig, processor: OVProcessor, work: Path) -> _Accepted:
@@ -290,9 +299,15 @@ def _apply_selection(
     return copies, summary
 
 
-def _pack(config: PrepareConfig, accepted: _Accepted, copies: np.ndarray) -> PackPlan:
+def _items(copies: np.ndarray) -> np.ndarray:
+    """The accepted sample of each packing item: one item per selected copy, in manifest order."""
+    return np.repeat(np.arange(len(copies)), copies)
+
+
+def _pack(
+    config: PrepareConfig, accepted: _Accepted, copies: np.ndarray, item_of: np.ndarray
+) -> PackPlan:
     """Step 4a: one item per selected copy, in manifest order."""
-    item_of = np.repeat(np.arange(len(accepted)), copies)
     copy_number = np.arange(len(item_of)) - np.repeat(np.cumsum(copies) - copies, copies)
     ids = [
         sample_key(accepted.rows[i]) if c == 0 else copy_key(sample_key(accepted.rows[i]), c)
