@@ -10,6 +10,7 @@ import click
 from ov_train import __version__
 from ov_train.commands import export_command, recipes_command, run_command
 from ov_train.data.prepare_cli import prepare_command
+from ov_train.memory_command import estimate_memory_command
 from ov_train.quickstart.command import quickstart_command
 
 
@@ -25,5 +26,12 @@ def main() -> None:
 
 
 # The subcommands live beside what they run; their heavy imports happen only when one runs.
-for _command in (quickstart_command, prepare_command, run_command, export_command, recipes_command):
+for _command in (
+    quickstart_command,
+    prepare_command,
+    run_command,
+    export_command,
+    recipes_command,
+    estimate_memory_command,
+):
     main.add_command(_command)

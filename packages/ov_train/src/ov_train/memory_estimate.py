@@ -524,6 +524,16 @@ def estimate_memory(
     )
 
 
+def recipe_model_config(recipe: Recipe) -> LlavaOVConfig:
+    """The architecture a recipe trains: `model.path`'s config.json when there is one, else the
+    `model.preset`."""
+    if recipe.model.path is not None:
+        path = Path(recipe.model.path) / "config.json"
+        if path.is_file():
+            return LlavaOVConfig.from_file(path)
+    return LlavaOVConfig.from_preset(recipe.model.preset)
+
+
 def estimate_recipe_memory(
     recipe: Recipe,
     world_size: int,
@@ -535,9 +545,7 @@ def estimate_recipe_memory(
     """`estimate_memory` of a recipe on `world_size` GPUs: its model (the config.json of
     `model.path` when there is one, else its preset), trainable modules, micro-batch, dtype and
     `parallel` section."""
-    config = LlavaOVConfig.from_preset(recipe.model.preset)
-    if recipe.model.path is not None and (Path(recipe.model.path) / "config.json").is_file():
-        config = LlavaOVConfig.from_file(Path(recipe.model.path) / "config.json")
+    config = recipe_model_config(recipe)
     workload = Workload(
         micro_batch_tokens=recipe.train.micro_batch_tokens,
         image_token_fraction=image_token_fraction,

@@ -1,0 +1,156 @@
+"""`ov-train estimate-memory RECIPE`: the per-GPU memory of a recipe on N GPUs, as a table.
+
+One column per activation-checkpointing mode (none, full, selective every
+`parallel.checkpoint_every`; the recipe's own mode is starred), one row per line of
+`ov_train.memory_estimate` (its docstring states the formula and every assumption), in GiB,
+and whether the total fits `--gpu-memory-gib`. The layout comes from the recipe's `parallel`
+section, changed like any recipe value with `--set parallel.dp_replicate=2`; `--gpus` may be
+given several times for one table per world size. Nothing is allocated: the model is described
+by its config alone, so the 8B estimate answers at once on a laptop.
+"""
+
+import click
+
+from ov_train.commands import CONTEXT, _user_errors
+
+_ROWS = (
+    ("parameters (fp32, sharded)", lambda e: e.parameters),
+    ("gradients (fp32, sharded)", lambda e: e.gradients),
+    ("optimizer (AdamW, sharded)", lambda e: e.optimizer),
+    ("gathered bf16 units + grad buffers", lambda e: e.gathered),
+    ("activations: vision", lambda e: e.activations.vision),
+    ("activations: projector", lambda e: e.activations.projector),
+    ("activations: language model", lambda e: e.activations.language_model),
+    ("activations: loss head rows", lambda e: e.activations.head),
+    ("transient (loss chunk or one layer)", lambda e: e.activations.transient),
+    ("allowance (2 GiB + 10%)", lambda e: e.allowance),
+    ("total per GPU", lambda e: e.total),
+)
+
+
+@click.command("estimate-memory", context_settings=CONTEXT)
+@click.argument("recipe")
+@click.option(
+    "--gpus",
+    "gpus",
+    type=click.IntRange(min=1),
+    multiple=True,
+    default=(8,),
+    help="World size (GPUs); repeat for one table per size, e.g. --gpus 8 --gpus 128.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change one recipe value, e.g. --set parallel.dp_replicate=2 --set "
+    "train.micro_batch_tokens=16384 (repeatable).",
+)
+@click.option(
+    "--gpu-memory-gib",
+    type=click.FloatRange(min=0, min_open=True),
+    default=80.0,
+    help="Memory of one GPU in GiB, for the `fits` row (an 80GB A800/A100/H100 has 80 GiB).",
+)
+@click.option(
+    "--image-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    help="Share of a micro-batch's tokens that are image tokens (4 ViT patches each).",
+)
+@click.option(
+    "--tokens-per-image",
+    type=click.IntRange(min=1),
+    default=1024,
+    help="Mean LLM tokens per image (one ViT class token per image).",
+)
+@click.option(
+    "--supervised-fraction",
+    type=click.FloatRange(0, 1),
+    default=None,
+    show_default="every text token",
+    help="Share of tokens with a supervised target (rows kept by the loss head).",
+)
+def estimate_memory_command(
+    recipe: str,
+    gpus: tuple[int, ...],
+    overrides: tuple[str, ...],
+    gpu_memory_gib: float,
+    image_fraction: float,
+    tokens_per_image: int,
+    supervised_fraction: float | None,
+) -> None:
+    """Estimate the per-GPU memory of training RECIPE (a name from `ov-train recipes` or a TOML
+    file) on --gpus GPUs, with and without activation checkpointing."""
+    with _user_errors():
+        from ov_train.config_io import resolve_recipe
+
+        resolved = resolve_recipe(recipe, overrides)
+        for index, world_size in enumerate(gpus):
+            if index:
+                click.echo()
+            _print_table(
+                resolved,
+                world_size,
+                gpu_memory_gib,
+                image_token_fraction=image_fraction,
+                tokens_per_image=tokens_per_image,
+                supervised_fraction=supervised_fraction,
+            )
+
+
+def _print_table(recipe, world_size: int, gpu_memory_gib: float, **workload) -> None:
+    import dataclasses
+
+    from ov_train.config import ACTIVATION_CHECKPOINTING
+    from ov_train.memory_estimate import (
+        GIB,
+        estimate_recipe_memory,
+        parameter_counts,
+        recipe_model_config,
+    )
+
+    estimates = {}
+    for mode in ACTIVATION_CHECKPOINTING:
+        parallel = dataclasses.replace(recipe.parallel, activation_checkpointing=mode)
+        variant = dataclasses.replace(recipe, parallel=parallel)
+        estimates[mode] = estimate_recipe_memory(variant, world_size, **workload)
+    first = estimates["none"]
+    layout, data = first.layout, first.workload
+    every = recipe.parallel.checkpoint_every
+    names = {"none": "AC none", "full": "AC full", "selective": f"AC every {every}"}
+    own = recipe.parallel.activation_checkpointing
+    header = ["per GPU, GiB"] + [
+        names[mode] + ("*" if mode == own else "") for mode in ACTIVATION_CHECKPOINTING
+    ]
+    rows = [
+        [label] + [f"{value(e) / GIB:.1f}" for e in estimates.values()] for label, value in _ROWS
+    ]
+    rows.append(
+        [f"fits {gpu_memory_gib:g} GiB"]
+        + ["yes" if e.fits(gpu_memory_gib) else "no" for e in estimates.values()]
+    )
+    config = recipe_model_config(recipe)
+    counts = parameter_counts(config)
+    click.echo(
+        f"{recipe.name}: {counts.total / 1e9:.2f}B parameters, trains "
+        f"{','.join(recipe.model.trainable)}, dtype {recipe.train.dtype}"
+    )
+    click.echo(
+        f"{world_size} GPUs: dp_replicate {layout.dp_replicate} x dp_shard {layout.dp_shard}, "
+        f"reshard_after_forward {str(layout.reshard_after_forward).lower()}"
+    )
+    supervised = data.supervised_fraction
+    click.echo(
+        f"micro-batch {data.micro_batch_tokens} tokens: {data.image_token_fraction:g} image "
+        f"tokens ({data.image_tokens * config.merge_size**2} ViT patches, {data.images} images), "
+        f"{data.supervised_tokens} supervised"
+        + (" (every text token)" if supervised is None else "")
+    )
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [row[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
+        ]
+        click.echo("  ".join(cells))
+    click.echo("* the recipe's parallel.activation_checkpointing")
