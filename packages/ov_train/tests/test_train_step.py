@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -24,13 +25,13 @@ def _setup(model, recipe):
     return model, optimizer, build_scheduler(optimizer, recipe)
 
 
-def _step(model, optimizer, scheduler, micro_batches, step=1):
+def _step(model, optimizer, scheduler, micro_batches, step=1, world=None):
     return train_step(
         model,
         optimizer,
         scheduler,
         StepPlan.of(micro_batches),
-        world=SingleProcess(),
+        world=world or SingleProcess(),
         device=CPU,
         autocast=contextlib.nullcontext,
         clip_grad_norm=1.0,
@@ -106,6 +107,37 @@ def test_stage1_steps_over_text_only_micro_batches(tiny_model, make_recipe, samp
     assert result.supervised_tokens == text_only.num_supervised + with_image.num_supervised
     assert not torch.equal(before, model.projector.mlp[0].weight)
     assert set(result.learning_rates) == {"projector.decay", "projector.no_decay"}
+
+
+@dataclass(frozen=True)
+class _OneOfTwoRanks:
+    """Rank 1 of a 2-process world whose peer contributes nothing (enough to reach the
+    data-parallel rules of train_step without starting processes)."""
+
+    rank: int = 1
+    size: int = 2
+    device: torch.device = CPU
+
+    def sum(self, value):
+        return value
+
+    def barrier(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_under_data_parallelism_a_micro_batch_reaching_no_trainable_parameter_is_an_error(
+    tiny_model, make_recipe, samples
+):
+    """In one process Stage-1 skips the backward of a text-only row (above); with peers that
+    would leave them waiting in FSDP's gradient collectives, so it is an error naming the fix."""
+    recipe = make_recipe(base="stage1-tiny")
+    model, optimizer, scheduler = _setup(tiny_model, recipe)
+    text_only = samples.pack([samples.make_sample(7, image=False)])
+    with pytest.raises(TrainingError, match=r"step 3, micro-batch 0 on rank 1: .*padding image"):
+        _step(model, optimizer, scheduler, [text_only], step=3, world=_OneOfTwoRanks())
 
 
 def test_a_step_without_supervised_tokens_is_an_error(tiny_model, make_recipe, samples):

@@ -20,6 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor
 
+from ov_model.packing import IGNORE_INDEX
 from ov_train.memory_loader import PackedMicroBatch
 from ov_train.optim import build_optimizer, freeze
 from ov_train.parallel import World, forward_autocast, init_world, parallelize
@@ -151,12 +153,21 @@ def train(
         for step, batches in enumerate(step_batches, 1)
     ]
     parameters = {name: full_tensor(p.detach()).clone() for name, p in model.named_parameters()}
+    layouts = {
+        name: (
+            str(p.device_mesh.mesh_dim_names) + str(p.placements)
+            if isinstance(p, DTensor)
+            else "plain"
+        )
+        for name, p in model.named_parameters()
+    }
     return {
         "losses": [r.loss for r in results],
         "grad_norms": [r.grad_norm for r in results],
         "supervised": [r.supervised_tokens for r in results],
         "gradients": gradients,
         "parameters": parameters,
+        "layouts": layouts,
         "model": model,
     }
 
@@ -168,6 +179,21 @@ def train_distributed(model_factory, recipe, step_batches: list[list]) -> dict[s
     result = train(model_factory, recipe, rank_share(step_batches, world), world)
     del result["model"]
     return result
+
+
+def padding_image_sample(config) -> SimpleNamespace:
+    """An image-only sample with no supervised token: one (merge x merge)-patch zero image
+    between its vision start/end tokens, labels all -100 (what the data path appends to a row
+    without an image so every rank runs the ViT and the projector)."""
+    merge = config.merge_size
+    return SimpleNamespace(
+        input_ids=torch.tensor(
+            [config.vision_start_token_id, config.image_token_id, config.vision_end_token_id]
+        ),
+        labels=torch.full((3,), IGNORE_INDEX),
+        pixel_values=torch.zeros(merge * merge, config.vision.patch_dim),
+        image_grid_thw=torch.tensor([[1, merge, merge]]),
+    )
 
 
 def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
