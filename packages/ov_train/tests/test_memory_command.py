@@ -66,7 +66,7 @@ def test_several_world_sizes_print_one_table_each():
     assert result.exit_code == 0, result.output
     assert result.output.count("total per GPU") == 2
     assert "128 GPUs: dp_replicate 1 x dp_shard 128" in result.output
-    assert "0.9 image tokens" in result.output
+    assert "90% image tokens" in result.output
 
 
 def test_errors_are_one_line_without_a_traceback():

@@ -142,7 +142,7 @@ def _print_table(recipe, world_size: int, gpu_memory_gib: float, **workload) -> 
     )
     supervised = data.supervised_fraction
     click.echo(
-        f"micro-batch {data.micro_batch_tokens} tokens: {data.image_token_fraction:g} image "
+        f"micro-batch {data.micro_batch_tokens} tokens: {data.image_token_fraction:.0%} image "
         f"tokens ({data.image_tokens * config.merge_size**2} ViT patches, {data.images} images), "
         f"{data.supervised_tokens} supervised"
         + (" (every text token)" if supervised is None else "")
