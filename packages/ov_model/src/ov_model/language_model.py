@@ -18,6 +18,7 @@ No torch.distributed here: parallelism is ov_train's job, applied from outside t
 modules (their names match the HF checkpoint's).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -119,10 +120,20 @@ class Attention(nn.Module):
         cu_seqlens: torch.Tensor,
         max_seqlen: int,
         backend: str | None,
+        sequence_lengths: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Packed causal attention over (tokens, hidden)."""
         q, k, v = self._project(x, cos, sin)
-        out = varlen_attention(q, k, v, cu_seqlens, max_seqlen, causal=True, backend=backend)
+        out = varlen_attention(
+            q,
+            k,
+            v,
+            cu_seqlens,
+            max_seqlen,
+            causal=True,
+            backend=backend,
+            sequence_lengths=sequence_lengths,
+        )
         return self.o_proj(out.reshape(x.shape[0], -1))
 
     def forward_cached(
@@ -169,8 +180,11 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, cu_seqlens, max_seqlen, backend):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cu_seqlens, max_seqlen, backend)
+    def forward(self, x, cos, sin, cu_seqlens, max_seqlen, backend, sequence_lengths=None):
+        attended = self.self_attn(
+            self.input_layernorm(x), cos, sin, cu_seqlens, max_seqlen, backend, sequence_lengths
+        )
+        x = x + attended
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def forward_cached(self, x, cos, sin, mask, cache):
@@ -199,14 +213,16 @@ class LanguageModel(nn.Module):
         max_seqlen: int,
         *,
         output_hidden_states: bool = False,
+        sequence_lengths: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Final-norm hidden states (tokens, hidden) of a packed sequence, and optionally the input
-        of every layer plus the final output (as the HF `hidden_states`)."""
+        of every layer plus the final output (as the HF `hidden_states`). `sequence_lengths`: the
+        samples' lengths as host ints, if known (see `rice_vit.varlen_attention`)."""
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         x = inputs_embeds
         states = [x] if output_hidden_states else None
         for layer in self.layers:
-            x = layer(x, cos, sin, cu_seqlens, max_seqlen, self.attention_backend)
+            x = layer(x, cos, sin, cu_seqlens, max_seqlen, self.attention_backend, sequence_lengths)
             if states is not None:
                 states.append(x)
         x = self.norm(x)

@@ -5,6 +5,8 @@ those go through the head in chunks; each chunk's fp32 logits live only inside a
 function, so the backward pass recomputes them instead of keeping them: peak memory is one chunk
 of logits (chunk x vocab x 4 bytes) instead of the whole sequence's. The result is the SUM over
 supervised tokens; callers divide by the number of supervised tokens of their (global) batch.
+The supervised rows come from the packed row's host metadata (`packed_metadata`), so nothing here
+reads a value back from the device.
 """
 
 import torch
@@ -21,26 +23,42 @@ def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+def cross_entropy_sum(
+    hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Sum of CE of `hidden[rows]` through the head against `targets` (one per row), in chunks.
+    Reads nothing back from the device: the row count is the tensor's shape."""
+    count = int(rows.shape[0])
+    total = hidden.new_zeros((), dtype=torch.float32)
+    if count == 0:
+        # Keep the graph connected so backward works (gradients are zero).
+        return total + 0.0 * hidden.sum().float()
+    selected = hidden[rows]
+    for start in range(0, count, chunk_size):
+        part = slice(start, start + chunk_size)
+        if torch.is_grad_enabled() and (selected.requires_grad or head_weight.requires_grad):
+            total = total + checkpoint(
+                _chunk_loss, selected[part], head_weight, targets[part], use_reentrant=False
+            )
+        else:
+            total = total + _chunk_loss(selected[part], head_weight, targets[part])
+    return total
+
+
 def supervised_cross_entropy_sum(
     hidden: torch.Tensor,
     head_weight: torch.Tensor,
     targets: torch.Tensor,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> tuple[torch.Tensor, int]:
-    """(sum of CE over rows whose target != IGNORE_INDEX, number of such rows)."""
+    """(sum of CE over rows whose target != IGNORE_INDEX, number of such rows). Finding the rows
+    reads the targets back (a sync on GPU); the model uses `cross_entropy_sum` with the rows of
+    its host metadata instead."""
     rows = (targets != IGNORE_INDEX).nonzero().squeeze(1)
-    count = int(rows.numel())
-    total = hidden.new_zeros((), dtype=torch.float32)
-    if count == 0:
-        # Keep the graph connected so backward works (gradients are zero).
-        return total + 0.0 * hidden.sum().float(), 0
-    selected, wanted = hidden[rows], targets[rows]
-    for start in range(0, count, chunk_size):
-        part = slice(start, start + chunk_size)
-        if torch.is_grad_enabled() and (selected.requires_grad or head_weight.requires_grad):
-            total = total + checkpoint(
-                _chunk_loss, selected[part], head_weight, wanted[part], use_reentrant=False
-            )
-        else:
-            total = total + _chunk_loss(selected[part], head_weight, wanted[part])
-    return total, count
+    return cross_entropy_sum(hidden, head_weight, rows, targets[rows], chunk_size), int(
+        rows.shape[0]
+    )

@@ -25,10 +25,12 @@ from torch import nn
 from ov_model.config import LlavaOVConfig
 from ov_model.errors import InputError
 from ov_model.language_model import LanguageModel
-from ov_model.loss import supervised_cross_entropy_sum
-from ov_model.packing import flatten_batch, position_ids, segment_sums, shifted_targets
+from ov_model.loss import cross_entropy_sum
+from ov_model.packed_metadata import ImagePlacement, PackedMetadata
+from ov_model.packing import flatten_batch
 from ov_model.projector import PatchMerger
 from rice_vit import RiceViT
+from rice_vit.token_layout import TokenLayout
 
 if TYPE_CHECKING:
     from ov_model.generation import TokenCallback
@@ -82,11 +84,16 @@ class LlavaOV(nn.Module):
         self.language_model.attention_backend = backend
 
     def image_features(
-        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
+        self,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor | None,
+        *,
+        layout: TokenLayout | None = None,
     ) -> torch.Tensor:
-        """(image tokens, text hidden): encoder output merged 2x2, images in order."""
+        """(image tokens, text hidden): encoder output merged 2x2, images in order. `layout`: the
+        images' ViT layout built on the host (then `image_grid_thw` is not read)."""
         dtype = self.vision.patch_embed.proj.weight.dtype
-        return self.projector(self.vision(pixel_values.to(dtype), image_grid_thw))
+        return self.projector(self.vision(pixel_values.to(dtype), image_grid_thw, layout=layout))
 
     def embed(
         self,
@@ -94,44 +101,23 @@ class LlavaOV(nn.Module):
         cu_seqlens: torch.Tensor,
         pixel_values: torch.Tensor | None,
         image_grid_thw: torch.Tensor | None,
+        *,
+        placement: ImagePlacement | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Token embeddings with image features in the placeholder rows."""
+        """Token embeddings with image features in the placeholder rows. `placement` (from the
+        row's `PackedMetadata`) says where; without it, it is computed from host copies of `ids`,
+        `cu_seqlens` and `image_grid_thw`."""
         embeds = self.language_model.embed_tokens(ids)
-        is_image = ids == self.config.image_token_id
-        tokens_per_image = self._tokens_per_image(image_grid_thw)
-        self._check_placeholders(is_image, cu_seqlens, tokens_per_image)
+        if placement is None:
+            metadata = PackedMetadata.build(ids, None, cu_seqlens, image_grid_thw)
+            placement = metadata.images(self.config.image_token_id, self.config.merge_size)
         if pixel_values is None:
             return embeds, None
-        features = self.image_features(pixel_values, image_grid_thw)
-        embeds = embeds.masked_scatter(is_image[:, None], features.to(embeds.dtype))
+        features = self.image_features(pixel_values, image_grid_thw, layout=placement.layout)
+        rows = placement.rows.to(embeds.device, non_blocking=True)
+        # index_copy, not masked_scatter: the rows are known, so nothing is counted on the device.
+        embeds = embeds.index_copy(0, rows, features.to(embeds.dtype))
         return embeds, features
-
-    def _tokens_per_image(self, image_grid_thw: torch.Tensor | None) -> list[int]:
-        if image_grid_thw is None:
-            return []
-        grid = torch.as_tensor(image_grid_thw).reshape(-1, 3).tolist()
-        merge = self.config.merge_size
-        return [t * h * w // (merge * merge) for t, h, w in grid]
-
-    @staticmethod
-    def _check_placeholders(
-        is_image: torch.Tensor, cu_seqlens: torch.Tensor, tokens_per_image: list[int]
-    ) -> None:
-        per_sample = segment_sums(is_image.to(torch.int64), cu_seqlens).tolist()
-        boundaries = {0}
-        running = 0
-        for count in tokens_per_image:
-            running += count
-            boundaries.add(running)
-        seen = 0
-        for sample, count in enumerate(per_sample):
-            seen += count
-            if seen not in boundaries or (sample == len(per_sample) - 1 and seen != running):
-                raise InputError(
-                    f"sample {sample} has {count} image placeholder tokens, which do not line up "
-                    f"with whole images: the images given hold {tokens_per_image} tokens "
-                    f"(placeholders up to this sample: {seen}, image tokens in all: {running})"
-                )
 
     def forward(
         self,
@@ -141,22 +127,37 @@ class LlavaOV(nn.Module):
         labels: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         *,
+        metadata: PackedMetadata | None = None,
         return_logits: bool = True,
         output_hidden_states: bool = False,
     ) -> LlavaOVOutput:
         """Logits and loss of a (batch, seq) batch or of one packed row with `cu_seqlens`.
 
         `labels` are aligned with `input_ids` (the token itself where supervised, -100
-        elsewhere); the model shifts them, never across a sample boundary.
+        elsewhere); the model shifts them, never across a sample boundary. `metadata`: the
+        row's host bookkeeping (`PackedBatch.model_inputs()` passes it); it must describe these
+        very inputs. Without it the model builds it from host copies of the inputs (a few device
+        reads per forward, independent of layers and samples).
         """
         shape = input_ids.shape if input_ids.dim() == 2 else (1, input_ids.shape[0])
-        ids, cu = flatten_batch(input_ids, cu_seqlens)
         if (pixel_values is None) != (image_grid_thw is None):
             raise InputError("pixel_values and image_grid_thw go together")
-        embeds, features = self.embed(ids, cu, pixel_values, image_grid_thw)
-        max_seqlen = int(cu.diff().max()) if cu.numel() > 1 else 0
+        if metadata is None:
+            ids, cu = flatten_batch(input_ids, cu_seqlens)
+            metadata = PackedMetadata.build(ids, labels, cu, image_grid_thw)
+        else:
+            ids = input_ids.reshape(-1)
+            cu = self._check_metadata(ids, cu_seqlens, image_grid_thw, labels, metadata)
+        device = ids.device
+        placement = metadata.images(self.config.image_token_id, self.config.merge_size)
+        embeds, features = self.embed(ids, cu, pixel_values, image_grid_thw, placement=placement)
         hidden, states = self.language_model(
-            embeds, position_ids(cu), cu, max_seqlen, output_hidden_states=output_hidden_states
+            embeds,
+            metadata.position_ids.to(device, non_blocking=True),
+            cu,
+            metadata.max_seqlen,
+            output_hidden_states=output_hidden_states,
+            sequence_lengths=metadata.sample_lengths,
         )
         logits = None
         if return_logits:
@@ -166,12 +167,45 @@ class LlavaOV(nn.Module):
         if labels is not None:
             if labels.numel() != ids.numel():
                 raise InputError(f"labels have {labels.numel()} entries for {ids.numel()} tokens")
-            targets = shifted_targets(labels.to(ids.device), cu)
-            loss_sum, count = supervised_cross_entropy_sum(hidden, self.head_weight, targets)
+            if metadata.supervised_rows is None or metadata.supervised_targets is None:
+                raise InputError("labels given with metadata built without labels")
+            count = metadata.num_supervised
+            loss_sum = cross_entropy_sum(
+                hidden,
+                self.head_weight,
+                metadata.supervised_rows.to(device, non_blocking=True),
+                metadata.supervised_targets.to(device, non_blocking=True),
+            )
             loss = loss_sum / max(count, 1)
         if states is not None:
             states = tuple(s.reshape(*shape, -1) for s in states)
         return LlavaOVOutput(logits, loss, loss_sum, count, states, features)
+
+    @staticmethod
+    def _check_metadata(
+        ids: torch.Tensor,
+        cu_seqlens: torch.Tensor | None,
+        image_grid_thw: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        metadata: PackedMetadata,
+    ) -> torch.Tensor:
+        """Device cu_seqlens for the row, after checking (shapes only: nothing is read from the
+        device) that `metadata` describes these inputs."""
+        samples = len(metadata.sample_lengths)
+        problems = []
+        if ids.numel() != metadata.num_tokens:
+            problems.append(f"{ids.numel()} tokens, metadata {metadata.num_tokens}")
+        if cu_seqlens is not None and cu_seqlens.numel() != samples + 1:
+            problems.append(f"{cu_seqlens.numel() - 1} samples, metadata {samples}")
+        images = 0 if image_grid_thw is None else image_grid_thw.numel() // 3
+        if images != metadata.num_images:
+            problems.append(f"{images} images, metadata {metadata.num_images}")
+        if labels is not None and metadata.supervised_rows is None:
+            problems.append("labels, metadata built without labels")
+        if problems:
+            raise InputError(f"metadata does not describe the inputs: {'; '.join(problems)}")
+        source = metadata.cu_seqlens if cu_seqlens is None else cu_seqlens
+        return source.to(ids.device, torch.int32, non_blocking=True)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod

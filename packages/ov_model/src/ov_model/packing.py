@@ -13,8 +13,25 @@ from dataclasses import dataclass
 import torch
 
 from ov_model.errors import InputError
+from ov_model.packed_metadata import (
+    IGNORE_INDEX,
+    PackedMetadata,
+    position_ids,
+    sample_lengths,
+    segment_sums,
+    shifted_targets,
+)
 
-IGNORE_INDEX = -100
+__all__ = [
+    "IGNORE_INDEX",
+    "PackedBatch",
+    "PackedMetadata",
+    "flatten_batch",
+    "position_ids",
+    "sample_lengths",
+    "segment_sums",
+    "shifted_targets",
+]
 
 
 def flatten_batch(
@@ -42,69 +59,92 @@ def flatten_batch(
     return input_ids.reshape(-1), cu_seqlens
 
 
-def sample_lengths(cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """Tokens per sample (int64)."""
-    return cu_seqlens.diff().to(torch.int64)
-
-
-def position_ids(cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """0, 1, ... restarting at every sample start, for the whole packed sequence."""
-    lengths = sample_lengths(cu_seqlens)
-    total = int(cu_seqlens[-1])
-    starts = torch.repeat_interleave(cu_seqlens[:-1].to(torch.int64), lengths)
-    return torch.arange(total, device=cu_seqlens.device) - starts
-
-
-def shifted_targets(labels: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """targets[t] = labels[t + 1] inside a sample, IGNORE_INDEX at each sample's last token."""
-    labels = labels.reshape(-1)
-    targets = torch.full_like(labels, IGNORE_INDEX)
-    targets[:-1] = labels[1:]
-    ends = cu_seqlens[1:].to(torch.int64) - 1
-    targets[ends[ends >= 0]] = IGNORE_INDEX
-    return targets
-
-
-def segment_sums(values: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """Per-sample sums of a per-token integer tensor."""
-    cumulative = torch.cat([values.new_zeros(1), values.cumsum(0)])
-    return cumulative[cu_seqlens[1:].long()] - cumulative[cu_seqlens[:-1].long()]
-
-
 @dataclass(frozen=True)
 class PackedBatch:
-    """Several samples as one packed row: what `LlavaOV.forward` takes with `cu_seqlens`."""
+    """Several samples as one packed row: what `LlavaOV.forward` takes with `cu_seqlens`, plus
+    its host-side `metadata` (see `packed_metadata`), so the forward reads nothing back from the
+    device."""
 
     input_ids: torch.Tensor  # (1, tokens) int64
     labels: torch.Tensor  # (1, tokens) int64, IGNORE_INDEX where unsupervised
     cu_seqlens: torch.Tensor  # (samples + 1,) int32
     pixel_values: torch.Tensor | None  # (patches, C*P*P)
     image_grid_thw: torch.Tensor | None  # (images, 3)
+    metadata: PackedMetadata | None = None
+    """Host bookkeeping of the row; None: the model computes it (a few syncs per forward)."""
 
     @classmethod
-    def from_samples(cls, samples: Sequence) -> "PackedBatch":
+    def from_tensors(
+        cls,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_grid_thw: torch.Tensor | None,
+        *,
+        image_token_id: int | None = None,
+        merge_size: int | None = None,
+    ) -> "PackedBatch":
+        """A batch of host tensors with its metadata; with `image_token_id` and `merge_size` (the
+        model's) the image part of the metadata is computed too, and a sample whose image
+        placeholders do not match its images is rejected here."""
+        metadata = PackedMetadata.build(input_ids, labels, cu_seqlens, image_grid_thw)
+        if (image_token_id is None) != (merge_size is None):
+            raise InputError("image_token_id and merge_size go together")
+        if image_token_id is not None and merge_size is not None:
+            metadata.images(image_token_id, merge_size)
+        return cls(
+            input_ids.reshape(1, -1),
+            labels.reshape(1, -1),
+            cu_seqlens,
+            pixel_values,
+            image_grid_thw,
+            metadata,
+        )
+
+    @classmethod
+    def from_samples(
+        cls,
+        samples: Sequence,
+        *,
+        image_token_id: int | None = None,
+        merge_size: int | None = None,
+    ) -> "PackedBatch":
         """Concatenate processed samples (objects with `input_ids`, `labels`, `pixel_values`,
-        `image_grid_thw`; the last two None without images)."""
+        `image_grid_thw`; the last two None without images) and compute the row's metadata (see
+        `from_tensors` for `image_token_id` and `merge_size`)."""
         if not samples:
             raise InputError("cannot pack an empty list of samples")
         lengths = [int(s.input_ids.numel()) for s in samples]
         cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
         pixels = [s.pixel_values for s in samples if s.pixel_values is not None]
         grids = [s.image_grid_thw for s in samples if s.image_grid_thw is not None]
-        return cls(
-            input_ids=torch.cat([s.input_ids.reshape(-1) for s in samples])[None],
-            labels=torch.cat([s.labels.reshape(-1) for s in samples])[None],
-            cu_seqlens=cu,
-            pixel_values=torch.cat(pixels) if pixels else None,
-            image_grid_thw=torch.cat([g.reshape(-1, 3) for g in grids]) if grids else None,
+        return cls.from_tensors(
+            torch.cat([s.input_ids.reshape(-1) for s in samples]),
+            torch.cat([s.labels.reshape(-1) for s in samples]),
+            cu,
+            torch.cat(pixels) if pixels else None,
+            torch.cat([g.reshape(-1, 3) for g in grids]) if grids else None,
+            image_token_id=image_token_id,
+            merge_size=merge_size,
         )
 
-    def model_inputs(self) -> dict[str, torch.Tensor | None]:
-        """Keyword arguments for `LlavaOV.forward`."""
+    @property
+    def num_supervised(self) -> int:
+        """Supervised next-token targets of the row (what the model's loss sums over)."""
+        if self.metadata is not None:
+            return self.metadata.num_supervised
+        targets = shifted_targets(self.labels, self.cu_seqlens.to(self.labels.device))
+        return int((targets != IGNORE_INDEX).sum())
+
+    def model_inputs(self) -> dict[str, "torch.Tensor | PackedMetadata | None"]:
+        """Keyword arguments for `LlavaOV.forward`: the tensors (to move to the model's device)
+        and `metadata`, which stays on the host."""
         return {
             "input_ids": self.input_ids,
             "labels": self.labels,
             "cu_seqlens": self.cu_seqlens,
             "pixel_values": self.pixel_values,
             "image_grid_thw": self.image_grid_thw,
+            "metadata": self.metadata,
         }

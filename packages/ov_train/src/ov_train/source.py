@@ -139,10 +139,12 @@ def supervised_targets(batch: PackedBatch) -> int:
     return int((targets != IGNORE_INDEX).sum())
 
 
-def model_inputs(batch: PackedBatch, device: torch.device) -> dict[str, torch.Tensor | None]:
-    """`batch.model_inputs()` moved to `device`."""
+def model_inputs(batch: PackedBatch, device: torch.device) -> dict[str, Any]:
+    """`batch.model_inputs()` with its tensors moved to `device` (non-blocking copies); the
+    batch's host metadata (`ov_model.packed_metadata`) stays on the host, where the model reads
+    it without a device sync."""
     return {
-        name: None if value is None else value.to(device, non_blocking=True)
+        name: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
         for name, value in batch.model_inputs().items()
     }
 

@@ -13,6 +13,10 @@ Layout, the same for every backend:
   cu_seqlens[i]:cu_seqlens[i+1]; cu_seqlens[0] == 0, non-decreasing, cu_seqlens[-1] ==
   total_tokens (empty sequences are allowed). int32 on q's device avoids a copy.
 - `max_seqlen`: the longest sequence (GPU kernels size their launch with it).
+- `sequence_lengths` (optional): the same lengths as host integers. The `sdpa` and `dense`
+  backends need them on the host; given, they are used (checked against q's length, not against
+  the device tensor) instead of reading `cu_seqlens` back from the device, a sync per call, so
+  per layer. Callers that know them (the packed model does) pass them.
 - `causal`: token i attends to tokens j <= i of its own sequence.
 - Returns (total_tokens, num_heads, head_dim) in q's dtype. Scale defaults to 1/sqrt(head_dim);
   softmax accumulates in fp32 in every backend.
@@ -37,6 +41,7 @@ import importlib.util
 import inspect
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 import torch
@@ -101,6 +106,7 @@ def varlen_attention(
     backend: Backend | None = None,
     *,
     scale: float | None = None,
+    sequence_lengths: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Attention within each packed sequence (layout in the module docstring); returns
     (total_tokens, num_heads, head_dim)."""
@@ -118,8 +124,10 @@ def varlen_attention(
     if backend == "torch_varlen":
         return _torch_varlen(q, k, v, cu_seqlens, max_seqlen, causal, scale)
     if backend == "sdpa":
-        return _sdpa_per_length(q, k, v, cu_seqlens, causal, scale)
-    return _dense_mask(q, k, v, cu_seqlens, causal, scale)
+        lengths = _host_lengths(cu_seqlens, q.shape[0], sequence_lengths)
+        return _sdpa_per_length(q, k, v, lengths, causal, scale)
+    lengths = _host_lengths(cu_seqlens, q.shape[0], sequence_lengths)
+    return _dense_mask(q, k, v, lengths, causal, scale)
 
 
 def _check_shapes(
@@ -154,8 +162,25 @@ def _check_shapes(
         raise InputError(f"varlen_attention: max_seqlen must be an int >= 0, got {max_seqlen!r}")
 
 
-def _host_lengths(cu_seqlens: torch.Tensor, total_tokens: int) -> list[int]:
-    """Sequence lengths from cu_seqlens, validated (one host sync on GPU)."""
+def _host_lengths(
+    cu_seqlens: torch.Tensor, total_tokens: int, sequence_lengths: Sequence[int] | None
+) -> list[int]:
+    """Sequence lengths, validated: the given host lengths, or cu_seqlens read back (one host
+    sync on GPU)."""
+    if sequence_lengths is not None:
+        lengths = [int(n) for n in sequence_lengths]
+        if (
+            len(lengths) != cu_seqlens.numel() - 1
+            or sum(lengths) != total_tokens
+            or any(n < 0 for n in lengths)
+        ):
+            shown = lengths if len(lengths) <= 12 else [*lengths[:6], "...", *lengths[-6:]]
+            raise InputError(
+                f"varlen_attention: sequence_lengths {shown} must be {cu_seqlens.numel() - 1} "
+                f"non-negative lengths (one per cu_seqlens interval) summing to total_tokens = "
+                f"{total_tokens}"
+            )
+        return lengths
     offsets = cu_seqlens.tolist()
     lengths = [end - start for start, end in itertools.pairwise(offsets)]
     if offsets[0] != 0 or offsets[-1] != total_tokens or any(n < 0 for n in lengths):
@@ -181,11 +206,10 @@ def _sdpa_per_length(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    cu_seqlens: torch.Tensor,
+    lengths: list[int],
     causal: bool,
     scale: float | None,
 ) -> torch.Tensor:
-    lengths = _host_lengths(cu_seqlens, q.shape[0])
     gqa = q.shape[1] != k.shape[1]
     starts_by_length: dict[int, list[int]] = {}
     start = 0
@@ -200,8 +224,9 @@ def _sdpa_per_length(
             q_, k_, v_ = (x[rows].unsqueeze(0) for x in (q, k, v))
         else:
             # (sequences, length) token indices: one batched call for all equal-length sequences.
-            rows = torch.tensor(starts, device=q.device)[:, None] + torch.arange(
-                length, device=q.device
+            # Built on the host, copied without blocking (a blocking copy waits for the queue).
+            rows = (torch.tensor(starts)[:, None] + torch.arange(length)).to(
+                q.device, non_blocking=True
             )
             q_, k_, v_ = q[rows], k[rows], v[rows]
         attended = F.scaled_dot_product_attention(
@@ -220,14 +245,13 @@ def _dense_mask(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    cu_seqlens: torch.Tensor,
+    lengths: list[int],
     causal: bool,
     scale: float | None,
 ) -> torch.Tensor:
-    lengths = _host_lengths(cu_seqlens, q.shape[0])
     sequence_id = torch.repeat_interleave(
-        torch.arange(len(lengths), device=q.device), torch.tensor(lengths, device=q.device)
-    )
+        torch.arange(len(lengths)), torch.tensor(lengths), output_size=q.shape[0]
+    ).to(q.device, non_blocking=True)
     mask = sequence_id[:, None] == sequence_id[None, :]
     if causal:
         mask = mask.tril()

@@ -82,11 +82,14 @@ class Attention(nn.Module):
         cu_seqlens: torch.Tensor,
         max_seqlen: int,
         backend: Backend | None,
+        sequence_lengths: Sequence[int] | None = None,
     ) -> torch.Tensor:
         tokens = x.shape[0]
         q, k, v = self.qkv(x).view(tokens, 3, self.num_heads, self.head_dim).unbind(1)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        attended = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend=backend)
+        attended = varlen_attention(
+            q, k, v, cu_seqlens, max_seqlen, backend=backend, sequence_lengths=sequence_lengths
+        )
         return self.proj(attended.reshape(tokens, self.num_heads * self.head_dim))
 
 
@@ -120,8 +123,12 @@ class Block(nn.Module):
         cu_seqlens: torch.Tensor,
         max_seqlen: int,
         backend: Backend | None,
+        sequence_lengths: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, cu_seqlens, max_seqlen, backend)
+        attended = self.attn(
+            self.norm1(x), cos, sin, cu_seqlens, max_seqlen, backend, sequence_lengths
+        )
+        x = x + attended
         return x + self.mlp(self.norm2(x))
 
 
@@ -165,23 +172,39 @@ class RiceViT(nn.Module):
         nn.init.normal_(self.class_pos_emb, std=1.0)
 
     def forward(
-        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor | Sequence[Sequence[int]]
+        self,
+        pixel_values: torch.Tensor,
+        grid_thw: torch.Tensor | Sequence[Sequence[int]] | None,
+        *,
+        layout: TokenLayout | None = None,
     ) -> torch.Tensor:
         """(patches, hidden) features of `pixel_values` (patches, C*P*P) in merge-block order,
-        for images of `grid_thw` (images, 3) = (1, h, w) in patches."""
-        return self.encode(pixel_values, grid_thw).patch_features
+        for images of `grid_thw` (images, 3) = (1, h, w) in patches (see `encode` for
+        `layout`)."""
+        return self.encode(pixel_values, grid_thw, layout=layout).patch_features
 
     def encode(
         self,
         pixel_values: torch.Tensor,
-        grid_thw: torch.Tensor | Sequence[Sequence[int]],
+        grid_thw: torch.Tensor | Sequence[Sequence[int]] | None,
         *,
         output_hidden_states: bool = False,
+        layout: TokenLayout | None = None,
     ) -> RiceViTOutput:
-        """Patch features, class tokens and optionally every layer's packed hidden states."""
+        """Patch features, class tokens and optionally every layer's packed hidden states.
+
+        `layout`: the `TokenLayout` of `grid_thw` with this encoder's merge size, built ahead of
+        time on the host (then `grid_thw` is not read and may be None): the forward reads nothing
+        back from the device. Without it the layout is built here from `grid_thw` (a device
+        `grid_thw` is copied to the host: one sync)."""
         config = self.config
         device = self.class_embedding.device
-        layout = TokenLayout.from_grid_thw(grid_thw, config.spatial_merge_size, device)
+        if layout is None:
+            if grid_thw is None:
+                raise InputError("RiceViT needs grid_thw or a TokenLayout")
+            layout = TokenLayout.from_grid_thw(grid_thw, config.spatial_merge_size, device)
+        else:
+            layout = layout.to(device)
         if pixel_values.dim() != 2 or pixel_values.shape != (layout.num_patches, config.patch_dim):
             raise InputError(
                 f"pixel_values must be (patches, {config.patch_dim}) with patches = sum(h*w) of "
@@ -203,7 +226,15 @@ class RiceViT(nn.Module):
         x = self.pre_layernorm(x)
         hidden_states = [x] if output_hidden_states else None
         for block in self.blocks:
-            x = block(x, cos, sin, layout.cu_seqlens, layout.max_seqlen, self.attention_backend)
+            x = block(
+                x,
+                cos,
+                sin,
+                layout.cu_seqlens,
+                layout.max_seqlen,
+                self.attention_backend,
+                layout.sequence_lengths,
+            )
             if hidden_states is not None:
                 hidden_states.append(x)
         return RiceViTOutput(
@@ -224,10 +255,12 @@ class RiceViT(nn.Module):
             return self.post_layernorm(output.class_tokens)
         if method == "mean":
             counts = output.patch_counts
-            image_of_patch = torch.repeat_interleave(
-                torch.arange(counts.numel(), device=counts.device), counts
-            )
             features = output.patch_features
+            image_of_patch = torch.repeat_interleave(
+                torch.arange(counts.numel(), device=counts.device),
+                counts,
+                output_size=features.shape[0],
+            )
             sums = torch.zeros(
                 counts.numel(), features.shape[1], device=features.device, dtype=torch.float32
             ).index_add_(0, image_of_patch, features.to(torch.float32))

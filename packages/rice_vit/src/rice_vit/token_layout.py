@@ -10,12 +10,14 @@ and merge size m, input row k is block `k // m**2` (blocks in raster order over 
 
 Everything here is computed with a few vectorised integer ops over all patches at once (no Python
 loop over images or patches), on the host, because the grid is host data anyway and the
-attention backends need `max_seqlen` as a Python int; the index tensors are then moved to the
-device once per forward.
+attention backends need `max_seqlen` (and the `sdpa` backend every image's length) as Python
+ints; the index tensors are then moved to the device once per forward, without blocking
+(`TokenLayout.to`). A data loader can build the layout ahead of time (ov_model's packed metadata
+does), so the forward reads nothing back from the device.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -54,11 +56,33 @@ class TokenLayout:
     """(patches,) int64 grid row of each input patch row."""
     patch_cols: torch.Tensor
     """(patches,) int64 grid column of each input patch row."""
+    sequence_lengths: tuple[int, ...]
+    """Tokens of each image (patches + 1), host integers: cu_seqlens without a device read."""
+
+    _DEVICE_FIELDS = (
+        "cu_seqlens",
+        "patch_counts",
+        "class_index",
+        "patch_index",
+        "patch_rows",
+        "patch_cols",
+    )
 
     @property
     def num_tokens(self) -> int:
         """Patches plus one class token per image."""
         return self.num_patches + self.num_images
+
+    def to(self, device: torch.device | str) -> "TokenLayout":
+        """The layout with its index tensors on `device`, copied without blocking (itself when
+        they are there already)."""
+        device = torch.device(device)
+        if self.cu_seqlens.device == device:
+            return self
+        moved = {
+            name: getattr(self, name).to(device, non_blocking=True) for name in self._DEVICE_FIELDS
+        }
+        return replace(self, **moved)
 
     @classmethod
     def from_grid_thw(
@@ -81,7 +105,9 @@ class TokenLayout:
         counts = h * w
         num_images = int(grid.shape[0])
         num_patches = int(counts.sum())
-        image_of_patch = torch.repeat_interleave(torch.arange(num_images), counts)
+        image_of_patch = torch.repeat_interleave(
+            torch.arange(num_images), counts, output_size=num_patches
+        )
         patch_start = torch.cumsum(counts, 0) - counts
         local = torch.arange(num_patches) - patch_start[image_of_patch]
         blocks_per_row = (w // merge_size)[image_of_patch]
@@ -90,17 +116,20 @@ class TokenLayout:
         cols = (block % blocks_per_row) * merge_size + local % merge_size
         cu_seqlens = torch.zeros(num_images + 1, dtype=torch.int32)
         cu_seqlens[1:] = torch.cumsum(counts + 1, 0)
-        return cls(
+        sequence_lengths = tuple(n + 1 for n in counts.tolist())
+        layout = cls(
             num_images=num_images,
             num_patches=num_patches,
-            cu_seqlens=cu_seqlens.to(device),
-            max_seqlen=int(counts.max()) + 1 if num_images else 0,
-            patch_counts=counts.to(device),
-            class_index=(patch_start + torch.arange(num_images)).to(device),
-            patch_index=(torch.arange(num_patches) + image_of_patch + 1).to(device),
-            patch_rows=rows.to(device),
-            patch_cols=cols.to(device),
+            cu_seqlens=cu_seqlens,
+            max_seqlen=max(sequence_lengths, default=0),
+            patch_counts=counts,
+            class_index=patch_start + torch.arange(num_images),
+            patch_index=torch.arange(num_patches) + image_of_patch + 1,
+            patch_rows=rows,
+            patch_cols=cols,
+            sequence_lengths=sequence_lengths,
         )
+        return layout.to(device)
 
 
 def merge_block_to_raster_index(height: int, width: int, merge_size: int = 2) -> torch.Tensor:
