@@ -13,8 +13,9 @@ One file per job:
 - `work_tars`, `sample_record`: normalised source tars and the per-sample JSON the shards carry;
 - `manifest`, `report`: the per-sample manifest and the run report;
 - `prepare_config`, `prepare`, `prepare_cli`: the pipeline, its settings and `ov-train prepare`;
-- `bin_table`, `bin_order`, `loader`: random access to packed bins, their order per epoch and
-  rank, and the resumable micro-batch loader.
+- `bin_table`, `bin_order`, `loader`: random access to packed bins (the bin table written with
+  the shards), the global micro-batch stream and each rank's share of it, and the resumable
+  micro-batch loader.
 
 Names are imported lazily (PEP 562) so that importing the package, or the command line, does not
 import torch.
