@@ -5,12 +5,12 @@ import dataclasses
 
 import pytest
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ov_model.config import PRESETS
 from ov_model.model import LlavaOV
 from ov_model.packing import IGNORE_INDEX, shifted_targets
 from ov_train.config_io import resolve_recipe
+from ov_train.distributed.activation_checkpointing import apply_activation_checkpointing
 from ov_train.errors import RecipeError
 from ov_train.memory_estimate import (
     GIB,
@@ -90,16 +90,6 @@ def _packed_batch(tokens: int):
     return inputs, workload
 
 
-def _checkpoint_every_layer(model: LlavaOV) -> None:
-    # What `parallel.activation_checkpointing = "full"` does: each ViT block and decoder layer
-    # runs its forward under torch.utils.checkpoint (non-reentrant), names unchanged.
-    for layer in [*model.vision.blocks, *model.language_model.layers]:
-        forward = layer.forward
-        layer.forward = lambda *args, forward=forward: checkpoint(
-            forward, *args, use_reentrant=False
-        )
-
-
 def _saved_bytes(model: LlavaOV, inputs) -> int:
     """Bytes of the distinct storages autograd keeps for backward after one forward (parameters
     excluded: they are counted as parameters)."""
@@ -118,28 +108,35 @@ def _saved_bytes(model: LlavaOV, inputs) -> int:
     return sum(storages.values())
 
 
+MODES = ("none", "selective", "full")
+
+
 @pytest.fixture(scope="module")
 def measured():
     """Saved bytes of one bf16 forward of the tiny model on a packed micro-batch of the tiny
-    recipes' 2048 tokens, without and with full activation checkpointing."""
+    recipes' 2048 tokens, per activation-checkpointing mode as ov_train.distributed applies it
+    (selective: every 2nd layer, i.e. layer 0 of each 2-layer stack)."""
     tokens = resolve_recipe("stage2-tiny").train.micro_batch_tokens
     inputs, workload = _packed_batch(tokens)
-    torch.manual_seed(0)
-    model = LlavaOV(TINY).to(torch.bfloat16).train()
-    without = _saved_bytes(model, inputs)
-    _checkpoint_every_layer(model)
-    with_checkpointing = _saved_bytes(model, inputs)
-    return workload, without, with_checkpointing
+    saved = {}
+    for mode in MODES:
+        torch.manual_seed(0)
+        model = LlavaOV(TINY).to(torch.bfloat16).train()
+        apply_activation_checkpointing(model, mode, every=2)
+        saved[mode] = _saved_bytes(model, inputs)
+    return workload, saved
 
 
-def _cpu_attention_copies(workload: Workload) -> int:
+def _cpu_attention_copies(workload: Workload, layout: Layout) -> int:
     """The estimate models the GPU attention kernels, whose output is what the output projection
     keeps. The CPU `sdpa` path scatters the per-length results into a new tensor, so each
-    unchecked layer keeps its attention output twice: add that copy to compare."""
+    layer not checkpointed keeps its attention output twice: add that copy to compare."""
     text, vision = TINY.text, TINY.vision
     vit_tokens = workload.image_tokens * TINY.merge_size**2 + workload.images
-    llm = text.num_hidden_layers * workload.micro_batch_tokens * text.num_attention_heads
-    return 2 * (llm * text.head_dim + vision.depth * vit_tokens * vision.hidden_size)
+    layers = text.num_hidden_layers - layout.checkpointed(text.num_hidden_layers)
+    blocks = vision.depth - layout.checkpointed(vision.depth)
+    llm = layers * workload.micro_batch_tokens * text.num_attention_heads * text.head_dim
+    return 2 * (llm + blocks * vit_tokens * vision.hidden_size)
 
 
 # Tight enough that one missing per-layer tensor of the tiny model, or a factor 2 anywhere
@@ -147,22 +144,25 @@ def _cpu_attention_copies(workload: Workload) -> int:
 BAND = (0.95, 1.05)
 
 
-def test_activation_estimate_matches_the_measured_saved_tensors_within_5_percent(measured):
-    workload, without, with_checkpointing = measured
-    none = activation_bytes(TINY, workload, Layout(activation_checkpointing="none")).held
-    full = activation_bytes(TINY, workload, Layout(activation_checkpointing="full")).held
-    assert BAND[0] <= without / (none + _cpu_attention_copies(workload)) <= BAND[1]
-    assert BAND[0] <= with_checkpointing / full <= BAND[1]
-    assert with_checkpointing < without / 4  # the check has teeth: checkpointing matters here
+@pytest.mark.parametrize("mode", MODES)
+def test_activation_estimate_matches_the_measured_saved_tensors_within_5_percent(measured, mode):
+    workload, saved = measured
+    layout = Layout(activation_checkpointing=mode, checkpoint_every=2)
+    estimate = activation_bytes(TINY, workload, layout).held
+    assert BAND[0] <= saved[mode] / (estimate + _cpu_attention_copies(workload, layout)) <= BAND[1]
 
 
-def test_selective_checkpointing_sits_between_none_and_full():
-    workload = Workload(micro_batch_tokens=2048)
+def test_checkpointing_changes_the_measurement_as_much_as_the_estimate(measured):
+    workload, saved = measured
+    assert saved["full"] < saved["selective"] < saved["none"]
+    assert saved["full"] < saved["none"] / 4  # the comparison above has teeth
     held = {
-        mode: activation_bytes(TINY, workload, Layout(activation_checkpointing=mode)).held
-        for mode in ("none", "selective", "full")
+        mode: activation_bytes(
+            TINY, workload, Layout(activation_checkpointing=mode, checkpoint_every=2)
+        ).held
+        for mode in MODES
     }
-    # tiny stacks have 2 layers; every 2nd checkpointed -> layer 0 of each: half of the savings
+    # tiny stacks have 2 layers: selective every 2 checkpoints half of them
     assert held["selective"] - held["full"] == pytest.approx(
         (held["none"] - held["full"]) / 2, rel=1e-6
     )
