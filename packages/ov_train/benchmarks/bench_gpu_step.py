@@ -198,7 +198,7 @@ def estimated_peak(config: LlavaOVConfig, samples: list[Sample], dtype: torch.dt
         supervised_fraction=supervised / tokens,
     )
     size = torch.finfo(dtype).bits // 8
-    activations = activation_bytes(config, workload, Layout(), activation_bytes=size)
+    activations = activation_bytes(config, workload, Layout(), element_bytes=size)
     parameters = parameter_counts(config).total
     return 2 * size * parameters + activations.held + activations.transient
 

@@ -391,11 +391,12 @@ def activation_bytes(
     layout: Layout,
     *,
     trainable: Iterable[str] = MODULES,
-    activation_bytes: int = 2,
+    element_bytes: int = 2,
 ) -> ActivationBytes:
-    """Activation memory of one micro-batch (see the module docstring for every term)."""
+    """Activation memory of one micro-batch (see the module docstring for every term);
+    `element_bytes` is the activation dtype's size (2: bf16, 4: fp32)."""
     trainable = set(trainable)
-    act = activation_bytes
+    act = element_bytes
     text, vision = config.text, config.vision
     tokens = workload.micro_batch_tokens
     vision_keeps = "vision" in trainable
@@ -510,9 +511,7 @@ def estimate_memory(
         else:
             gathered += act * (total - counts.root)
         gathered += 2 * (act + 4) * counts.largest_unit(trainable)
-    activations = activation_bytes(
-        config, workload, layout, trainable=trainable, activation_bytes=act
-    )
+    activations = activation_bytes(config, workload, layout, trainable=trainable, element_bytes=act)
     return MemoryEstimate(
         parameters=math.ceil(4 * total / shard),
         gradients=math.ceil(4 * trained / shard),
