@@ -1,0 +1,238 @@
+"""Data parallelism on CPU + gloo: tokens/s of 2 processes against 1, and memory per rank with
+FSDP2 against plain replication.
+
+Run: `uv run --no-sync pytest packages/ov_train/benchmarks/bench_data_parallel.py -s`.
+Both cases start forked worker processes (the harness of tests/distributed), each with one
+intra-op thread, and print their ratios:
+
+- throughput: the same global batch of the tiny preset (4 packed micro-batches per step) on one
+  process, and on two processes taking two micro-batches each (gradients summed by FSDP2); the
+  ratio of tokens/s is the data-parallel speed-up on this machine (2 would be perfect scaling;
+  on a shared 2-core machine it also measures the neighbours);
+- memory: a wider model (the tiny preset with a 768-wide, 8-layer decoder, 72M parameters) on
+  two processes and one step of one short row each,
+  FSDP2 (dp_shard 2) against replication (dp_replicate 2): the bytes of parameters, gradients
+  and AdamW states each rank holds at the optimizer step (FSDP2 should hold half), and the
+  process's peak resident memory above its RSS when the worker started (forked from pytest, so
+  the interpreter and torch are not counted).
+
+With `--benchmark-disable` each case runs once with fewer steps and prints nothing.
+"""
+
+import dataclasses
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.tensor import DTensor
+
+from ov_model import PRESETS, LlavaOV
+from ov_train.config_io import apply_overrides
+from ov_train.memory_loader import PackedMicroBatch
+from ov_train.optim import build_optimizer, freeze
+from ov_train.parallel import forward_autocast, init_world, parallelize
+from ov_train.recipes import RECIPES
+from ov_train.schedule import build_scheduler
+from ov_train.source import StepPlan
+from ov_train.train_step import train_step
+
+_spec = importlib.util.spec_from_file_location(
+    "ov_train_dist_harness", Path(__file__).parents[1] / "tests" / "distributed" / "harness.py"
+)
+harness = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(harness)
+
+pytestmark = pytest.mark.dist
+MICRO_BATCHES = 4  # per step, global
+
+
+def _recipe(world_size: int, *overrides: str):
+    return apply_overrides(
+        RECIPES["stage2-tiny"],
+        [
+            "logging.progress_bar=false",
+            "logging.plot=false",
+            "train.dtype=fp32",
+            "parallel.timeout_s=60",
+            f"train.grad_accumulation={MICRO_BATCHES // world_size}",
+            *overrides,
+        ],
+    )
+
+
+def _micro_batches(count: int, seed: int, samples: int = 4) -> list[PackedMicroBatch]:
+    """`count` packed rows of `samples` samples: 30-60 text tokens, every other one with an
+    8x8-patch image."""
+    from ov_model.packing import IGNORE_INDEX, PackedBatch
+
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(count):
+        row = []
+        for index in range(samples):
+            text = torch.randint(10, 500, (int(torch.randint(30, 61, (1,))),), generator=generator)
+            ids, pixels, grid = text, None, None
+            if index % 2 == 0:
+                ids = torch.cat([text[:3], torch.tensor([3] + [5] * 16 + [4]), text[3:]])
+                pixels = torch.randn(64, 588, generator=generator)
+                grid = torch.tensor([[1, 8, 8]])
+            labels = ids.clone()
+            labels[: len(ids) // 2] = IGNORE_INDEX
+            row.append(
+                dataclasses.make_dataclass(
+                    "S", ["input_ids", "labels", "pixel_values", "image_grid_thw"]
+                )(ids, labels, pixels, grid)
+            )
+        rows.append(PackedMicroBatch(PackedBatch.from_samples(row)))
+    return rows
+
+
+def tiny_model() -> LlavaOV:
+    torch.manual_seed(0)
+    return LlavaOV(PRESETS["tiny"])
+
+
+def wide_model() -> LlavaOV:
+    """The tiny preset with a 768-wide, 8-layer decoder: 72M parameters, so the training state
+    (1.1 GiB replicated) dominates a process's memory."""
+    torch.manual_seed(0)
+    config = PRESETS["tiny"]
+    text = dataclasses.replace(
+        config.text,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=8,
+        head_dim=64,
+        num_attention_heads=12,
+        num_key_value_heads=6,
+    )
+    return LlavaOV(config.replace(text=text))
+
+
+def _local_bytes(tensor: torch.Tensor) -> int:
+    local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    return local.numel() * local.element_size()
+
+
+def _memory_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _worker(rank, model_factory, recipe, step_batches):
+    """Train `step_batches` (this rank's share); seconds per step after the first, tokens per
+    step (all ranks) and the bytes of state this rank held at the optimizer step."""
+    world = init_world(recipe.parallel, "cpu")
+    world.barrier()  # the process group's buffers are in place before the baseline
+    start_anonymous = _memory_kib("RssAnon")
+    model = model_factory().train()
+    freeze(model, recipe.model.trainable)
+    model = parallelize(model, recipe, world)
+    optimizer = build_optimizer(model, recipe)
+    scheduler = build_scheduler(optimizer, recipe)
+    held = {}
+
+    def measure(opt, args, kwargs):
+        params = [p for g in opt.param_groups for p in g["params"]]
+        held["parameters"] = sum(_local_bytes(p) for p in model.parameters())
+        held["gradients"] = sum(_local_bytes(p.grad) for p in params if p.grad is not None)
+        held["anonymous_kib"] = max(held.get("anonymous_kib", 0), _memory_kib("RssAnon"))
+
+    optimizer.register_step_pre_hook(measure)
+    times, tokens = [], 0
+    for step, batches in enumerate(harness.rank_share(step_batches, world), 1):
+        world.barrier()
+        begin = time.perf_counter()
+        result = train_step(
+            model,
+            optimizer,
+            scheduler,
+            StepPlan.of(batches),
+            world=world,
+            device=world.device,
+            autocast=forward_autocast(recipe, world),
+            clip_grad_norm=recipe.train.clip_grad_norm,
+            step=step,
+        )
+        world.barrier()
+        times.append(time.perf_counter() - begin)
+        tokens = result.tokens
+    held["anonymous_kib"] = max(held["anonymous_kib"], _memory_kib("RssAnon"))
+    held["optimizer"] = sum(
+        _local_bytes(value)
+        for state in optimizer.state.values()
+        for value in state.values()
+        if torch.is_tensor(value) and value.dim() > 0
+    )
+    anonymous_growth = held.pop("anonymous_kib") - start_anonymous
+    return {
+        "seconds_per_step": min(times[1:]) if len(times) > 1 else times[0],
+        "tokens_per_step": tokens,
+        "held": held,
+        "anonymous_growth_kib": anonymous_growth,
+        "peak_rss_kib": _memory_kib("VmHWM"),
+    }
+
+
+def test_two_processes_against_one_tokens_per_second(benchmark):
+    steps = 2 if benchmark.disabled else 5
+    step_batches = [_micro_batches(MICRO_BATCHES, seed) for seed in range(steps)]
+    factory = tiny_model
+
+    def run():
+        one = harness.run_workers(_worker, 1, factory, _recipe(1), step_batches)[0]
+        two = harness.run_workers(
+            _worker, 2, factory, _recipe(2, "parallel.dp_shard=2"), step_batches
+        )
+        return one, two
+
+    one, two = benchmark.pedantic(run, rounds=1)
+    assert one["tokens_per_step"] == two[0]["tokens_per_step"] > 0
+    if benchmark.disabled:
+        return
+    rate_one = one["tokens_per_step"] / one["seconds_per_step"]
+    rate_two = two[0]["tokens_per_step"] / max(r["seconds_per_step"] for r in two)
+    benchmark.extra_info.update(tokens_per_s_1=rate_one, tokens_per_s_2=rate_two)
+    print(
+        f"\ntiny stage-2 step, {one['tokens_per_step']} tokens: 1 process {rate_one:,.0f} "
+        f"tokens/s, 2 processes (FSDP2) {rate_two:,.0f} tokens/s, ratio {rate_two / rate_one:.2f}"
+    )
+
+
+def test_fsdp_against_replication_memory_per_rank(benchmark):
+    step_batches = [_micro_batches(2, 0, samples=1)]  # one short row per rank: state dominates
+    factory = tiny_model if benchmark.disabled else wide_model  # untimed: a quick smoke run
+
+    def run():
+        layouts = {
+            "fsdp": ("parallel.dp_shard=2",),
+            "replicate": ("parallel.dp_replicate=2", "parallel.dp_shard=1"),
+        }
+        return {
+            name: harness.run_workers(_worker, 2, factory, _recipe(2, *o), step_batches)
+            for name, o in layouts.items()
+        }
+
+    results = benchmark.pedantic(run, rounds=1)
+    held = {name: max(sum(r["held"].values()) for r in ranks) for name, ranks in results.items()}
+    assert held["fsdp"] < 0.6 * held["replicate"]
+    if benchmark.disabled:
+        return
+    growth = {n: max(r["anonymous_growth_kib"] for r in ranks) for n, ranks in results.items()}
+    peak = {n: max(r["peak_rss_kib"] for r in ranks) for n, ranks in results.items()}
+    for name, ranks in results.items():
+        parts = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in ranks[0]["held"].items())
+        print(
+            f"\n{name}: per rank {parts}; anonymous memory at its peak (around the optimizer step) "
+            f"+{growth[name] / 1024:.0f} MiB over the worker's start; process peak RSS "
+            f"{peak[name] / 1024:.0f} MiB"
+        )
+    print(
+        f"FSDP2 / replicated: state held per rank {held['fsdp'] / held['replicate']:.2f}, "
+        f"anonymous memory growth {growth['fsdp'] / growth['replicate']:.2f}, "
+        f"process peak RSS {peak['fsdp'] / peak['replicate']:.2f}"
+    )
