@@ -4,6 +4,12 @@ The model flattens whatever it is given into one token sequence plus cumulative 
 a (batch, seq) tensor without `cu_seqlens` is `batch` samples of `seq` tokens; a (1, tokens) row
 with `cu_seqlens` is the samples it lists. Positions restart at 0 for every sample, and the
 next-token targets never cross a sample boundary.
+
+`PackedBatch` is the packed row as the data loader builds it, with its host bookkeeping
+(`packed_metadata.PackedMetadata`), so the forward reads nothing back from the device.
+`pad_row` appends a padding sample (no supervised token): a zero image for rows without one, so
+every data-parallel rank runs the vision tower and the same collectives, and pad tokens up to a
+multiple of N tokens for the parallelisms that split a row evenly.
 """
 
 import itertools
@@ -27,6 +33,7 @@ __all__ = [
     "PackedBatch",
     "PackedMetadata",
     "flatten_batch",
+    "pad_row",
     "position_ids",
     "sample_lengths",
     "segment_sums",
@@ -148,3 +155,61 @@ class PackedBatch:
             "image_grid_thw": self.image_grid_thw,
             "metadata": self.metadata,
         }
+
+
+def pad_row(
+    batch: PackedBatch,
+    *,
+    image_token_id: int,
+    pad_token_id: int,
+    patch_dim: int,
+    merge_size: int,
+    ensure_image: bool = True,
+    multiple_of: int = 1,
+) -> PackedBatch:
+    """`batch` with a padding sample appended when needed, else `batch` itself.
+
+    The padding sample is one more sample at the end of the row (its own `cu_seqlens` entry, so
+    no real token attends to it and the real samples' logits and loss are unchanged), with every
+    label IGNORE_INDEX (the supervised count is unchanged). It holds:
+    - with `ensure_image` and a row without any image: one `image_token_id` placeholder for a
+      zero image of (merge_size x merge_size) patches (`patch_dim` values each), so the row runs
+      the vision tower: under data parallelism every rank then runs the same FSDP collectives
+      in forward and backward (a rank whose row skipped the ViT would hang its peers);
+    - `pad_token_id` tokens until the row's length is a multiple of `multiple_of` (sequence and
+      context parallelism split the row evenly over tp / cp ranks).
+
+    The result's metadata is computed (image part included, for `image_token_id` and
+    `merge_size`), so the model reads nothing back from the device for it either.
+    """
+    if multiple_of < 1 or merge_size < 1 or patch_dim < 1:
+        raise InputError(
+            f"pad_row needs multiple_of, merge_size and patch_dim >= 1; got {multiple_of}, "
+            f"{merge_size}, {patch_dim}"
+        )
+    images = 0 if batch.image_grid_thw is None else batch.image_grid_thw.numel() // 3
+    needs_image = ensure_image and images == 0
+    tokens = int(batch.input_ids.numel())
+    image_tokens = 1 if needs_image else 0
+    pad_tokens = -(tokens + image_tokens) % multiple_of
+    if not needs_image and pad_tokens == 0:
+        return batch
+    ids = [image_token_id] * image_tokens + [pad_token_id] * pad_tokens
+    padding = torch.tensor(ids, dtype=batch.input_ids.dtype)
+    pixel_values, grid = batch.pixel_values, batch.image_grid_thw
+    if needs_image:
+        dtype = torch.float32 if pixel_values is None else pixel_values.dtype
+        zero_image = torch.zeros(merge_size * merge_size, patch_dim, dtype=dtype)
+        pixel_values = zero_image if pixel_values is None else torch.cat([pixel_values, zero_image])
+        padding_grid = torch.tensor([[1, merge_size, merge_size]], dtype=torch.int64)
+        grid = padding_grid if grid is None else torch.cat([grid.to(torch.int64), padding_grid])
+    cu = batch.cu_seqlens.to(torch.int32)
+    return PackedBatch.from_tensors(
+        torch.cat([batch.input_ids.reshape(-1), padding]),
+        torch.cat([batch.labels.reshape(-1), torch.full_like(padding, IGNORE_INDEX)]),
+        torch.cat([cu, cu.new_tensor([tokens + len(ids)])]),
+        pixel_values,
+        grid,
+        image_token_id=image_token_id,
+        merge_size=merge_size,
+    )
