@@ -10,8 +10,13 @@ Forward, for a batch flattened to one token sequence (see `packing.py`):
 4. logits (optional) and the loss: sum of cross entropy over supervised next tokens divided by
    their number, through the chunked head of `loss.py` (no full fp32 logits).
 
-So a packed batch gives each sample exactly what it gets alone. This module is single-device and
-imports nothing of torch.distributed.
+So a packed batch gives each sample exactly what it gets alone. Everything the forward needs to
+know on the host (sample lengths, positions, supervised rows, image rows, the ViT layout) comes
+from the row's `PackedMetadata` (`packed_metadata.py`), computed by the data loader; the forward
+and backward then read nothing back from the device (no `.item()`, `nonzero`, boolean mask or
+`masked_scatter`: image features go in with `index_copy` at host-known rows). Without metadata the
+model builds it from host copies of its inputs. This module is single-device and imports nothing
+of torch.distributed.
 """
 
 from collections.abc import Sequence
