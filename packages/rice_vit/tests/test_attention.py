@@ -287,3 +287,27 @@ def test_torch_varlen_gradients_agree_with_sdpa():
         grads[backend] = (q.grad, k.grad, v.grad)
     for kernel, sdpa in zip(grads["torch_varlen"], grads["sdpa"], strict=True):
         torch.testing.assert_close(kernel.float(), sdpa.float(), atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_host_sequence_lengths_replace_reading_cu_seqlens_back(backend, monkeypatch):
+    q, k, v, cu, max_len = packed(LENGTHS)
+    expected = varlen_attention(q, k, v, cu, max_len, causal=True, backend=backend)
+
+    def no_reads(self):
+        raise AssertionError("cu_seqlens was read back although the lengths were given")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", no_reads)
+    out = varlen_attention(
+        q, k, v, cu, max_len, causal=True, backend=backend, sequence_lengths=tuple(LENGTHS)
+    )
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    "lengths", [LENGTHS[:-1], [*LENGTHS[:-1], 21], [*LENGTHS[:-2], 27, -7]], ids=str
+)
+def test_host_sequence_lengths_that_do_not_fit_the_tokens_are_refused(lengths):
+    q, k, v, cu, max_len = packed(LENGTHS)
+    with pytest.raises(InputError, match="sequence_lengths"):
+        varlen_attention(q, k, v, cu, max_len, backend="sdpa", sequence_lengths=lengths)

@@ -264,3 +264,16 @@ def test_cuda_bfloat16_training_step_gives_finite_gradients_everywhere(tiny_mode
     model = tiny_model.to("cuda", torch.bfloat16).train()
     model(pixel_values.cuda(), grid).float().square().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@torch.no_grad()
+def test_a_layout_built_ahead_replaces_the_grid(tiny_model, random_images):
+    from rice_vit.token_layout import TokenLayout
+
+    pixel_values, grid = random_images(GRIDS)
+    layout = TokenLayout.from_grid_thw(grid, tiny_model.config.spatial_merge_size)
+    assert torch.equal(
+        tiny_model(pixel_values, None, layout=layout), tiny_model(pixel_values, grid)
+    )
+    with pytest.raises(InputError, match="grid_thw or a TokenLayout"):
+        tiny_model(pixel_values, None)

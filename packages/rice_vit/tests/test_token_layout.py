@@ -134,3 +134,17 @@ def test_rope_keeps_the_input_dtype_and_computes_in_float32():
         + torch.cat([-x.float()[..., 4:], x.float()[..., :4]], -1) * sin[:, None]
     )
     assert torch.equal(out, expected.to(torch.bfloat16))
+
+
+def test_host_sequence_lengths_are_the_cu_seqlens_differences_and_to_moves_only_indices():
+    layout = TokenLayout.from_grid_thw(GRIDS, merge_size=2)
+    assert list(layout.sequence_lengths) == layout.cu_seqlens.diff().tolist()
+    assert layout.max_seqlen == max(layout.sequence_lengths)
+    assert layout.to("cpu") is layout
+    moved = layout.to("meta")
+    assert moved.patch_index.device.type == "meta"
+    assert moved.cu_seqlens.device.type == "meta"
+    assert (moved.sequence_lengths, moved.num_patches) == (
+        layout.sequence_lengths,
+        24 + 4 + 32 + 516,
+    )
