@@ -20,7 +20,6 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor
 
-from ov_model.packing import IGNORE_INDEX
+from ov_model.packing import PackedBatch, pad_row
 from ov_train.memory_loader import PackedMicroBatch
 from ov_train.optim import build_optimizer, freeze
 from ov_train.parallel import World, forward_autocast, init_world, parallelize
@@ -181,19 +180,18 @@ def train_distributed(model_factory, recipe, step_batches: list[list]) -> dict[s
     return result
 
 
-def padding_image_sample(config) -> SimpleNamespace:
-    """An image-only sample with no supervised token: one (merge x merge)-patch zero image
-    between its vision start/end tokens, labels all -100 (what the data path appends to a row
-    without an image so every rank runs the ViT and the projector)."""
-    merge = config.merge_size
-    return SimpleNamespace(
-        input_ids=torch.tensor(
-            [config.vision_start_token_id, config.image_token_id, config.vision_end_token_id]
-        ),
-        labels=torch.full((3,), IGNORE_INDEX),
-        pixel_values=torch.zeros(merge * merge, config.vision.patch_dim),
-        image_grid_thw=torch.tensor([[1, merge, merge]]),
+def padded_row(samples, config) -> PackedMicroBatch:
+    """`samples` packed into one row with `ov_model.packing.pad_row`'s padding sample (a zero
+    merge x merge-patch image, labels -100) when the row has no image, as the data path does so
+    every rank runs the ViT and the projector."""
+    batch = pad_row(
+        PackedBatch.from_samples(list(samples)),
+        image_token_id=config.image_token_id,
+        pad_token_id=0,
+        patch_dim=config.vision.patch_dim,
+        merge_size=config.merge_size,
     )
+    return PackedMicroBatch(batch)
 
 
 def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -181,16 +181,15 @@ def test_replicate_fsdp_checkpointing_clipping_and_bf16_train_like_one_process(
 # ---------------------------------------------------- a text-only rank, frozen modules, 2 processes
 def _mixed_modality_batches(dist, samples, seed):
     """One step of 4 micro-batches: 0 and 2 (rank 0's) with images, 1 and 3 (rank 1's) text
-    only, each text-only row ending in the padding image sample."""
-    padding = dist.padding_image_sample(PRESETS["tiny"])
+    only, each text-only row ending in the padding sample of `ov_model.packing.pad_row`."""
     batches = []
     for index in range(2 * PER_RANK):
         base = seed * 100 + index * 10
         if index % 2 == 0:
             row = [samples.make_sample(base + i, image=i != 1) for i in range(3)]
         else:
-            row = [samples.make_sample(base + i, image=False) for i in range(3)] + [padding]
-        batches.append(samples.pack(row))
+            row = [samples.make_sample(base + i, image=False) for i in range(3)]
+        batches.append(dist.padded_row(row, PRESETS["tiny"]))
     return batches
 
 
@@ -204,6 +203,7 @@ def _mixed_worker(rank, dist, recipes, step_batches):
 def test_a_text_only_rank_in_stage1_and_stage2_trains_like_one_process(dist, make_recipe, samples):
     step_batches = [_mixed_modality_batches(dist, samples, seed) for seed in range(STEPS)]
     assert all(b.batch.pixel_values is not None for step in step_batches for b in step)
+    assert [b.batch.pixel_values.shape[0] for b in step_batches[0]][1::2] == [4, 4]
     stages = {"stage1": "stage1-tiny", "stage2": "stage2-tiny"}
     recipes = {
         stage: _recipe(make_recipe, "parallel.dp_shard=2", base=base)
