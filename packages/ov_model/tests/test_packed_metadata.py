@@ -99,3 +99,37 @@ def test_bad_cu_seqlens_are_refused():
         PackedMetadata.build(ids, None, torch.tensor([0, 4, 3, 6]))
     with pytest.raises(InputError, match="rise from 0 to the row length 6"):
         PackedMetadata.build(ids, None, torch.tensor([0, 4]))
+
+
+def test_a_batch_with_metadata_survives_pickling_as_loader_workers_send_it(samples, make_model):
+    import pickle
+
+    model = make_model(3)
+    batch = PackedBatch.from_samples(samples, image_token_id=IMAGE, merge_size=2)
+    copy = pickle.loads(pickle.dumps(batch))
+    assert (IMAGE, 2) in copy.metadata._placements  # the image part travels, not recomputed
+    with torch.no_grad():
+        assert torch.equal(
+            model(**copy.model_inputs()).logits, model(**batch.model_inputs()).logits
+        )
+
+
+@pytest.mark.gpu
+def test_pinned_batches_and_metadata_give_the_same_cuda_forward(samples, make_model):
+    model = make_model(4).cuda()
+    batch = PackedBatch.from_samples(samples, image_token_id=IMAGE, merge_size=2)
+    pinned = batch.pin_memory()
+    placement = pinned.metadata.images(IMAGE, 2)
+    assert pinned.input_ids.is_pinned()
+    assert pinned.metadata.position_ids.is_pinned()
+    assert placement.rows.is_pinned()
+    assert placement.layout.patch_index.is_pinned()
+    outputs = []
+    for source in (batch, pinned):
+        inputs = {
+            k: v.cuda(non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in source.model_inputs().items()
+        }
+        with torch.no_grad():
+            outputs.append(model(**inputs).logits.cpu())
+    assert torch.equal(outputs[0], outputs[1])

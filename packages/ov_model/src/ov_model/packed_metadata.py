@@ -22,6 +22,7 @@ from the host ids. The model called without metadata builds it itself from host 
 inputs: a fixed handful of syncs per forward, whatever the number of layers and samples.
 """
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -162,6 +163,26 @@ class PackedMetadata:
             image_grid_thw=grid,
         )
 
+    def pin_memory(self) -> "PackedMetadata":
+        """A copy whose tensors the forward moves to the device are page-locked (needs CUDA); the
+        image placements computed so far are kept, pinned too."""
+        pinned = dataclasses.replace(
+            self,
+            position_ids=self.position_ids.pin_memory(),
+            supervised_rows=_pinned(self.supervised_rows),
+            supervised_targets=_pinned(self.supervised_targets),
+            _placements={},
+        )
+        for key, placement in self._placements.items():
+            layout = placement.layout
+            if layout is not None:
+                fields = {name: getattr(layout, name).pin_memory() for name in layout.DEVICE_FIELDS}
+                layout = dataclasses.replace(layout, **fields)
+            pinned._placements[key] = dataclasses.replace(
+                placement, rows=placement.rows.pin_memory(), layout=layout
+            )
+        return pinned
+
     def images(self, image_token_id: int, merge_size: int) -> ImagePlacement:
         """Where image features go for a model with this image token id and merge size (computed
         on first use, on the host). Raises InputError naming the first sample whose placeholders
@@ -188,6 +209,10 @@ class PackedMetadata:
             tokens_per_image=tokens_per_image,
             layout=layout,
         )
+
+
+def _pinned(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.pin_memory()
 
 
 def check_placeholders(per_sample: Sequence[int], tokens_per_image: Sequence[int]) -> None:

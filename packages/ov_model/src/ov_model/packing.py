@@ -12,6 +12,7 @@ every data-parallel rank runs the vision tower and the same collectives, and pad
 multiple of N tokens for the parallelisms that split a row evenly.
 """
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -143,6 +144,18 @@ class PackedBatch:
             return self.metadata.num_supervised
         targets = shifted_targets(self.labels, self.cu_seqlens.to(self.labels.device))
         return int((targets != IGNORE_INDEX).sum())
+
+    def pin_memory(self) -> "PackedBatch":
+        """The batch with its tensors, and the metadata tensors the forward copies to the device,
+        in page-locked memory (needs CUDA), so those copies are truly asynchronous. torch's
+        DataLoader calls it with `pin_memory=True` on objects that have it."""
+        pinned = {
+            name: None if value is None else value.pin_memory()
+            for name, value in self.model_inputs().items()
+            if isinstance(value, torch.Tensor) or value is None
+        }
+        metadata = None if self.metadata is None else self.metadata.pin_memory()
+        return dataclasses.replace(self, **pinned, metadata=metadata)
 
     def model_inputs(self) -> dict[str, "torch.Tensor | PackedMetadata | None"]:
         """Keyword arguments for `LlavaOV.forward`: the tensors (to move to the model's device)

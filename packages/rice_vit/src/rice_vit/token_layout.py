@@ -59,7 +59,7 @@ class TokenLayout:
     sequence_lengths: tuple[int, ...]
     """Tokens of each image (patches + 1), host integers: cu_seqlens without a device read."""
 
-    _DEVICE_FIELDS = (
+    DEVICE_FIELDS = (  # the index tensors the forward uses on the model's device
         "cu_seqlens",
         "patch_counts",
         "class_index",
@@ -80,7 +80,7 @@ class TokenLayout:
         if self.cu_seqlens.device == device:
             return self
         moved = {
-            name: getattr(self, name).to(device, non_blocking=True) for name in self._DEVICE_FIELDS
+            name: getattr(self, name).to(device, non_blocking=True) for name in self.DEVICE_FIELDS
         }
         return replace(self, **moved)
 
