@@ -14,10 +14,12 @@ ov_train:
   optimizer is built, where FSDP2 must run; parameter names are unchanged by these wrappers,
   so the optimizer's per-module groups and the checkpoint's keys stay as they are.
   `forward_autocast` says whether the forward still needs `torch.autocast` (not when FSDP2
-  casts the parameters to bf16 itself) and `clip_gradients` clips sharded gradients.
+  casts the parameters to bf16 itself), `clip_gradients` clips sharded gradients and
+  `sync_replicas` defers HSDP's cross-replica all-reduce to a step's last micro-batch.
 """
 
 from ov_train.distributed.clipping import clip_gradients
+from ov_train.distributed.fsdp import sync_replicas
 from ov_train.distributed.parallelize import forward_autocast, parallelize
 from ov_train.distributed.world import (
     DistributedWorld,
@@ -36,4 +38,5 @@ __all__ = [
     "init_world",
     "is_main",
     "parallelize",
+    "sync_replicas",
 ]

@@ -23,7 +23,8 @@ a padding image, so the ViT and projector always run); a micro-batch that still 
 trainable parameter is an error naming the step, not a hang.
 
 Gradients are summed over ranks (FSDP2 is set so, see `distributed.fsdp`): each rank's
-`loss_sum / N` with the global N makes the sum the gradient of the global batch. The norm is
+`loss_sum / N` with the global N makes the sum the gradient of the global batch. With replicas
+(HSDP) the cross-replica all-reduce runs once, in the step's last backward. The norm is
 clipped over the (possibly sharded) gradients by `distributed.clipping.clip_gradients`. A step
 whose loss or gradient norm is not finite raises `TrainingError` before the optimizer touches
 the parameters, so the last checkpoint and the model stay sound.
@@ -39,7 +40,7 @@ from torch import nn
 
 from ov_train.errors import TrainingError
 from ov_train.optim import trainable_parameters
-from ov_train.parallel import World, clip_gradients
+from ov_train.parallel import World, clip_gradients, sync_replicas
 from ov_train.source import StepPlan, model_inputs
 
 
@@ -79,6 +80,7 @@ def train_step(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
     for index, (micro_batch, count) in enumerate(zip(micro_batches, counts, strict=True)):
+        sync_replicas(model, last_micro_batch=index == len(counts) - 1)
         tokens += int(micro_batch.batch.input_ids.numel())
         with autocast():
             out = model(**model_inputs(micro_batch.batch, device), return_logits=False)

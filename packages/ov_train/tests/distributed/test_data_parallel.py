@@ -27,13 +27,14 @@ def tiny_model() -> LlavaOV:
 
 
 def _recipe(make_recipe, *overrides, ranks: int = 2, base: str = "stage2-tiny"):
-    """A tiny recipe for `ranks` processes of PER_RANK micro-batches per step (a recipe for 1
-    process takes the whole global batch as its accumulation)."""
+    """A tiny recipe for `ranks` processes sharing a step of 2 x PER_RANK micro-batches (4 x
+    PER_RANK with 4 ranks: PER_RANK each)."""
+    global_batch = PER_RANK * max(ranks, 2)
     return make_recipe(
         "parallel.timeout_s=60",
         "train.clip_grad_norm=0",
         "train.dtype=fp32",
-        f"train.grad_accumulation={PER_RANK * 2 // ranks}",
+        f"train.grad_accumulation={global_batch // ranks}",
         *overrides,
         base=base,
     )
@@ -238,10 +239,12 @@ def _hsdp_worker(rank, dist, recipe, step_batches):
 
 @pytest.mark.slow
 def test_hsdp_on_four_processes_trains_like_one_process(dist, make_recipe, make_batches):
-    step_batches = [make_batches(4, 3, seed=step) for step in range(STEPS)]
+    step_batches = [make_batches(4 * PER_RANK, 3, seed=step) for step in range(STEPS)]
     recipe = _recipe(make_recipe, "parallel.dp_replicate=2", ranks=4)  # dp_shard -1: 2
     results = dist.run_workers(_hsdp_worker, 4, dist, recipe, step_batches)
-    reference = _reference(dist, _recipe(make_recipe, ranks=1), step_batches)
+    reference = _reference(
+        dist, _recipe(make_recipe, f"train.grad_accumulation={4 * PER_RANK}", ranks=1), step_batches
+    )
     for run in results:
         assert tuple(run["mesh"]) == (2, 2)
         assert set(run["layouts"].values()) == {

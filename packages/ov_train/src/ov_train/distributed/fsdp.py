@@ -24,6 +24,11 @@ root and the ViT stem cast their floating inputs (the pixels) to bf16; the inner
 (`cast_forward_inputs=False`), so the RoPE cos/sin the model computes in fp32 reach the
 attention as computed.
 
+Gradient accumulation: each micro-batch's backward reduce-scatters within the shard group (the
+sharded gradients accumulate, so memory stays sharded), but with replicas (HSDP, or pure
+replication) the all-reduce across replica groups, the inter-node traffic on a large run, waits
+for the step's last micro-batch (`sync_replicas`): the sum is the same, sent once per step.
+
 The root keeps FSDP2's default `reshard_after_forward` (its parameters stay gathered after
 forward: backward needs them at once). torch 2.11's FSDP2 does not look inside the model's
 dataclass output, so a root resharded after forward would not be gathered again for backward;
@@ -79,3 +84,10 @@ def sum_gradients(module: FSDPModule) -> None:
     """Make `module` sum its gradients over the data-parallel ranks instead of averaging."""
     module.set_gradient_divide_factor(1.0)
     module.set_force_sum_reduction_for_comms(True)
+
+
+def sync_replicas(model: nn.Module, last_micro_batch: bool) -> None:
+    """Before a micro-batch's backward: all-reduce gradients across replica groups only on the
+    step's last micro-batch (nothing for a model FSDP2 did not wrap)."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_all_reduce(last_micro_batch)
