@@ -24,6 +24,8 @@ _EXPORTS = {
     "TextTokenizer": "ov_model.tokenizer",
     "build_tokenizer": "ov_model.tokenizer",
     "PackedBatch": "ov_model.packing",
+    "PackedMetadata": "ov_model.packed_metadata",
+    "pad_row": "ov_model.packing",
     "IGNORE_INDEX": "ov_model.packing",
     "GenerationConfig": "ov_model.generation",
     "initialise": "ov_model.init",
@@ -47,6 +49,7 @@ __all__ = [
     "OVModelError",
     "OVProcessor",
     "PackedBatch",
+    "PackedMetadata",
     "ProcessedPrompt",
     "ProcessedSample",
     "ProcessorError",
@@ -57,6 +60,7 @@ __all__ = [
     "__version__",
     "build_tokenizer",
     "initialise",
+    "pad_row",
 ]
 
 if TYPE_CHECKING:
@@ -65,7 +69,8 @@ if TYPE_CHECKING:
     from ov_model.generation import GenerationConfig
     from ov_model.init import initialise
     from ov_model.model import LlavaOV, LlavaOVOutput
-    from ov_model.packing import IGNORE_INDEX, PackedBatch
+    from ov_model.packed_metadata import PackedMetadata
+    from ov_model.packing import IGNORE_INDEX, PackedBatch, pad_row
     from ov_model.processor import OVProcessor, ProcessedPrompt, ProcessedSample, SampleLength
     from ov_model.processor_errors import ProcessorError, SampleError
     from ov_model.tokenizer import TextTokenizer, build_tokenizer

@@ -23,6 +23,7 @@ _EXPORTS = {
     "BACKENDS": "rice_vit.attention",
     "inspect_checkpoint": "rice_vit.checkpoint",
     "merge_block_to_raster_index": "rice_vit.token_layout",
+    "TokenLayout": "rice_vit.token_layout",
     "RiceViTError": "rice_vit.errors",
     "ConfigError": "rice_vit.errors",
     "CheckpointError": "rice_vit.errors",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from rice_vit.model import RiceViTOutput as RiceViTOutput
     from rice_vit.processor import ImageProcessor as ImageProcessor
     from rice_vit.processor import smart_resize as smart_resize
+    from rice_vit.token_layout import TokenLayout as TokenLayout
     from rice_vit.token_layout import merge_block_to_raster_index as merge_block_to_raster_index
 
 
