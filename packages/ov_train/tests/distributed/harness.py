@@ -164,6 +164,7 @@ def train(
         "losses": [r.loss for r in results],
         "grad_norms": [r.grad_norm for r in results],
         "supervised": [r.supervised_tokens for r in results],
+        "learning_rates": [r.learning_rates for r in results],
         "gradients": gradients,
         "parameters": parameters,
         "layouts": layouts,

@@ -48,6 +48,7 @@ def _reference(dist, recipe, step_batches):
 
 def _assert_same_training(run, reference, *, rtol=1e-5):
     assert run["supervised"] == reference["supervised"]
+    assert run["learning_rates"] == reference["learning_rates"]  # the same named groups
     assert run["losses"] == pytest.approx(reference["losses"], rel=1e-6)
     assert run["grad_norms"] == pytest.approx(reference["grad_norms"], rel=rtol)
     for got, want in zip(run["gradients"], reference["gradients"], strict=True):
@@ -221,6 +222,7 @@ def test_a_text_only_rank_in_stage1_and_stage2_trains_like_one_process(dist, mak
             assert all(layout != "plain" for layout in run["layouts"].values())
             if stage == "stage1":
                 # only the projector trains; the frozen ViT and LLM are sharded and unchanged
+                assert set(run["learning_rates"][0]) == {"projector.decay", "projector.no_decay"}
                 trained = {n for step in run["gradients"] for n in step}
                 assert trained
                 assert all(n.startswith("projector.") for n in trained)

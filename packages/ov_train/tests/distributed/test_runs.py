@@ -111,8 +111,9 @@ def _cli_args(shards, run_dir, tiny_model_dir, ranks, *extra):
     return ["stage2-tiny", "--data", str(shards), "--out", str(run_dir), *sets, *extra]
 
 
-def _recipe(tiny_model_dir, ranks, *extra):
-    return apply_overrides(RECIPES["stage2-tiny"], [*_overrides(tiny_model_dir, ranks), *extra])
+def _recipe(shards, tiny_model_dir, ranks, *extra):
+    overrides = [f"data.path={shards}", *_overrides(tiny_model_dir, ranks), *extra]
+    return apply_overrides(RECIPES["stage2-tiny"], overrides)
 
 
 def _losses(run_dir):
@@ -129,7 +130,7 @@ def _run_cli_in_process(args):
 def _two_rank_cli_run(rank, shards, run_dir, locked_dir, tiny_model_dir):
     """Worker: a run on a folder another run holds fails on both ranks at once; then the real
     2-rank `ov-train run`."""
-    recipe = _recipe(tiny_model_dir, 2)
+    recipe = _recipe(shards, tiny_model_dir, 2)
     world = init_world(recipe.parallel, recipe.train.device)
     processor = OVProcessor.from_pretrained(tiny_model_dir)
     began = time.monotonic()
@@ -208,7 +209,7 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_and_continues_the_trace(
 
 
 # --------------------------------------------------------------------------------- kills
-def _killable_rank(rank, port, run_dir, tiny_model_dir, kill_rank, kill_after_step, kill_in_save):
+def _killable_rank(rank, port, run, kill_rank, kill_after_step, kill_in_save):
     """A rank of a 2-rank run that SIGKILLs itself at the asked point (if it is `kill_rank`);
     writes its outcome (done, or the error and how long after its peer died it came) as JSON."""
     os.environ.update(
@@ -219,6 +220,7 @@ def _killable_rank(rank, port, run_dir, tiny_model_dir, kill_rank, kill_after_st
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
+    run_dir, shards, tiny_model_dir = run
     outcome = run_dir.with_name(f"{run_dir.name}.rank{rank}.json")
     killed_at = run_dir.with_name(f"{run_dir.name}.killed")
 
@@ -233,7 +235,7 @@ def _killable_rank(rank, port, run_dir, tiny_model_dir, kill_rank, kill_after_st
     )
     code = 1
     try:
-        recipe = _recipe(tiny_model_dir, 2, "checkpoint.every=1")
+        recipe = _recipe(shards, tiny_model_dir, 2, "checkpoint.every=1")
         world = init_world(recipe.parallel, recipe.train.device)
         processor = OVProcessor.from_pretrained(tiny_model_dir)
         source = open_packed_shards(recipe, processor, world)
@@ -250,11 +252,13 @@ def _killable_rank(rank, port, run_dir, tiny_model_dir, kill_rank, kill_after_st
         os._exit(code)
 
 
-def _launch(dist, run_dir, tiny_model_dir, kill_rank=None, kill_after_step=None, kill_in=None):
-    """Start both ranks; wait for them; return their exit codes and outcomes."""
+def _launch(dist, run, kill_rank=None, kill_after_step=None, kill_in=None):
+    """Start both ranks of `run` (run folder, shards, model folder); wait for them; return their
+    exit codes and outcomes."""
+    run_dir = run[0]
     context = multiprocessing.get_context("fork")
     port = dist.free_port()
-    args = (port, run_dir, tiny_model_dir, kill_rank, kill_after_step, kill_in)
+    args = (port, run, kill_rank, kill_after_step, kill_in)
     processes = [context.Process(target=_killable_rank, args=(r, *args)) for r in range(2)]
     with warnings.catch_warnings():  # Python >= 3.12 warns about forking a threaded process
         warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
@@ -292,24 +296,25 @@ def _assert_peer_failed(codes, outcomes, killed):
 
 
 def test_a_killed_rank_stops_its_peer_and_the_run_resumes_exactly(
-    dist, runs, tiny_model_dir, tmp_path
+    dist, runs, shards, tiny_model_dir, tmp_path
 ):
     _, two, _ = runs
     run_dir = tmp_path / "killed"
     root = run_dir / "checkpoints"
+    run = (run_dir, shards, tiny_model_dir)
     # rank 1 dies after step 3 was logged, before its checkpoint: rank 0 fails in that save
-    codes, outcomes = _launch(dist, run_dir, tiny_model_dir, 1, 3)
+    codes, outcomes = _launch(dist, run, 1, 3)
     _assert_peer_failed(codes, outcomes, killed=1)
     assert f"the last checkpoint is {root / 'step_00000002'}" in outcomes[0]["error"]
     assert _steps_saved(root) == ["step_00000001", "step_00000002"]
     assert [step for step, _ in _losses(run_dir)] == [1, 2, 3]
     # resumed from step 2; rank 0 dies while saving step 4 (step 3 is saved): rank 1 fails
-    codes, outcomes = _launch(dist, run_dir, tiny_model_dir, 0, 4, "save")
+    codes, outcomes = _launch(dist, run, 0, 4, "save")
     _assert_peer_failed(codes, outcomes, killed=0)
     assert (root / ".tmp-step_00000004").is_dir()
     assert _steps_saved(root)[-1] == "step_00000003"
     # resumed from step 3 to the end: the trace of the uninterrupted 2-rank run
-    codes, outcomes = _launch(dist, run_dir, tiny_model_dir)
+    codes, outcomes = _launch(dist, run)
     assert codes == [0, 0], outcomes
     assert not (root / ".tmp-step_00000004").exists()
     assert _losses(run_dir) == _losses(two)

@@ -96,10 +96,11 @@ class DistributedWorld:
     """The ("dp_replicate", "dp_shard") mesh of all ranks, shaped by `ParallelConfig.degrees`."""
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
-        """The element-wise sum of `value` over all ranks (a new tensor; `value` is unchanged)."""
-        total = value.detach().clone()
+        """The element-wise sum of `value` over all ranks, a new tensor on `value`'s device
+        (`value` is unchanged; it travels through this world's device, as NCCL needs)."""
+        total = value.detach().to(self.device, copy=True)
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
+        return total.to(value.device)
 
     def barrier(self) -> None:
         """Return when every rank has reached this call (or raise after the PG timeout)."""
