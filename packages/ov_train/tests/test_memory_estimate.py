@@ -10,7 +10,11 @@ from ov_model.config import PRESETS
 from ov_model.model import LlavaOV
 from ov_model.packing import IGNORE_INDEX, shifted_targets
 from ov_train.config_io import resolve_recipe
-from ov_train.distributed.activation_checkpointing import apply_activation_checkpointing
+from ov_train.distributed.activation_checkpointing import (
+    apply_activation_checkpointing,
+    checkpointed_layers,
+)
+from ov_train.distributed.fsdp import fsdp_units
 from ov_train.errors import RecipeError
 from ov_train.memory_estimate import (
     GIB,
@@ -41,6 +45,31 @@ def test_parameter_counts_equal_the_real_models(preset):
     assert counts.vision_block == sum(p.numel() for p in model.vision.blocks[0].parameters())
     root = [model.language_model.embed_tokens, model.language_model.norm, model.lm_head]
     assert counts.root == sum(p.numel() for m in root if m is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("preset", ["tiny", "8b"])
+def test_fsdp_units_are_the_ones_ov_train_shards(preset):
+    config = PRESETS[preset]
+    with torch.device("meta"):
+        model = LlavaOV(config)
+    counts = parameter_counts(config)
+    # a unit owns its parameters that no inner unit (listed before it) took: FSDP2's grouping
+    taken: set[int] = set()
+    own = []
+    for unit, _ in fsdp_units(model):
+        mine = [p for p in unit.parameters() if id(p) not in taken]
+        taken.update(id(p) for p in mine)
+        own.append(sum(p.numel() for p in mine))
+    assert max(own) == counts.largest_unit(("vision", "projector", "llm"))
+    assert counts.total - sum(own) == counts.root
+
+
+@pytest.mark.parametrize("mode", ["none", "full", "selective"])
+@pytest.mark.parametrize("layers", [1, 2, 7, 24, 36])
+def test_checkpointed_layer_count_is_what_ov_train_checkpoints(mode, layers):
+    for every in (1, 2, 3):
+        layout = Layout(activation_checkpointing=mode, checkpoint_every=every)
+        assert layout.checkpointed(layers) == len(checkpointed_layers(range(layers), mode, every))
 
 
 def test_release_sizes_match_the_recipes_table():
