@@ -381,6 +381,13 @@ def test_a_processor_other_than_prepare_s_is_refused_naming_the_sample(
         next(iter(_loader(packed, other)))
 
 
+def test_a_supervised_count_other_than_prepare_s_is_refused_naming_the_sample(packed, processor):
+    loader = _loader(packed, processor)
+    loader.table.sample_columns[SUPERVISED_TARGETS][0] += 1  # bin 0's first sample
+    with pytest.raises(LoaderError, match=r"bin 0, sample .* supervised targets, prepare recorded"):
+        list(loader)
+
+
 def test_invalid_arguments_are_refused(packed, processor):
     with pytest.raises(LoaderError, match="micro_batch_tokens must be an integer >= 1"):
         _loader(packed, processor, micro_batch_tokens=0)

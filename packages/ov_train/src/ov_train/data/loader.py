@@ -15,10 +15,13 @@ starting state, nothing else (`bin_order.py` has the rules):
    the bin and sample (a processor with other image settings would overfill bins; a wrong
    supervised count would mis-normalise the loss);
 4. all samples of a micro-batch concatenated into one `ov_model.PackedBatch` (`cu_seqlens`
-   separates them; no padding tokens), and, when no sample of the row has an image, a padding
-   sample with one tiny zero image appended (labels -100: the loss and the supervised count are
-   unchanged). Under data parallelism every rank then runs the vision tower on every micro-batch,
-   so the ranks' collectives stay in the same order; `pad_imageless_rows=False` turns it off.
+   separates them; no padding tokens) with its host metadata (positions, supervised rows, image
+   placement for the model's image token and merge size), computed here in the worker so the
+   forward reads nothing back from the device; and, when no sample of the row has an image, a
+   padding sample with one tiny zero image appended (one image token over one merge x merge
+   block of zero patches, label -100: the loss and the supervised count are unchanged). Under
+   data parallelism every rank then runs the vision tower on every micro-batch, so the ranks'
+   collectives stay in the same order; `pad_imageless_rows=False` turns it off.
 
 Supervised targets before building: `upcoming_supervised_targets(n)` reads the next n
 micro-batches' counts from the bin table's `supervised_targets` column (written by `prepare`),
@@ -66,7 +69,7 @@ import msgspec
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ov_model.packing import IGNORE_INDEX, PackedBatch
+from ov_model.packing import IGNORE_INDEX, PackedBatch, pad_row
 from ov_model.processor import OVProcessor, ProcessedSample
 from ov_model.processor_errors import SampleError
 from ov_packing.shards import PackedBin, PackedSample
@@ -103,21 +106,19 @@ class MicroBatch:
 
     def pin_memory(self) -> "MicroBatch":
         """The same micro-batch with its tensors in page-locked memory (torch's DataLoader calls
-        this in its pinning thread)."""
-        values = {}
-        for field in dataclasses.fields(self.batch):
-            value = getattr(self.batch, field.name)
-            if field.init and isinstance(value, torch.Tensor):
-                values[field.name] = value.pin_memory()
-        return dataclasses.replace(self, batch=dataclasses.replace(self.batch, **values))
+        this in its pinning thread; `PackedBatch.pin_memory` says which tensors)."""
+        return dataclasses.replace(self, batch=self.batch.pin_memory())
 
 
 @dataclass(frozen=True)
 class PaddingSpec:
-    """What a padding sample needs from the model: the image placeholder token, the patch row
-    width and the merge size (one merge x merge patch block = one LLM token)."""
+    """What a padding sample needs from the model (`ov_model.packing.pad_row`): the image
+    placeholder and pad tokens, the patch row width and the merge size (one merge x merge patch
+    block = one LLM token). The image token and merge size also let `PackedBatch.from_samples`
+    place the images on the host."""
 
     image_token_id: int
+    pad_token_id: int
     patch_dim: int
     merge_size: int
 
@@ -125,7 +126,12 @@ class PaddingSpec:
     def of(cls, processor: OVProcessor) -> "PaddingSpec":
         """The values of the model `processor` belongs to."""
         images = processor.image_processor
-        return cls(processor.image_token_id, 3 * images.patch_size**2, images.merge_size)
+        return cls(
+            image_token_id=processor.image_token_id,
+            pad_token_id=processor.tokenizer.special.endoftext,
+            patch_dim=3 * images.patch_size**2,
+            merge_size=images.merge_size,
+        )
 
 
 class PackedDataLoader:
@@ -175,7 +181,8 @@ class PackedDataLoader:
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.padding = PaddingSpec.of(processor) if pad_imageless_rows else None
+        self.image_spec = PaddingSpec.of(processor)
+        self.pad_imageless_rows = pad_imageless_rows
         self.multiprocessing_context = multiprocessing_context
         self.table = load_bin_table(shards_dir)
         if self.table.num_bins == 0:
@@ -201,7 +208,11 @@ class PackedDataLoader:
         """This rank's share of one epoch from the current position (module docstring)."""
         epoch = self.next_position().epoch
         while (position := self.next_position()).epoch == epoch:
-            micro_batch = next(self._batches())
+            try:
+                micro_batch = next(self._batches())
+            except BaseException:
+                self.close()  # a failed pipeline is not resumed: the next iter() restarts it
+                raise
             if (micro_batch.epoch, micro_batch.index) != (position.epoch, position.index):
                 raise LoaderError(  # a bug, never data: the pipeline lost its place
                     f"the pipeline yielded micro-batch {micro_batch.index} of epoch "
@@ -308,7 +319,8 @@ class _RankStream(IterableDataset):
         self.seed = loader.seed
         self.rank = loader.rank
         self.world_size = loader.world_size
-        self.padding = loader.padding
+        self.image_spec = loader.image_spec
+        self.pad_imageless_rows = loader.pad_imageless_rows
         self.world = world
 
     def __iter__(self) -> Iterator[MicroBatch]:
@@ -327,21 +339,26 @@ class _RankStream(IterableDataset):
             packed = read_bin(self.table, index)
             for number, sample in enumerate(packed.samples):
                 samples.append(self._process(packed, number, sample))
-        num_samples = len(samples)
-        padded = self.padding is not None and not any(
-            sample.image_grid_thw is not None for sample in samples
+        spec = self.image_spec
+        packed_row = PackedBatch.from_samples(
+            samples, image_token_id=spec.image_token_id, merge_size=spec.merge_size
         )
-        if padded:
-            samples.append(_padding_sample(self.padding))  # PADDING: the one padding call
-        batch = PackedBatch.from_samples(samples)
+        batch = pad_row(  # a padding sample with one zero image when the row has no image
+            packed_row,
+            image_token_id=spec.image_token_id,
+            pad_token_id=spec.pad_token_id,
+            patch_dim=spec.patch_dim,
+            merge_size=spec.merge_size,
+            ensure_image=self.pad_imageless_rows,
+        )
         return MicroBatch(
             batch=batch,
             num_bins=len(bins),
-            num_samples=num_samples,
+            num_samples=len(samples),
             num_tokens=int(batch.input_ids.shape[1]),
             num_supervised=sum(sample.num_supervised for sample in samples),
             supervised_targets=sum(_targets(sample) for sample in samples),
-            padded=padded,
+            padded=batch is not packed_row,
             epoch=position.epoch,
             index=position.index,
             bins=tuple(bins),
@@ -399,18 +416,6 @@ class _RankStream(IterableDataset):
 def _targets(sample: ProcessedSample) -> int:
     """Supervised next-token targets of one sample: supervised labels but the first token's."""
     return int((sample.labels.reshape(-1)[1:] != IGNORE_INDEX).sum())
-
-
-def _padding_sample(spec: PaddingSpec) -> ProcessedSample:
-    """One image-placeholder token over one merge x merge block of zero patches, label -100."""
-    merge = spec.merge_size
-    return ProcessedSample(
-        input_ids=torch.tensor([spec.image_token_id], dtype=torch.int64),
-        labels=torch.tensor([IGNORE_INDEX], dtype=torch.int64),
-        pixel_values=torch.zeros(merge * merge, spec.patch_dim, dtype=torch.float32),
-        image_grid_thw=torch.tensor([[1, merge, merge]], dtype=torch.int64),
-        num_supervised=0,
-    )
 
 
 def _processor_files(processor: OVProcessor) -> dict[str, bytes]:
