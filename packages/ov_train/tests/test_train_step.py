@@ -128,16 +128,23 @@ class _OneOfTwoRanks:
         pass
 
 
-def test_under_data_parallelism_a_micro_batch_reaching_no_trainable_parameter_is_an_error(
-    tiny_model, make_recipe, samples
+@pytest.mark.parametrize("base", ["stage1-tiny", "stage2-tiny"])
+def test_under_data_parallelism_a_micro_batch_without_an_image_is_an_error(
+    tiny_model, make_recipe, samples, base
 ):
-    """In one process Stage-1 skips the backward of a text-only row (above); with peers that
-    would leave them waiting in FSDP's gradient collectives, so it is an error naming the fix."""
-    recipe = make_recipe(base="stage1-tiny")
-    model, optimizer, scheduler = _setup(tiny_model, recipe)
+    """In one process Stage-1 skips the backward of a text-only row (above); with peers, a rank
+    without an image would run other collectives than they do, so it is an error naming the fix,
+    raised before the forward."""
+    model, optimizer, scheduler = _setup(tiny_model, make_recipe(base=base))
     text_only = samples.pack([samples.make_sample(7, image=False)])
-    with pytest.raises(TrainingError, match=r"step 3, micro-batch 0 on rank 1: .*padding image"):
-        _step(model, optimizer, scheduler, [text_only], step=3, world=_OneOfTwoRanks())
+    padded = samples.pack([samples.make_sample(8, image=True)])
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(
+        TrainingError, match=r"step 3, micro-batch 1 on rank 1 has no image: .*pad_row"
+    ):
+        _step(model, optimizer, scheduler, [padded, text_only], step=3, world=_OneOfTwoRanks())
+    assert len(calls) == 1
 
 
 def test_a_step_without_supervised_tokens_is_an_error(tiny_model, make_recipe, samples):

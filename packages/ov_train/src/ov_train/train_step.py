@@ -16,11 +16,14 @@ weighs a token of a short micro-batch more than one of a long micro-batch, so 1 
 
 In one process, a micro-batch whose loss does not depend on a trainable parameter (in Stage-1, a
 text-only row: only the projector trains and it sees no image) is forwarded for its loss but not
-backpropagated. Under data parallelism every rank must run every backward: FSDP2's gradient
-reductions are collectives, and a rank that skips one leaves its peers waiting (gloo aborts,
-NCCL hangs until the timeout). The data path guarantees it (every image-less packed row carries
-a padding image, so the ViT and projector always run); a micro-batch that still does not reach a
-trainable parameter is an error naming the step, not a hang.
+backpropagated. Under data parallelism every rank must run the same collectives in the same
+order: FSDP2 all-gathers each ViT block before its forward, so a rank whose row has no image
+would all-gather a decoder layer while its peers gather a ViT block (gloo aborts or mixes
+tensors, NCCL hangs until the timeout), and a rank skipping a backward would skip gradient
+reductions its peers run. The data path prevents both: every image-less packed row carries the
+padding image of `ov_model.packing.pad_row`, so every rank runs the ViT and the projector, and
+every loss reaches a trainable parameter. A micro-batch without an image under data parallelism
+is an error naming the step and rank, raised before its forward, not a hang.
 
 Gradients are summed over ranks (FSDP2 is set so, see `distributed.fsdp`): each rank's
 `loss_sum / N` with the global N makes the sum the gradient of the global batch. With replicas
@@ -81,6 +84,12 @@ def train_step(
     tokens = 0
     for index, (micro_batch, count) in enumerate(zip(micro_batches, counts, strict=True)):
         sync_replicas(model, last_micro_batch=index == len(counts) - 1)
+        if world.size > 1 and micro_batch.batch.pixel_values is None:
+            raise TrainingError(
+                f"step {step}, micro-batch {index} on rank {world.rank} has no image: under "
+                "data parallelism every rank runs the ViT's collectives for every micro-batch, "
+                "so an image-less row needs the padding image of ov_model.packing.pad_row"
+            )
         tokens += int(micro_batch.batch.input_ids.numel())
         with autocast():
             out = model(**model_inputs(micro_batch.batch, device), return_logits=False)
@@ -89,15 +98,8 @@ def train_step(
                 f"step {step}, micro-batch {index}: the model counted {out.num_supervised} "
                 f"supervised targets where the batch has {count}"
             )
-        if out.loss_sum.requires_grad:
+        if out.loss_sum.requires_grad:  # always, with an image (see the module docstring)
             (out.loss_sum / total_supervised).backward()
-        elif world.size > 1:
-            raise TrainingError(
-                f"step {step}, micro-batch {index} on rank {world.rank}: its loss reaches no "
-                "trainable parameter, so this rank would skip a backward its peers run (a "
-                "hang); under data parallelism every image-less row needs the padding image "
-                "of ov_model.packing"
-            )
         loss_sum += out.loss_sum.detach().double()
     sums = world.sum(
         torch.stack([loss_sum, torch.tensor(tokens, dtype=torch.float64, device=device)])
