@@ -9,9 +9,13 @@ exact next micro-batch. The packed-shard loader of `ov_train.data` and the in-me
 Contract with a source:
 - `iter(source)` yields the rest of the current epoch from the position its state says, then
   ends; the next `iter(source)` is the next epoch (an epoch may be empty when a resumed state
-  stands at its very end);
+  stands at its very end). A data-parallel source yields this rank's share of the epoch (the
+  packed loader: its micro-batches of the global stream, see `ov_train.data.loader`), so ranks'
+  epochs may differ in length by a micro-batch; `StepBatches` continues across epoch ends;
 - `state_dict()` describes the position after the last micro-batch yielded, and is made of
   JSON values (dict, list, str, int, float, bool, None): a checkpoint stores it as JSON.
+  The packed loader's state is the world's position, the same on every rank after a step and
+  valid at any world size.
 
 The loss of a step is normalised by the supervised targets of the whole step (over all ranks),
 which must be known before the first backward. A source therefore also answers
