@@ -40,6 +40,8 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from ov_train.errors import TrainingError
+
 
 def fsdp_units(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     """(module, receives pixels) of each unit below the root, innermost first."""
@@ -48,6 +50,30 @@ def fsdp_units(model: nn.Module) -> list[tuple[nn.Module, bool]]:
     units.append((model.projector, False))
     units.extend((layer, False) for layer in model.language_model.layers)
     return units
+
+
+def check_units_uniformly_trained(model: nn.Module) -> None:
+    """TrainingError when a unit (or the root's own parameters) mixes frozen and trainable
+    parameters: FSDP2 gathers and reduces a unit as one flat group, and a partly frozen unit
+    would either reduce gradients of frozen parameters or leave some unreduced."""
+    units = [module for module, _ in fsdp_units(model)]
+    inside = {id(p) for unit in units for p in unit.parameters()}
+    root = [(n, p) for n, p in model.named_parameters() if id(p) not in inside]
+    groups = [("the root", root)] + [
+        (_name_of(model, unit), list(unit.named_parameters())) for unit in units
+    ]
+    for name, parameters in groups:
+        frozen = [n for n, p in parameters if not p.requires_grad]
+        if frozen and len(frozen) != len(parameters):
+            raise TrainingError(
+                f"FSDP unit {name} mixes frozen parameters ({', '.join(frozen[:3])}"
+                f"{', ...' if len(frozen) > 3 else ''}) with trainable ones; freeze whole "
+                "units (model.trainable names vision / projector / llm)"
+            )
+
+
+def _name_of(model: nn.Module, unit: nn.Module) -> str:
+    return next(name for name, module in model.named_modules() if module is unit)
 
 
 def shard_model(
@@ -66,6 +92,7 @@ def shard_model(
             param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=cast_inputs
         )
 
+    check_units_uniformly_trained(model)
     for module, cast_inputs in fsdp_units(model):
         fully_shard(
             module,
