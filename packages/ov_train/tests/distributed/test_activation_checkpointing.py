@@ -9,6 +9,7 @@ import torch
 from ov_train.distributed.activation_checkpointing import (
     apply_activation_checkpointing,
     checkpointed_layers,
+    is_checkpointed,
     layer_stacks,
 )
 
@@ -77,3 +78,22 @@ def test_checkpointed_layers_recompute_with_identical_gradients_and_names(
     expected = layers if mode == "full" else [(s, i) for s, i in layers if i % 2 == 0]
     assert recomputed == set(expected)
     assert count == len(expected)
+
+
+def test_a_deep_copy_of_a_checkpointed_model_computes_with_its_own_parameters(
+    tiny_model, make_batches
+):
+    batch = make_batches(1, 3, seed=5)[0]
+    apply_activation_checkpointing(tiny_model, "full", 2)
+    copy_ = copy.deepcopy(tiny_model)
+    assert all(is_checkpointed(layer) for layer in copy_.language_model.layers)
+    with torch.no_grad():
+        for parameter in copy_.language_model.layers[0].parameters():
+            parameter.mul_(0.5)
+    original = tiny_model(**batch.batch.model_inputs(), return_logits=False).loss
+    copied = copy_(**batch.batch.model_inputs(), return_logits=False).loss
+    assert not torch.equal(original, copied)
+    calls = []
+    copy_.language_model.layers[0].mlp.register_forward_pre_hook(lambda m, a: calls.append(1))
+    copy_(**batch.batch.model_inputs(), return_logits=False)
+    assert calls == [1]

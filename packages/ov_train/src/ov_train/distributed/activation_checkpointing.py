@@ -17,7 +17,7 @@ Stacks: the RICE-ViT blocks and the decoder layers, each counted from 0.
 """
 
 from collections.abc import Sequence
-from functools import wraps
+from functools import partial
 
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -42,17 +42,23 @@ def checkpointed_layers(stack: Sequence[nn.Module], mode: str, every: int) -> li
 
 
 def checkpoint_layer(layer: nn.Module) -> None:
-    """Make `layer`'s forward recompute in backward (names and parameters unchanged)."""
-    if getattr(layer, "_ov_checkpointed", False):
+    """Make `layer`'s forward recompute in backward (names and parameters unchanged).
+
+    The new forward is a `partial` over the layer's bound forward, not a closure: a deep copy
+    of the model rebinds it to the copied layer (a closure would keep calling the original)."""
+    if is_checkpointed(layer):
         return
-    forward = layer.forward
+    layer.forward = partial(_checkpointed_call, layer.forward)
 
-    @wraps(forward)
-    def checkpointed_forward(*args, **kwargs):
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
-    layer.forward = checkpointed_forward
-    layer._ov_checkpointed = True
+def is_checkpointed(layer: nn.Module) -> bool:
+    """Whether `checkpoint_layer` wrapped `layer`."""
+    forward = vars(layer).get("forward")
+    return isinstance(forward, partial) and forward.func is _checkpointed_call
+
+
+def _checkpointed_call(forward, *args, **kwargs):
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str, every: int) -> int:
