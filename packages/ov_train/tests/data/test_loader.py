@@ -236,6 +236,20 @@ def test_a_state_saved_at_one_world_size_resumes_at_another(
     assert len(head + tail) > len(reference) - resumed_on
 
 
+def test_a_rank_reads_only_the_bins_of_its_micro_batches(packed, processor, monkeypatch):
+    import ov_train.data.loader as loader_module
+
+    read = []
+
+    def counting_read_bin(table, index):
+        read.append(index)
+        return read_bin(table, index)
+
+    monkeypatch.setattr(loader_module, "read_bin", counting_read_bin)
+    taken = _take(_loader(packed, processor, rank=1, world_size=3), 4)
+    assert read == [index for micro_batch in taken for index in micro_batch.bins]
+
+
 def test_the_stream_is_the_same_for_0_1_and_2_workers(packed, processor):
     probe = _loader(packed, processor, rank=1, world_size=2)
     count = (probe.micro_batches_in_epoch(0) + probe.micro_batches_in_epoch(1)) // 2 + 2
