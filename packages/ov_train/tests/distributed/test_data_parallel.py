@@ -211,11 +211,24 @@ def test_a_text_only_rank_in_stage1_and_stage2_trains_like_one_process(dist, mak
         stage: _recipe(make_recipe, "parallel.dp_shard=2", base=base)
         for stage, base in stages.items()
     }
+    recipes["stage1_bf16"] = _recipe(
+        make_recipe, "parallel.dp_shard=2", "train.dtype=bf16", base="stage1-tiny"
+    )
     results = dist.run_workers(_mixed_worker, 2, dist, recipes, step_batches)
 
     initial = dict(tiny_model().named_parameters())
-    for stage, base in stages.items():
-        reference = _reference(dist, _recipe(make_recipe, ranks=1, base=base), step_batches)
+    references = {
+        stage: _reference(dist, _recipe(make_recipe, ranks=1, base=base), step_batches)
+        for stage, base in stages.items()
+    }
+    for rank in (0, 1):  # frozen units in bf16: gathered in bf16, never reduced
+        bf16 = results[rank]["stage1_bf16"]
+        assert bf16["losses"] == pytest.approx(references["stage1"]["losses"], rel=2e-2)
+        for got, want in zip(bf16["gradients"], references["stage1"]["gradients"], strict=True):
+            assert got.keys() == want.keys()
+            assert dist.cosine(got, want) >= 0.999
+    for stage in stages:
+        reference = references[stage]
         for rank in (0, 1):
             run = results[rank][stage]
             _assert_same_training(run, reference)
