@@ -405,6 +405,7 @@ def test_every_max_length_gives_a_sound_sample_or_an_error(processor, full_sampl
         length = processor.measure(TRUNCATION, sizes, max_length=max_length)
         assert length.llm_tokens == len(ids)
         assert length.supervised_tokens == sample.num_supervised
+        assert length.supervised_targets == int((sample.labels.reshape(-1)[1:] != IGNORE).sum())
         assert length.images == len(kept)
 
 
@@ -428,6 +429,7 @@ def test_count_tokens_equals_the_processed_length(processor, conversation, sizes
     assert length.image_tokens == int((sample.input_ids == processor.image_token_id).sum())
     assert length.text_tokens == length.llm_tokens - length.image_tokens
     assert length.supervised_tokens == sample.num_supervised
+    assert length.supervised_targets == int((sample.labels.reshape(-1)[1:] != IGNORE).sum())
     assert length.images == len(sizes)
 
 

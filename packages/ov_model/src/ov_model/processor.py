@@ -103,8 +103,12 @@ class SampleLength:
     vit_patches: int
     """Patch rows the vision tower encodes (sum of h * w)."""
     supervised_tokens: int
+    """Labels that are not -100."""
     images: int
     """Images kept (after truncation)."""
+    supervised_targets: int
+    """Supervised next-token targets: labels that are not -100 at any position but the first
+    (the loss never predicts a sample's first token), what the training loss is divided by."""
 
     @property
     def text_tokens(self) -> int:
@@ -298,6 +302,7 @@ class OVProcessor:
             vit_patches=sum(grid[1] * grid[2] for grid in encoded.grids),
             supervised_tokens=len(encoded.labels) - encoded.labels.count(IGNORE_INDEX),
             images=len(encoded.grids),
+            supervised_targets=len(encoded.labels[1:]) - encoded.labels[1:].count(IGNORE_INDEX),
         )
 
     def count_tokens(

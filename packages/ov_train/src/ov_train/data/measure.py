@@ -14,11 +14,9 @@ same way; only samples that cannot be cut are rejected.
 Supervised targets: the trainer normalises a step's loss by its supervised next-token targets
 before building it, so `prepare` records each sample's count with the shards (the bin table
 column `supervised_targets`). A target is a supervised label at any position but the sample's
-first (`ov_model.packing.shifted_targets` never predicts the first token). The processor's
-`SampleLength` gives supervised labels; the first token of a rendered conversation is the chat
-template's role header (`<|im_start|>`), never supervised, so the count is the same. The loader
-checks it against the processed labels, sample by sample, and stops naming the sample if a
-template ever made the first token supervised.
+first (`ov_model.packing.shifted_targets` never predicts the first token): the processor's
+`SampleLength.supervised_targets`. The loader checks it against the processed labels, sample by
+sample, and stops naming the sample if they ever differ.
 
 Every `SampleError` of the processor maps to one `Reason`; anything else is a bug and propagates.
 """
@@ -48,7 +46,7 @@ class MeasuredSample:
     @property
     def supervised_targets(self) -> int:
         """Supervised next-token targets (see the module docstring)."""
-        return self.length.supervised_tokens
+        return self.length.supervised_targets
 
 
 def measure_sample(
