@@ -202,3 +202,25 @@ def test_checkpoint_metadata_that_would_run_code_is_refused(trained, tmp_path):
     with pytest.raises(CheckpointError, match=r"refuses to load posix\.system"):
         load_model_state(folder, copy.deepcopy(model))
     assert not target.exists()
+
+
+def test_a_format_1_checkpoint_of_one_process_still_resumes(trained, tmp_path):
+    recipe, model, optimizer, scheduler = trained
+    folder = _save(tmp_path, 2, model, optimizer, scheduler, recipe)
+    state = json.loads((folder / "trainer_state.json").read_text())
+    data = state.pop("data")
+    (folder / "trainer_state.json").write_text(json.dumps({**state, "format": 1}))
+    rank = json.loads((folder / "rank_00000.json").read_text())
+    (folder / "rank_00000.json").write_text(json.dumps({**rank, "data": data}))
+    model2, optimizer2, scheduler2 = _training_state(recipe, seed=99)
+    resumed = load_checkpoint(
+        folder, model=model2, optimizer=optimizer2, scheduler=scheduler2, world=WORLD
+    )
+    assert (resumed.step, resumed.data_state) == (2, {"epoch": 1, "position": 7})
+    assert resumed.rng_state == rank["rng"]
+    assert resumed.saved_world_size == 1
+    (folder / "trainer_state.json").write_text(json.dumps({**state, "format": 9}))
+    with pytest.raises(CheckpointError, match=r"format 9, this version reads \[1, 2\]"):
+        load_checkpoint(
+            folder, model=model2, optimizer=optimizer2, scheduler=scheduler2, world=WORLD
+        )

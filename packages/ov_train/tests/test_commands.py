@@ -62,7 +62,7 @@ def test_run_reports_recipe_errors_in_one_line_naming_the_key():
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        (run_command, ["--set", "--data", "--out", "--resume", "--show"]),
+        (run_command, ["--set", "--data", "--out", "--resume", "--resume-from", "--show"]),
         (export_command, ["--out", "--dtype", "--max-shard-size"]),
     ],
 )
