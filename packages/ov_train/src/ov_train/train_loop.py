@@ -177,6 +177,8 @@ class Trainer:
         try:
             lock = acquire_run_lock(self.run_dir, world, world.device)
         except RuntimeError as error:
+            if not _is_collective_failure(error, world):
+                raise
             raise _peer_failure(error, world, None) from error
         with lock:
             latest = None
