@@ -327,9 +327,10 @@ def test_a_killed_rank_stops_its_peer_and_the_run_resumes_exactly(
 # ------------------------------------------------------------------------ real torchrun
 @pytest.mark.slow
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason="init_world must key its process group by torchrun's restart attempt, or a restarted "
-    "group hangs on the device mesh's stale store keys: /work/notes/c2_world_restart.patch",
+    "group may hang on the device mesh's stale store keys (1 run in 2 here): "
+    "/work/notes/c2_world_restart.patch",
 )
 def test_torchrun_with_max_restarts_resumes_a_run_whose_rank_was_killed(
     shards, tiny_model_dir, tmp_path
