@@ -1,5 +1,5 @@
 """Whole runs on several processes: `ov-train run` on 2 ranks trains like 1 rank, checkpoints
-reshard (2 -> 1 ranks), a SIGKILLed rank stops its peer with a clear error (mid-step and
+reshard (2 -> 1 and 1 -> 2 ranks), a SIGKILLed rank stops its peer with a clear error (mid-step and
 mid-save), and the run resumes to the trace of the uninterrupted one.
 
 The data are packed shards made by `prepare` from 12 samples (two of them text-only, padded with
@@ -210,6 +210,25 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_and_continues_the_trace(
     assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-5)
     state = json.loads((copy / "checkpoints" / "step_00000004" / "trainer_state.json").read_text())
     assert state["world_size"] == 1
+
+
+def _cli_worker(rank, args):
+    run_command.main(args, standalone_mode=False)
+
+
+def test_a_one_rank_checkpoint_resumes_on_two_ranks_and_continues_the_trace(
+    dist, runs, shards, tiny_model_dir, tmp_path
+):
+    one, two, _ = runs
+    copy = tmp_path / "one_to_two"
+    shutil.copytree(one, copy)
+    args = _cli_args(shards, copy, tiny_model_dir, 2, "--resume-from", "2")
+    dist.run_workers(_cli_worker, 2, args, timeout_s=120)
+    got, want = _losses(copy), _losses(two)
+    assert [step for step, _ in got] == [step for step, _ in want]
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-5)
+    state = json.loads((copy / "checkpoints" / "step_00000004" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2
 
 
 # --------------------------------------------------------------------------------- kills
