@@ -176,3 +176,11 @@ def test_toml_text_leaves_out_unset_optional_values_and_quotes_strings():
     assert "lr_projector" not in text
     assert 'description = "say \\"hi\\"\\tnow"' in text
     assert isinstance(recipe, Recipe)
+
+
+def test_grad_accumulation_is_the_global_batch_split_over_the_ranks():
+    train = RECIPES["stage2-8b"].train  # 224 micro-batches per step
+    assert train.micro_batches_per_rank(1) == 224
+    assert train.micro_batches_per_rank(8) == 28
+    with pytest.raises(RecipeError, match=r"grad_accumulation \(224 .*not divisible by the 128"):
+        train.micro_batches_per_rank(128)

@@ -34,7 +34,7 @@ def test_table_prints_the_estimate_per_checkpointing_mode_and_whether_it_fits():
         )
     # the requirement: 8B Stage-2 fits 80 GB per GPU on 8 GPUs with full checkpointing
     assert _row(result.output, "fits 80 GiB") == ["no", "yes", "no"]
-    assert "AC none*" in result.output  # the recipe's own mode is starred
+    assert "AC full*" in result.output  # the recipe's own mode is starred
     assert "dp_replicate 1 x dp_shard 8" in result.output
 
 

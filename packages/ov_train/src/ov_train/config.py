@@ -205,8 +205,9 @@ class TrainConfig(Section):
     steps: int
     """Optimizer steps of the run."""
     grad_accumulation: int = 1
-    """Micro-batches per optimizer step and rank: global batch = this x data-parallel ranks x
-    packed sequences per micro-batch."""
+    """Micro-batches per optimizer step over ALL data-parallel ranks (the global batch, in packed
+    micro-batches): each of W ranks runs grad_accumulation / W of them, so a recipe trains the
+    same way, and resumes the same global batch, at any world size that divides it."""
     micro_batch_tokens: int
     """Token budget of one micro-batch: packed bins are concatenated up to it, never padded."""
     clip_grad_norm: float = 1.0
@@ -219,6 +220,17 @@ class TrainConfig(Section):
     """auto (CUDA when available), cpu, cuda or cuda:N."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms: bitwise reproducible runs and resumes, slower."""
+
+    def micro_batches_per_rank(self, data_parallel_ranks: int) -> int:
+        """Micro-batches each of `data_parallel_ranks` ranks runs per step; RecipeError when
+        they do not divide `grad_accumulation`."""
+        if self.grad_accumulation % data_parallel_ranks:
+            raise RecipeError(
+                f"train.grad_accumulation ({self.grad_accumulation} micro-batches per step over "
+                f"all ranks) is not divisible by the {data_parallel_ranks} data-parallel ranks; "
+                "choose a multiple of the rank count"
+            )
+        return self.grad_accumulation // data_parallel_ranks
 
     def check(self) -> None:
         for name in ("steps", "grad_accumulation", "micro_batch_tokens"):

@@ -28,10 +28,10 @@ P: the paper, s: script. Where the sources disagree:
     112 (with 70000 steps). ds Stage-2: 128.
 (e) an early 4B Stage-1.5 script: 70000.
 
-One process holds the whole global batch here: `train.grad_accumulation` = global batch with one
-packed sequence of `micro_batch_tokens` per micro-batch. With data parallelism the distributed
-launcher divides it by the number of ranks. Checkpoint every 500 steps, keep 3, are ours (the
-release states none). bf16 compute with fp32 master weights is the release's (`dtype = "auto"`).
+`train.grad_accumulation` is the global batch, in packed sequences of `micro_batch_tokens` (one
+per micro-batch); with data parallelism each of W ranks runs grad_accumulation / W of them.
+Checkpoint every 500 steps, keep 3, are ours (the release states none). bf16 compute with fp32
+master weights is the release's (`dtype = "auto"`).
 The 4B/8B recipes checkpoint every layer's activations (`parallel.activation_checkpointing =
 "full"`): by `ov-train estimate-memory` none of their Stage-1.5/2 runs fits 80 GB per GPU on 8
 GPUs without it (8B Stage-2: about 383 GiB), and with it all do (8B Stage-2: about 54 GiB).

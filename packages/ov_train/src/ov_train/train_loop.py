@@ -199,6 +199,7 @@ class Trainer:
     def _run(self, world: World, latest: Path | None) -> TrainResult:
         recipe = self.recipe
         device = world.device
+        per_rank = recipe.train.micro_batches_per_rank(world.size)
         seed_everything(recipe.train.seed)
         model, model_config = build_training_model(recipe, world, model=self.model)
         self.model = model
@@ -232,7 +233,7 @@ class Trainer:
             if is_main(world):
                 LOGGER.info("resumed from %s (step %d)", latest, start)
         autocast = forward_autocast(recipe, world)
-        batches = StepBatches(self.source, recipe.train.grad_accumulation)
+        batches = StepBatches(self.source, per_rank)
         log = RunLog(
             self.run_dir,
             total_steps=recipe.train.steps,

@@ -34,7 +34,7 @@ def _recipe(make_recipe, *overrides, ranks: int = 2, base: str = "stage2-tiny"):
         "parallel.timeout_s=60",
         "train.clip_grad_norm=0",
         "train.dtype=fp32",
-        f"train.grad_accumulation={global_batch // ranks}",
+        f"train.grad_accumulation={global_batch}",  # global: PER_RANK on each of the ranks
         *overrides,
         base=base,
     )

@@ -149,15 +149,38 @@ def init_world(parallel: ParallelConfig, device_spec: str) -> World:
     else:
         backend = "nccl" if device.type == "cuda" else "gloo"
         options = {"device_id": device} if device.type == "cuda" else {}
+        timeout = timedelta(seconds=parallel.timeout_s)
         dist.init_process_group(
             backend,
+            store=_attempt_store(rank, size, timeout),
             rank=rank,
             world_size=size,
-            timeout=timedelta(seconds=parallel.timeout_s),
+            timeout=timeout,
             **options,
         )
     mesh = build_mesh(parallel, size, device.type)
     return DistributedWorld(rank, size, local_rank, device, mesh)
+
+
+def _attempt_store(rank: int, size: int, timeout: timedelta) -> dist.Store:
+    """The rendezvous store of this launch attempt: torchrun's (its agent serves it on
+    MASTER_ADDR:MASTER_PORT and keeps it across `--max-restarts` restarts), else one rank 0
+    serves, under the prefix `attempt_<TORCHELASTIC_RESTART_COUNT>`. Without the prefix a
+    restarted group reads the keys the device mesh's sub-groups left in the agent's store and
+    every rank hangs in the gloo/NCCL handshake until the timeout (torch 2.15, measured)."""
+    agent_serves = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    address = os.environ.get("MASTER_ADDR")
+    if address is None:
+        raise TrainingError("MASTER_ADDR is not set although WORLD_SIZE is: start with torchrun")
+    store = dist.TCPStore(
+        address,
+        _env_int("MASTER_PORT", None),
+        size,
+        is_master=rank == 0 and not agent_serves,
+        timeout=timeout,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"attempt_{attempt}", store)
 
 
 def _rank_device(spec: str, local_rank: int) -> torch.device:
