@@ -154,6 +154,9 @@ def _train_stage(config, stage, recipe_name, start: Path, shards: Path, run_dir:
             f"optim.lr_vision={config.lr}",
             f"checkpoint.every={steps}",
             "checkpoint.keep_last=1",
+            # The tiny model trains on the CPU: a loader worker process would take a core from
+            # the training computation itself (2 cores: 15.4k vs 17.9k tokens/s measured).
+            "data.num_workers=0",
             f"logging.progress_bar={str(config.progress).lower()}",
         ],
     )
