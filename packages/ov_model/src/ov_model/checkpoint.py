@@ -21,6 +21,22 @@ CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 
 
+def check_state_matches(
+    folder: Path, missing: list[str], unexpected: list[str], mis_shaped: list[str]
+) -> None:
+    """CheckpointError listing every missing (our names), unexpected (HF names) and mis-shaped
+    tensor of the checkpoint in `folder`; nothing when all three lists are empty."""
+    if missing or unexpected or mis_shaped:
+        problems = []
+        if missing:
+            problems.append(f"missing ({len(missing)}): {', '.join(hf_name(n) for n in missing)}")
+        if unexpected:
+            problems.append(f"unexpected ({len(unexpected)}): {', '.join(sorted(unexpected))}")
+        if mis_shaped:
+            problems.append(f"mis-shaped ({len(mis_shaped)}): {'; '.join(mis_shaped)}")
+        raise CheckpointError(f"{folder} does not match its config: " + "; ".join(problems))
+
+
 def load_model(cls, path: str | Path, *, dtype: torch.dtype | None, device: str):
     """Build `cls(config)` from a checkpoint folder (see the module docstring)."""
     folder = Path(path)
@@ -43,15 +59,7 @@ def load_model(cls, path: str | Path, *, dtype: torch.dtype | None, device: str)
         for n, shape in expected.items()
         if n in state and tuple(state[n].shape) != shape
     ]
-    if missing or unexpected or mis_shaped:
-        problems = []
-        if missing:
-            problems.append(f"missing ({len(missing)}): {', '.join(hf_name(n) for n in missing)}")
-        if unexpected:
-            problems.append(f"unexpected ({len(unexpected)}): {', '.join(sorted(unexpected))}")
-        if mis_shaped:
-            problems.append(f"mis-shaped ({len(mis_shaped)}): {'; '.join(mis_shaped)}")
-        raise CheckpointError(f"{folder} does not match its config: " + "; ".join(problems))
+    check_state_matches(folder, missing, unexpected, mis_shaped)
     model.load_state_dict({n: state[n] for n in expected}, strict=True, assign=True)
     if dtype is not None:
         model.to(dtype=dtype)

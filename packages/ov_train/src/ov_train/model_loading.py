@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
+from ov_model.checkpoint import check_state_matches
 from ov_model.config import LlavaOVConfig
 from ov_model.errors import CheckpointError
 from ov_model.model import LlavaOV
@@ -121,15 +122,7 @@ def _check_names_and_shapes(folder, targets, stored, unknown, files) -> None:
     finally:
         for handle in opened.values():
             handle.__exit__(None, None, None)
-    if missing or unexpected or mis_shaped:
-        problems = []
-        if missing:
-            problems.append(f"missing ({len(missing)}): {', '.join(hf_name(n) for n in missing)}")
-        if unexpected:
-            problems.append(f"unexpected ({len(unexpected)}): {', '.join(sorted(unexpected))}")
-        if mis_shaped:
-            problems.append(f"mis-shaped ({len(mis_shaped)}): {'; '.join(mis_shaped)}")
-        raise CheckpointError(f"{folder} does not match its config: " + "; ".join(problems))
+    check_state_matches(folder, missing, unexpected, mis_shaped)
 
 
 def _fill(target: torch.Tensor, handle, name: str) -> None:
