@@ -3,8 +3,14 @@
 import torch
 import torch.nn.functional as F
 
-from ov_model.loss import supervised_cross_entropy_sum
+from ov_model.loss import cross_entropy_sum
 from ov_model.packing import IGNORE_INDEX, position_ids, shifted_targets
+
+
+def _supervised_sum(hidden, weight, targets, chunk_size=4096):
+    """CE summed over the rows whose target is not IGNORE_INDEX, and their number."""
+    rows = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+    return cross_entropy_sum(hidden, weight, rows, targets[rows], chunk_size), int(rows.numel())
 
 
 def test_chunked_loss_and_gradients_equal_full_cross_entropy():
@@ -13,7 +19,7 @@ def test_chunked_loss_and_gradients_equal_full_cross_entropy():
     weight = torch.randn(97, 16, requires_grad=True)
     targets = torch.randint(0, 97, (50,))
     targets[::3] = IGNORE_INDEX
-    total, count = supervised_cross_entropy_sum(hidden, weight, targets, chunk_size=7)
+    total, count = _supervised_sum(hidden, weight, targets, chunk_size=7)
     total.backward()
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
@@ -27,9 +33,7 @@ def test_chunked_loss_and_gradients_equal_full_cross_entropy():
 
 def test_no_supervised_token_gives_zero_with_a_working_backward():
     hidden = torch.randn(4, 8, requires_grad=True)
-    total, count = supervised_cross_entropy_sum(
-        hidden, torch.randn(10, 8), torch.full((4,), IGNORE_INDEX)
-    )
+    total, count = _supervised_sum(hidden, torch.randn(10, 8), torch.full((4,), IGNORE_INDEX))
     total.backward()
     assert count == 0
     assert total.item() == 0.0

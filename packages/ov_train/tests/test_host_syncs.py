@@ -29,7 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ov_model import PRESETS, LlavaOV
-from ov_model.packing import IGNORE_INDEX, PackedBatch
+from ov_model.packing import PackedBatch
 from ov_train.memory_loader import PackedMicroBatch
 from ov_train.optim import build_optimizer, freeze
 from ov_train.parallel import SingleProcess
@@ -114,29 +114,6 @@ def counting_host_reads():
             yield counter
 
 
-@dataclasses.dataclass
-class Sample:
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    pixel_values: torch.Tensor | None
-    image_grid_thw: torch.Tensor | None
-
-
-def _sample(seed: int, image: bool) -> Sample:
-    generator = torch.Generator().manual_seed(seed)
-    length = int(torch.randint(8, 31, (1,), generator=generator))
-    ids = torch.randint(10, 500, (length,), generator=generator).tolist()
-    pixels = grid = None
-    if image:
-        h, w = (4, 4) if seed % 3 else (4, 8)
-        ids = ids[:3] + [3] + [5] * (h * w // 4) + [4] + ids[3:]
-        pixels = torch.randn(h * w, 588, generator=generator)
-        grid = torch.tensor([[1, h, w]])
-    half = len(ids) // 2
-    labels = [IGNORE_INDEX] * half + ids[half:]
-    return Sample(torch.tensor(ids), torch.tensor(labels), pixels, grid)
-
-
 def _model(layers: int) -> LlavaOV:
     config = PRESETS["tiny"]
     config = config.replace(
@@ -147,8 +124,8 @@ def _model(layers: int) -> LlavaOV:
     return LlavaOV(config).train()
 
 
-def _batch(model: LlavaOV, samples: int, seed: int = 0, *, metadata: bool = True) -> PackedBatch:
-    items = [_sample(seed * 100 + i, image=i % 3 != 1) for i in range(samples)]
+def _batch(model: LlavaOV, items: list, *, metadata: bool = True) -> PackedBatch:
+    """`items` (conftest's random samples) packed, with host metadata or without."""
     if not metadata:
         return PackedBatch.from_samples(items)
     config = model.config
@@ -186,28 +163,29 @@ def test_the_counter_sees_each_kind_of_host_read():
     assert counter.total == 7, counter.counts
 
 
-def test_a_micro_batch_with_host_metadata_reads_nothing_back_whatever_layers_and_samples():
+def test_a_micro_batch_with_host_metadata_reads_nothing_back_whatever_layers_and_samples(samples):
     counts = {}
-    for layers, samples in SHAPES:
+    for layers, count in SHAPES:
         model = _model(layers)
-        counter = _micro_batch_reads(model, _batch(model, samples))
-        counts[layers, samples] = +counter.counts
+        counter = _micro_batch_reads(model, _batch(model, samples.make_samples(count)))
+        counts[layers, count] = +counter.counts
     print("host reads per micro-batch with metadata:", counts)
     assert all(c.total() == 0 for c in counts.values()), counts
 
 
-def test_without_metadata_the_model_reads_a_fixed_number_whatever_layers_and_samples():
+def test_without_metadata_the_model_reads_a_fixed_number_whatever_layers_and_samples(samples):
     totals = {}
-    for layers, samples in SHAPES:
+    for layers, count in SHAPES:
         model = _model(layers)
-        counter = _micro_batch_reads(model, _batch(model, samples), with_metadata=False)
-        totals[layers, samples] = counter.total
+        batch = _batch(model, samples.make_samples(count))
+        counter = _micro_batch_reads(model, batch, with_metadata=False)
+        totals[layers, count] = counter.total
     print("host reads per micro-batch without metadata:", totals)
     assert len(set(totals.values())) == 1, totals
     assert next(iter(totals.values())) <= 20
 
 
-def test_a_train_step_reads_back_a_fixed_number_per_step_not_per_micro_batch(make_recipe):
+def test_a_train_step_reads_back_a_fixed_number_per_step_not_per_micro_batch(make_recipe, samples):
     recipe = make_recipe()
     totals = {}
     for layers, micro_batches in [(1, 1), (1, 3), (3, 1), (3, 3)]:
@@ -215,7 +193,10 @@ def test_a_train_step_reads_back_a_fixed_number_per_step_not_per_micro_batch(mak
         freeze(model, recipe.model.trainable)
         optimizer = build_optimizer(model, recipe)
         scheduler = build_scheduler(optimizer, recipe)
-        batches = [PackedMicroBatch(_batch(model, 4, seed)) for seed in range(micro_batches)]
+        batches = [
+            PackedMicroBatch(_batch(model, samples.make_samples(4, seed)))
+            for seed in range(micro_batches)
+        ]
         plan = StepPlan.of(batches)
         with counting_host_reads() as counter:
             # AdamW keeps its step counts as CPU tensors and reads them per parameter: host
@@ -240,13 +221,13 @@ def test_a_train_step_reads_back_a_fixed_number_per_step_not_per_micro_batch(mak
 
 
 @pytest.mark.gpu
-def test_a_cuda_micro_batch_with_host_metadata_makes_no_synchronizing_call():
+def test_a_cuda_micro_batch_with_host_metadata_makes_no_synchronizing_call(samples):
     import warnings
 
     synchronizing = {}
     for layers in (1, 2):
         model = _model(layers).cuda()
-        batch = _batch(model, 6)
+        batch = _batch(model, samples.make_samples(6))
         for attempt in ("warm-up", "counted"):
             inputs = model_inputs(batch, torch.device("cuda"))
             with warnings.catch_warnings(record=True) as caught:

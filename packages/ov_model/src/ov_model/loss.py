@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ov_model.packing import IGNORE_INDEX
-
 DEFAULT_CHUNK = 4096
 
 
@@ -47,18 +45,3 @@ def cross_entropy_sum(
         else:
             total = total + _chunk_loss(selected[part], head_weight, targets[part])
     return total
-
-
-def supervised_cross_entropy_sum(
-    hidden: torch.Tensor,
-    head_weight: torch.Tensor,
-    targets: torch.Tensor,
-    chunk_size: int = DEFAULT_CHUNK,
-) -> tuple[torch.Tensor, int]:
-    """(sum of CE over rows whose target != IGNORE_INDEX, number of such rows). Finding the rows
-    reads the targets back (a sync on GPU); the model uses `cross_entropy_sum` with the rows of
-    its host metadata instead."""
-    rows = (targets != IGNORE_INDEX).nonzero().squeeze(1)
-    return cross_entropy_sum(hidden, head_weight, rows, targets[rows], chunk_size), int(
-        rows.shape[0]
-    )
