@@ -77,11 +77,6 @@ class ImagePlacement:
     layout: TokenLayout | None
     """The ViT's layout of the row's images (host tensors), None without images."""
 
-    @property
-    def num_image_tokens(self) -> int:
-        """Rows that receive image features."""
-        return int(self.rows.shape[0])
-
 
 @dataclass(frozen=True, eq=False)
 class PackedMetadata:
