@@ -72,6 +72,20 @@ def test_rows_are_padded_to_a_multiple_of_n_with_pad_tokens(with_image, text_onl
     assert both.num_supervised == text_only.num_supervised
 
 
+def test_rows_are_padded_to_an_exact_static_length(with_image, text_only):
+    tokens = with_image.input_ids.shape[1]
+    batch = padded(with_image, length=tokens + 6)
+    assert batch.input_ids.shape[1] == tokens + 6
+    assert batch.input_ids[0, tokens:].tolist() == [PAD] * 6
+    both = padded(text_only, length=text_only.input_ids.shape[1] + 1)  # the image token only
+    assert both.input_ids[0, -1] == IMAGE
+    assert both.image_grid_thw.shape == (1, 3)
+    with pytest.raises(InputError, match=f"{tokens} tokens .* static length {tokens - 1}"):
+        padded(with_image, length=tokens - 1)
+    with pytest.raises(InputError, match="not a multiple of 4"):
+        padded(with_image, length=4 * tokens + 2, multiple_of=4)
+
+
 def test_a_row_that_needs_nothing_is_returned_as_it_is(with_image):
     assert padded(with_image) is with_image
     assert padded(with_image, multiple_of=with_image.input_ids.shape[1]) is with_image
@@ -83,7 +97,9 @@ def test_bad_settings_are_refused(with_image):
         padded(with_image, multiple_of=0)
 
 
-@pytest.mark.parametrize("options", [{}, {"multiple_of": 16}], ids=["image", "image+tokens"])
+@pytest.mark.parametrize(
+    "options", [{}, {"multiple_of": 16}, {"length": 40}], ids=["image", "image+tokens", "length"]
+)
 def test_the_real_samples_logits_and_loss_are_unchanged_by_the_padding(
     make_model, text_only, options
 ):

@@ -18,7 +18,7 @@ No torch.distributed here: parallelism is ov_train's job, applied from outside t
 modules (their names match the HF checkpoint's).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +28,36 @@ from torch import nn
 from ov_model.config import TextConfig
 from rice_vit import rope, varlen_attention
 from rice_vit.rope import apply_rope
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""Packed causal attention of one row: q (tokens, heads, head_dim), k and v (tokens, kv_heads,
+head_dim) -> (tokens, heads, head_dim), no token seeing another sample or a later token. The
+decoder layers call it; `LanguageModel.forward` builds the single-device one (`varlen_attention`
+over the row's cu_seqlens) unless given another (context parallelism attends over keys that
+other ranks hold)."""
+
+
+def varlen_attend(
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    backend: str | None,
+    sequence_lengths: Sequence[int] | None = None,
+) -> Attend:
+    """The single-device `Attend` of a packed row: causal `varlen_attention` per sample."""
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return varlen_attention(
+            q,
+            k,
+            v,
+            cu_seqlens,
+            max_seqlen,
+            causal=True,
+            backend=backend,
+            sequence_lengths=sequence_lengths,
+        )
+
+    return attend
 
 
 class RMSNorm(nn.Module):
@@ -103,37 +133,24 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
     def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """q (..., heads, head_dim), k, v (..., kv_heads, head_dim) with norms and RoPE."""
+        """q (..., heads, head_dim), k, v (..., kv_heads, head_dim) with norms and RoPE.
+
+        Heads are counted from the projections' outputs (`-1`), not from the config: under
+        tensor parallelism a rank's q/k/v projections hold only its share of the heads."""
         shape = x.shape[:-1]
-        q = self.q_proj(x).view(*shape, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(*shape, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(*shape, self.num_kv_heads, self.head_dim)
+        q = self.q_proj(x).view(*shape, -1, self.head_dim)
+        k = self.k_proj(x).view(*shape, -1, self.head_dim)
+        v = self.v_proj(x).view(*shape, -1, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cu_seqlens: torch.Tensor,
-        max_seqlen: int,
-        backend: str | None,
-        sequence_lengths: Sequence[int] | None = None,
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend
     ) -> torch.Tensor:
-        """Packed causal attention over (tokens, hidden)."""
+        """Packed causal attention over (tokens, hidden) through `attend`."""
         q, k, v = self._project(x, cos, sin)
-        out = varlen_attention(
-            q,
-            k,
-            v,
-            cu_seqlens,
-            max_seqlen,
-            causal=True,
-            backend=backend,
-            sequence_lengths=sequence_lengths,
-        )
+        out = attend(q, k, v)
         return self.o_proj(out.reshape(x.shape[0], -1))
 
     def forward_cached(
@@ -149,7 +166,7 @@ class Attention(nn.Module):
         q, k, v = self._project(x, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (batch, heads, new, head_dim)
         k, v = cache.append(self.layer_index, k, v)
-        groups = self.num_heads // self.num_kv_heads
+        groups = q.shape[1] // k.shape[1]
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
@@ -180,11 +197,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, cu_seqlens, max_seqlen, backend, sequence_lengths=None):
-        attended = self.self_attn(
-            self.input_layernorm(x), cos, sin, cu_seqlens, max_seqlen, backend, sequence_lengths
-        )
-        x = x + attended
+    def forward(self, x, cos, sin, attend: Attend):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attend)
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def forward_cached(self, x, cos, sin, mask, cache):
@@ -214,15 +228,19 @@ class LanguageModel(nn.Module):
         *,
         output_hidden_states: bool = False,
         sequence_lengths: Sequence[int] | None = None,
+        attend: Attend | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """Final-norm hidden states (tokens, hidden) of a packed sequence, and optionally the input
         of every layer plus the final output (as the HF `hidden_states`). `sequence_lengths`: the
-        samples' lengths as host ints, if known (see `rice_vit.varlen_attention`)."""
+        samples' lengths as host ints, if known (see `rice_vit.varlen_attention`). `attend`:
+        the attention of the row (default: `varlen_attend` over `cu_seqlens`)."""
+        if attend is None:
+            attend = varlen_attend(cu_seqlens, max_seqlen, self.attention_backend, sequence_lengths)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         x = inputs_embeds
         states = [x] if output_hidden_states else None
         for layer in self.layers:
-            x = layer(x, cos, sin, cu_seqlens, max_seqlen, self.attention_backend, sequence_lengths)
+            x = layer(x, cos, sin, attend)
             if states is not None:
                 states.append(x)
         x = self.norm(x)

@@ -9,11 +9,17 @@ The supervised rows come from the packed row's host metadata (`packed_metadata`)
 reads a value back from the device.
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 DEFAULT_CHUNK = 4096
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(hidden, head_weight, rows, targets) -> the CE sum of `hidden[rows]` through the head
+(`cross_entropy_sum`'s signature): what `LlavaOV` calls for its loss."""
 
 
 def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,12 @@ and backward then read nothing back from the device (no `.item()`, `nonzero`, bo
 `masked_scatter`: image features go in with `index_copy` at host-known rows). Without metadata the
 model builds it from host copies of its inputs. This module is single-device and imports nothing
 of torch.distributed.
+
+Two seams let a trainer parallelize it from outside without changing this code path when unset:
+`sequence_split` (context parallelism: each rank runs the decoder on its share of the row's
+tokens, see `sequence_split.py`) and `loss_function` (tensor parallelism: the same CE sum over a
+vocabulary-sharded head). Decoder attention views its heads from the projections' widths, so a
+rank holding a share of the heads runs the same code.
 """
 
 from collections.abc import Sequence
@@ -30,10 +36,11 @@ from torch import nn
 from ov_model.config import LlavaOVConfig
 from ov_model.errors import InputError
 from ov_model.language_model import LanguageModel
-from ov_model.loss import cross_entropy_sum
+from ov_model.loss import LossFunction, cross_entropy_sum
 from ov_model.packed_metadata import ImagePlacement, PackedMetadata
 from ov_model.packing import flatten_batch
 from ov_model.projector import PatchMerger
+from ov_model.sequence_split import SequenceSplit
 from rice_vit import RiceViT
 from rice_vit.token_layout import TokenLayout
 
@@ -75,6 +82,11 @@ class LlavaOV(nn.Module):
             if config.text.tie_word_embeddings
             else nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
         )
+        self.sequence_split: SequenceSplit | None = None
+        """Splits each row's decoder sequence over ranks (`sequence_split.py`); None: whole."""
+        self.loss_function: LossFunction = cross_entropy_sum
+        """(hidden, head_weight, rows, targets) -> CE sum; a trainer may swap in one that
+        computes the same over a vocabulary-sharded head (tensor parallelism)."""
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -156,13 +168,26 @@ class LlavaOV(nn.Module):
         device = ids.device
         placement = metadata.images(self.config.image_token_id, self.config.merge_size)
         embeds, features = self.embed(ids, cu, pixel_values, image_grid_thw, placement=placement)
+        positions = metadata.position_ids.to(device, non_blocking=True)
+        rows, targets = metadata.supervised_rows, metadata.supervised_targets
+        attend = None
+        if self.sequence_split is not None:
+            if return_logits or output_hidden_states:
+                raise InputError(
+                    "a split sequence (context parallelism) gives each rank only its rows: "
+                    "logits and hidden states are not available, ask for the loss alone"
+                )
+            split = self.sequence_split.split(metadata)
+            embeds, positions = split.local(embeds), split.local(positions)
+            rows, targets, attend = split.supervised_rows, split.supervised_targets, split.attend
         hidden, states = self.language_model(
             embeds,
-            metadata.position_ids.to(device, non_blocking=True),
+            positions,
             cu,
             metadata.max_seqlen,
             output_hidden_states=output_hidden_states,
             sequence_lengths=metadata.sample_lengths,
+            attend=attend,
         )
         logits = None
         if return_logits:
@@ -172,14 +197,14 @@ class LlavaOV(nn.Module):
         if labels is not None:
             if labels.numel() != ids.numel():
                 raise InputError(f"labels have {labels.numel()} entries for {ids.numel()} tokens")
-            if metadata.supervised_rows is None or metadata.supervised_targets is None:
+            if rows is None or targets is None:
                 raise InputError("labels given with metadata built without labels")
             count = metadata.num_supervised
-            loss_sum = cross_entropy_sum(
+            loss_sum = self.loss_function(
                 hidden,
                 self.head_weight,
-                metadata.supervised_rows.to(device, non_blocking=True),
-                metadata.supervised_targets.to(device, non_blocking=True),
+                rows.to(device, non_blocking=True),
+                targets.to(device, non_blocking=True),
             )
             loss = loss_sum / max(count, 1)
         if states is not None:

@@ -179,6 +179,7 @@ def pad_row(
     merge_size: int,
     ensure_image: bool = True,
     multiple_of: int = 1,
+    length: int | None = None,
 ) -> PackedBatch:
     """`batch` with a padding sample appended when needed, else `batch` itself.
 
@@ -190,7 +191,9 @@ def pad_row(
       the vision tower: under data parallelism every rank then runs the same FSDP collectives
       in forward and backward (a rank whose row skipped the ViT would hang its peers);
     - `pad_token_id` tokens until the row's length is a multiple of `multiple_of` (sequence and
-      context parallelism split the row evenly over tp / cp ranks).
+      context parallelism split the row evenly over tp / cp ranks), or, with `length`, until it
+      is exactly `length` tokens (pipeline parallelism sends states of one static shape);
+      a row that is already longer is an InputError naming both lengths.
 
     The result's metadata is computed (image part included, for `image_token_id` and
     `merge_size`), so the model reads nothing back from the device for it either.
@@ -205,6 +208,15 @@ def pad_row(
     tokens = int(batch.input_ids.numel())
     image_tokens = 1 if needs_image else 0
     pad_tokens = -(tokens + image_tokens) % multiple_of
+    if length is not None:
+        if length % multiple_of:
+            raise InputError(f"pad_row: length {length} is not a multiple of {multiple_of}")
+        if tokens + image_tokens > length:
+            raise InputError(
+                f"pad_row: the row has {tokens + image_tokens} tokens (padding image included), "
+                f"more than the static length {length}"
+            )
+        pad_tokens = length - tokens - image_tokens
     if not needs_image and pad_tokens == 0:
         return batch
     ids = [image_token_id] * image_tokens + [pad_token_id] * pad_tokens
