@@ -1,0 +1,168 @@
+"""Context parallelism: the zigzag split and both attention paths (all-gather, ring) against one
+process.
+
+- Host tests: the zigzag layout, the block pairs a rank computes (keys wholly in the future
+  skipped), the supervised rows mapped to local indices, the error for a row that does not
+  split.
+- Attention, 2 processes (4 `slow`): per-sample causal attention of a row split over the ranks,
+  outputs and gradients of q, k and v against `varlen_attention` over the whole row in one
+  process, for rows with samples crossing chunk boundaries, a sample longer than a chunk, empty
+  and one-token samples, one sample filling the row, GQA and plain multi-head.
+- Training, 2 processes: cp = 2 with each path through the real `train_step` against one
+  process on the same global batch (loss equal, gradients rtol 1e-5).
+"""
+
+import pytest
+import torch
+
+from ov_model.packed_metadata import PackedMetadata
+from ov_train.distributed.context_parallel import ContextParallelSplit, zigzag_pieces
+from ov_train.distributed.cp_attention import AttentionPlan
+from ov_train.errors import TrainingError
+from rice_vit import varlen_attention
+
+# (sample lengths, heads, kv heads) of rows of 24 tokens: chunks of 6 with cp = 2, 3 with cp = 4
+ROWS = {
+    "crossing_and_long": ([5, 9, 3, 7], 4, 2),
+    "empty_and_short": ([0, 1, 14, 0, 2, 7], 2, 2),
+    "one_sample": ([24], 4, 1),
+    "many_short": ([1, 2, 3, 1, 1, 4, 2, 5, 5], 4, 4),
+}
+HEAD_DIM = 8
+
+
+def _cu(lengths) -> torch.Tensor:
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+
+
+def _row_tensors(lengths, heads, kv_heads, seed=0):
+    """q, k, v of the whole row and a weight for the loss sum(out * weight)."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = sum(lengths)
+    q = torch.randn(tokens, heads, HEAD_DIM, generator=generator)
+    k = torch.randn(tokens, kv_heads, HEAD_DIM, generator=generator)
+    v = torch.randn(tokens, kv_heads, HEAD_DIM, generator=generator)
+    weight = torch.randn(tokens, heads, HEAD_DIM, generator=generator)
+    return q, k, v, weight
+
+
+def _reference(lengths, heads, kv_heads):
+    q, k, v, weight = (
+        t.requires_grad_(i < 3) for i, t in enumerate(_row_tensors(lengths, heads, kv_heads))
+    )
+    out = varlen_attention(q, k, v, _cu(lengths), max(lengths), causal=True, backend="sdpa")
+    (out * weight).sum().backward()
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+# ---------------------------------------------------------------------------------- host tests
+def test_zigzag_gives_rank_r_chunks_r_and_its_mirror():
+    pieces = zigzag_pieces(16, 2)
+    assert pieces.pieces == (((0, 4), (12, 16)), ((4, 8), (8, 12)))
+    assert pieces.global_rows(1).tolist() == list(range(4, 12))
+    assert zigzag_pieces(24, 3).pieces[2] == ((8, 12), (12, 16))
+
+
+def test_a_row_not_a_multiple_of_twice_cp_is_an_error_naming_its_length():
+    with pytest.raises(TrainingError, match="multiple of 2 \\* cp = 4 tokens; this row has 18"):
+        zigzag_pieces(18, 2)
+
+
+def test_keys_wholly_in_the_future_are_skipped_and_short_samples_skip_more():
+    def pairs(lengths, rank):
+        plan = AttentionPlan.build(zigzag_pieces(sum(lengths), 2), rank, _cu(lengths))
+        return [
+            [(p.q_rows.start, p.q_rows.stop, p.k_rows.start, p.k_rows.stop, p.diagonal) for p in s]
+            for s in plan.pairs
+        ]
+
+    # one sample: rank 0 (chunks 0, 3) computes 5 of its 8 chunk pairs, rank 1 (chunks 1, 2) 3
+    assert pairs([16], 0) == [
+        [(0, 4, 0, 4, True), (4, 8, 0, 4, False), (4, 8, 4, 8, True)],
+        [(4, 8, 0, 4, False), (4, 8, 4, 8, False)],
+    ]
+    assert pairs([16], 1) == [
+        [(0, 4, 0, 4, False), (4, 8, 0, 4, False)],
+        [(0, 4, 0, 4, True), (4, 8, 0, 4, False), (4, 8, 4, 8, True)],
+    ]
+    # samples of 3, 3, 10: the first chunk's samples end inside it; the last sample (rows 6-15)
+    # is seen from chunk 3 (rows 12-15) in chunks 1 (rows 6-7 only) and 2
+    assert pairs([3, 3, 10], 0) == [
+        [(0, 4, 0, 4, True), (4, 8, 4, 8, True)],
+        [(4, 8, 2, 4, False), (4, 8, 4, 8, False)],
+    ]
+    plan = AttentionPlan.build(zigzag_pieces(16, 2), 0, _cu([3, 3, 10]))
+    assert plan.pairs[0][0].cu_seqlens == (0, 3, 4)
+
+
+def test_supervised_rows_map_to_the_local_rows_this_rank_holds():
+    ids = torch.arange(16) + 10
+    labels = torch.full((16,), -100)
+    labels[[2, 5, 6, 13, 14]] = ids[[2, 5, 6, 13, 14]]
+    metadata = PackedMetadata.build(ids, labels, _cu([8, 8]))
+    assert metadata.supervised_rows.tolist() == [1, 4, 5, 12, 13]  # targets shifted by one
+    splits = [ContextParallelSplit(None, rank, 2).split(metadata) for rank in (0, 1)]
+    # rank 0 holds rows 0-3 and 12-15 (locally 0-7), rank 1 rows 4-11
+    assert splits[0].supervised_rows.tolist() == [1, 4, 5]
+    assert splits[0].supervised_targets.tolist() == [12, 23, 24]
+    assert splits[1].supervised_rows.tolist() == [0, 1]
+    assert splits[1].supervised_targets.tolist() == [15, 16]
+    assert splits[0].local(torch.arange(16)).tolist() == [0, 1, 2, 3, 12, 13, 14, 15]
+    with pytest.raises(TrainingError, match="unknown context parallel attention 'flash'"):
+        ContextParallelSplit(None, 0, 2, "flash")
+
+
+# ------------------------------------------------------------------------- attention, processes
+def _attention_worker(rank, rows, size):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=60))
+    group = dist.group.WORLD
+    results = {}
+    for name, (lengths, heads, kv_heads) in rows.items():
+        ids = torch.zeros(sum(lengths), dtype=torch.int64)
+        metadata = PackedMetadata.build(ids, None, _cu(lengths))
+        for mode in ("allgather", "ring"):
+            split = ContextParallelSplit(group, rank, size, mode).split(metadata)
+            q, k, v, weight = _row_tensors(lengths, heads, kv_heads)
+            for t in (q, k, v):
+                t.requires_grad_(True)
+            out = split.attend(split.local(q), split.local(k), split.local(v))
+            (out * split.local(weight)).sum().backward()
+            grads = [t.grad for t in (q, k, v)]
+            for grad in grads:  # each rank's gradient is partial: summed over the cp ranks
+                dist.all_reduce(grad)
+            held = split.plan.pieces.global_rows(rank)
+            results[name, mode] = (held, out.detach(), *grads)
+    return results
+
+
+def _check_attention(results, rows):
+    for name, (lengths, heads, kv_heads) in rows.items():
+        want_out, *want_grads = _reference(lengths, heads, kv_heads)
+        for mode in ("allgather", "ring"):
+            for result in results:
+                held, out, *grads = result[name, mode]
+                message = f"{name} {mode}"
+                torch.testing.assert_close(out, want_out[held], rtol=1e-5, atol=1e-6, msg=message)
+                for got, want, label in zip(grads, want_grads, "qkv", strict=True):
+                    torch.testing.assert_close(
+                        got,
+                        want,
+                        rtol=1e-5,
+                        atol=1e-5,
+                        msg=lambda m, x=f"{message} d{label}": f"{x}: {m}",
+                    )
+
+
+@pytest.mark.dist
+def test_both_attention_paths_match_one_process_on_two_ranks(dist):
+    results = dist.run_workers(_attention_worker, 2, ROWS, 2)
+    _check_attention(results, ROWS)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_both_attention_paths_match_one_process_on_four_ranks(dist):
+    results = dist.run_workers(_attention_worker, 4, ROWS, 4)
+    _check_attention(results, ROWS)
