@@ -76,6 +76,27 @@ Allowance: 2 GiB fixed (CUDA context, NCCL and cuBLAS workspaces) + 10% of every
 allocator fragmentation. A run "fits" when the total is at most the GPU memory in GiB
 (an A800/A100 80GB has 80 GiB).
 
+Tensor, sequence, context and pipeline parallelism (`Layout`: pp, dp_replicate, dp_shard, cp,
+tp; every quantity above is then per rank of pipeline rank `pp_rank`, `RankParameters`):
+- parameters: a rank holds its pipeline stages' modules (stage 0: ViT, projector, token
+  embedding; the last stage: final norm and lm_head; decoder layers as `stage_layers` splits
+  them); tensor parallel splits each decoder projection and the vocabulary (embedding, head)
+  over tp, the norms stay whole, the ViT and projector are replicated over tp; FSDP2 then
+  shards all of it over dp_shard x cp (`fsdp_shards`).
+- activations, per decoder layer: a rank holds T / cp of the row's tokens; of each saved tensor
+  (`SavedTensor.split`) the per-head and MLP-column ones are divided by tp, the norms' own ones
+  by tp under sequence parallelism, a column-parallel Linear's all-gathered input is the whole
+  T / cp on every tp rank; context parallelism's all-gather path keeps the whole row's k and v
+  (ring: only the local block). A checkpointed layer keeps its sequence-sharded input. The ViT
+  and projector run whole on every cp and tp rank of stage 0 (the release runs the ViT at
+  cp = 1). The head keeps T / cp supervised rows (gathered over tp) and its chunk transient has
+  vocab / tp columns.
+- pipelining: a rank holds the activations of several micro-batches at its peak (`in_flight`):
+  1F1B min(pp - r, m) on pipeline rank r (pp on rank 0), the V schedule (ZBVZeroBubble) pp on
+  every rank (its zero-bubble paper's bound), the interleaved schedules Megatron's warm-up
+  count 2 (pp - r - 1) + (v - 1) pp + 1 chunk-micro-batches of v chunks (rank 0: pp x
+  (1 + (pp - 1) / (pp v)) micro-batches), all capped by the m micro-batches of a step.
+
 Not modelled: the attention kernels' own workspace (flash attention keeps none of size T^2),
 int64 index tensors (< 0.1%), and the single-process autocast path's fp32 residual stream (the
 activations are counted as bf16 there too: an underestimate for a world of 1).
@@ -88,7 +109,14 @@ from pathlib import Path
 
 from ov_model.config import LlavaOVConfig, TextConfig
 from ov_model.loss import DEFAULT_CHUNK
-from ov_train.config import ACTIVATION_CHECKPOINTING, MODULES, ParallelConfig, Recipe
+from ov_train.config import (
+    ACTIVATION_CHECKPOINTING,
+    CP_ATTENTION,
+    MODULES,
+    PP_SCHEDULES,
+    ParallelConfig,
+    Recipe,
+)
 from ov_train.errors import RecipeError
 from rice_vit import RiceViTConfig
 
@@ -200,6 +228,87 @@ def parameter_counts(config: LlavaOVConfig) -> ParameterCounts:
     )
 
 
+def _tensor_parallel_layer(text: TextConfig, tp: int) -> int:
+    """One decoder layer's parameters on a TP rank: the projections' weights and biases are
+    split over tp (q/k/v/gate/up by output column, o/down by input row); the norms, Qwen3's
+    per-head q/k norms included, are whole on every rank."""
+    h, q = text.hidden_size, text.num_attention_heads * text.head_dim
+    kv = text.num_key_value_heads * text.head_dim
+    split = h * q + 2 * h * kv + q * h + 3 * h * text.intermediate_size
+    if text.attention_bias:
+        split += q + 2 * kv
+    whole = 2 * h + (2 * text.head_dim if text.qk_norm else 0)
+    return split // tp + whole
+
+
+@dataclass(frozen=True)
+class RankParameters:
+    """Parameter values one rank computes with, before FSDP2 shards them over dp_shard x cp: its
+    pipeline stages' modules, decoder layers split over tp; by FSDP unit."""
+
+    vision: int
+    """The whole ViT (0 off the first stage): replicated over tp and cp."""
+    vision_block: int
+    projector: int
+    decoder_layer: int
+    """One decoder layer's TP-local parameters."""
+    layers: int
+    """Decoder layers on this rank."""
+    root: int
+    """The root unit's own parameters: the token embedding (first stage), final norm and
+    lm_head (last stage), the vocabulary split over tp."""
+    vision_stem: int
+
+    @property
+    def total(self) -> int:
+        return self.vision + self.projector + self.layers * self.decoder_layer + self.root
+
+    def of_module(self, module: str) -> int:
+        """This rank's parameters of one trainable unit of `ov_train.config.MODULES`."""
+        if module == "vision":
+            return self.vision
+        if module == "projector":
+            return self.projector
+        if module == "llm":
+            return self.layers * self.decoder_layer + self.root
+        raise RecipeError(f"unknown module {module!r}; modules are {list(MODULES)}")
+
+    def largest_unit(self, modules: Iterable[str]) -> int:
+        """The largest FSDP unit below the root among those of `modules` on this rank."""
+        units = {
+            "vision": (self.vision_block, self.vision_stem) if self.vision else (),
+            "projector": (self.projector,),
+            "llm": (self.decoder_layer,) if self.layers else (),
+        }
+        return max((size for m in modules for size in units[m]), default=0)
+
+
+def rank_parameters(config: LlavaOVConfig, layout: "Layout", pp_rank: int = 0) -> RankParameters:
+    """The parameters pipeline rank `pp_rank` of `layout` holds (see `RankParameters`).
+
+    Tensor parallel splits every decoder projection and the vocabulary of the embedding and the
+    head (vocabulary-parallel) over tp; the ViT and the projector stay whole (replicated over
+    tp, sharded by FSDP2 only)."""
+    counts = parameter_counts(config)
+    text, tp = config.text, layout.tp
+    stages = layout.rank_stages(pp_rank)
+    per_stage = layout.stage_layers(text.num_hidden_layers)
+    first, last = 0 in stages, layout.virtual_stages - 1 in stages
+    vocabulary = counts.embedding // tp
+    root = (vocabulary if first else 0) + (
+        text.hidden_size + (counts.lm_head // tp if counts.lm_head else 0) if last else 0
+    )
+    return RankParameters(
+        vision=counts.vision if first else 0,
+        vision_block=counts.vision_block,
+        projector=counts.projector if first else 0,
+        decoder_layer=_tensor_parallel_layer(text, tp),
+        layers=sum(per_stage[stage] for stage in stages),
+        root=root,
+        vision_stem=counts.vision_stem if first else 0,
+    )
+
+
 # ------------------------------------------------------------------------------ activations
 @dataclass(frozen=True)
 class SavedTensor:
@@ -209,22 +318,36 @@ class SavedTensor:
     name: str
     per_token: int
     fp32: bool = False
+    split: str = "tensor"
+    """How tensor + sequence parallelism divides it (`SPLITS`): "sequence" (outside the TP
+    region: divided by tp under sequence parallelism), "gathered" (a column-parallel Linear's
+    input: the whole sequence on every TP rank), "tensor" (per head or MLP column: divided by
+    tp), "kv" (a "tensor" one that context parallelism's all-gather path keeps whole)."""
 
     def bytes_per_token(self, activation_bytes: int) -> int:
         return self.per_token * (4 if self.fp32 else activation_bytes)
 
 
-def _rms_norm(name: str, width: int, rows: int = 1, *, output: bool) -> list[SavedTensor]:
+SPLITS = ("sequence", "gathered", "tensor", "kv")
+
+
+def _rms_norm(
+    name: str, width: int, rows: int = 1, *, output: bool, per_head: bool = False
+) -> list[SavedTensor]:
     # ov_model.language_model.RMSNorm: x.to(fp32) and rsqrt(mean(x^2)) are saved by the
     # multiply, the cast-back x_hat by the weight multiply; the output itself only when the
     # next op keeps it (a Linear does for its weight gradient; RoPE does not).
+    # Under TP the decoder's two norms run on the sequence-sharded stream ("sequence") and their
+    # output is all-gathered for the column-parallel projections ("gathered"); q/k norms act on
+    # this rank's heads ("tensor").
+    split = "tensor" if per_head else "sequence"
     saved = [
-        SavedTensor(f"{name} fp32 input", width, fp32=True),
-        SavedTensor(f"{name} rstd", rows, fp32=True),
-        SavedTensor(f"{name} normalised input", width),
+        SavedTensor(f"{name} fp32 input", width, fp32=True, split=split),
+        SavedTensor(f"{name} rstd", rows, fp32=True, split=split),
+        SavedTensor(f"{name} normalised input", width, split=split),
     ]
     if output:
-        saved.append(SavedTensor(f"{name} output", width))
+        saved.append(SavedTensor(f"{name} output", width, split="gathered"))
     return saved
 
 
@@ -245,12 +368,12 @@ def decoder_layer_saved(text: TextConfig) -> tuple[SavedTensor, ...]:
     inner = text.intermediate_size
     saved = _rms_norm("input_layernorm", text.hidden_size, output=True)  # q/k/v_proj input
     if text.qk_norm:
-        saved += _rms_norm("q_norm", q, text.num_attention_heads, output=False)
-        saved += _rms_norm("k_norm", kv, text.num_key_value_heads, output=False)
+        saved += _rms_norm("q_norm", q, text.num_attention_heads, output=False, per_head=True)
+        saved += _rms_norm("k_norm", kv, text.num_key_value_heads, output=False, per_head=True)
     saved += [
         SavedTensor("attention q (after RoPE)", q),
-        SavedTensor("attention k (after RoPE)", kv),
-        SavedTensor("attention v", kv),
+        SavedTensor("attention k (after RoPE)", kv, split="kv"),
+        SavedTensor("attention v", kv, split="kv"),
         SavedTensor("attention output (o_proj input)", q),
         SavedTensor("attention log-sum-exp", text.num_attention_heads, fp32=True),
     ]
@@ -336,20 +459,37 @@ class Workload:
 
 @dataclass(frozen=True, kw_only=True)
 class Layout:
-    """How the run is spread: world size, mesh degrees, activation checkpointing."""
+    """How the run is spread: world size, mesh degrees (pp, dp_replicate, dp_shard, cp, tp),
+    activation checkpointing and the pipeline's shape."""
 
     world_size: int = 1
     dp_replicate: int = 1
     dp_shard: int = 1
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    sequence_parallel: bool = True
+    """With tp > 1: the norms and the residual stream are sharded over the tokens."""
+    cp_attention: str = "allgather"
+    pp_schedule: str = "1F1B"
+    pp_stages_per_rank: int = 1
+    pp_layers: tuple[int, ...] = ()
+    """Decoder layers per virtual stage, in order (empty: an even split, see `stage_layers`)."""
+    micro_batches: int = 1
+    """Micro-batches one pipeline runs per step (caps the ones in flight)."""
     activation_checkpointing: str = "none"
     checkpoint_every: int = 2
     reshard_after_forward: bool = True
 
     def __post_init__(self) -> None:
-        if self.world_size < 1 or self.dp_replicate * self.dp_shard != self.world_size:
+        degrees = self.dp_replicate * self.dp_shard * self.tp * self.pp * self.cp
+        if min(self.dp_replicate, self.dp_shard, self.tp, self.pp, self.cp) < 1 or (
+            self.world_size < 1 or degrees != self.world_size
+        ):
             raise RecipeError(
-                f"dp_replicate {self.dp_replicate} x dp_shard {self.dp_shard} must equal the "
-                f"world size {self.world_size}"
+                f"pp {self.pp} x dp_replicate {self.dp_replicate} x dp_shard {self.dp_shard} x "
+                f"cp {self.cp} x tp {self.tp} = {degrees} must equal the world size "
+                f"{self.world_size}"
             )
         if self.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
             raise RecipeError(
@@ -358,19 +498,99 @@ class Layout:
             )
         if self.checkpoint_every < 1:
             raise RecipeError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if self.pp_schedule not in PP_SCHEDULES:
+            raise RecipeError(
+                f"pp_schedule must be one of {list(PP_SCHEDULES)}, got {self.pp_schedule!r}"
+            )
+        if self.cp_attention not in CP_ATTENTION:
+            raise RecipeError(
+                f"cp_attention must be one of {list(CP_ATTENTION)}, got {self.cp_attention!r}"
+            )
+        if self.pp_stages_per_rank < 1 or self.micro_batches < 1:
+            raise RecipeError("pp_stages_per_rank and micro_batches must be >= 1")
+        if self.pp_schedule == "ZBVZeroBubble" and self.pp_stages_per_rank != 2:
+            raise RecipeError("pp_schedule ZBVZeroBubble runs 2 stages per rank (V shape)")
 
     @classmethod
-    def from_parallel(cls, parallel: ParallelConfig, world_size: int) -> "Layout":
+    def from_parallel(
+        cls, parallel: ParallelConfig, world_size: int, *, micro_batches: int = 1
+    ) -> "Layout":
         """The layout a recipe's `parallel` section gives on `world_size` processes."""
-        replicate, shard = parallel.degrees(world_size)
+        shape = parallel.degrees(world_size)
         return cls(
             world_size=world_size,
-            dp_replicate=replicate,
-            dp_shard=shard,
+            dp_replicate=shape.dp_replicate,
+            dp_shard=shape.dp_shard,
+            tp=shape.tp,
+            pp=shape.pp,
+            cp=shape.cp,
+            sequence_parallel=parallel.sequence_parallel,
+            cp_attention=parallel.cp_attention,
+            pp_schedule=parallel.pp_schedule,
+            pp_stages_per_rank=parallel.pp_stages_per_rank,
+            pp_layers=parallel.pp_layers,
+            micro_batches=micro_batches,
             activation_checkpointing=parallel.activation_checkpointing,
             checkpoint_every=parallel.checkpoint_every,
             reshard_after_forward=parallel.reshard_after_forward,
         )
+
+    @property
+    def fsdp_shards(self) -> int:
+        """Ranks FSDP2 shards each parameter over: dp_shard x cp."""
+        return self.dp_shard * self.cp
+
+    @property
+    def sequence_sharded(self) -> bool:
+        """Whether sequence parallelism splits the norms' tokens over the TP ranks."""
+        return self.tp > 1 and self.sequence_parallel
+
+    @property
+    def virtual_stages(self) -> int:
+        return self.pp * self.pp_stages_per_rank
+
+    def stage_layers(self, layers: int) -> tuple[int, ...]:
+        """Decoder layers of each virtual stage: `pp_layers`, or `layers` split evenly with the
+        remainder going to the last stages (stage 0 also runs the ViT); RecipeError when they
+        do not add up."""
+        stages = self.virtual_stages
+        if self.pp_layers:
+            if len(self.pp_layers) != stages or sum(self.pp_layers) != layers:
+                raise RecipeError(
+                    f"pp_layers {list(self.pp_layers)} must list {stages} stages "
+                    f"(pp {self.pp} x pp_stages_per_rank {self.pp_stages_per_rank}) adding up "
+                    f"to the model's {layers} decoder layers"
+                )
+            return self.pp_layers
+        if layers < stages:
+            raise RecipeError(
+                f"{layers} decoder layers cannot fill {stages} pipeline stages (pp {self.pp} x "
+                f"pp_stages_per_rank {self.pp_stages_per_rank})"
+            )
+        base, extra = divmod(layers, stages)
+        return tuple(base + (index >= stages - extra) for index in range(stages))
+
+    def rank_stages(self, pp_rank: int) -> tuple[int, ...]:
+        """The virtual stages pipeline rank `pp_rank` runs: r, r + pp, ... (looped), or r and
+        2 pp - 1 - r for the V schedule."""
+        if not 0 <= pp_rank < self.pp:
+            raise RecipeError(f"pipeline rank {pp_rank} is outside 0..{self.pp - 1}")
+        if self.pp_schedule == "ZBVZeroBubble":
+            return (pp_rank, 2 * self.pp - 1 - pp_rank)
+        return tuple(pp_rank + self.pp * chunk for chunk in range(self.pp_stages_per_rank))
+
+    def in_flight(self, pp_rank: int) -> float:
+        """Micro-batches whose activations pipeline rank `pp_rank` holds at its peak, in units of
+        one micro-batch through all of its stages (see the module docstring)."""
+        if self.pp == 1:
+            return 1.0
+        if self.pp_schedule == "1F1B":
+            return float(min(self.pp - pp_rank, self.micro_batches))
+        if self.pp_schedule == "ZBVZeroBubble":
+            return float(min(self.pp, self.micro_batches))
+        chunks = self.pp_stages_per_rank
+        warm = 2 * (self.pp - pp_rank - 1) + (chunks - 1) * self.pp + 1
+        return min(warm, self.micro_batches * chunks) / chunks
 
     def checkpointed(self, layers: int) -> int:
         """How many of a stack's `layers` layers recompute their forward in backward."""
@@ -383,7 +603,8 @@ class Layout:
 
 @dataclass(frozen=True, kw_only=True)
 class ActivationBytes:
-    """Activation memory of one micro-batch, held at the end of forward, by part."""
+    """Activation memory of one rank at its peak, by part: one micro-batch's held at the end of
+    its forward, times the micro-batches a pipeline rank holds in flight (`in_flight`)."""
 
     vision: int
     projector: int
@@ -391,10 +612,30 @@ class ActivationBytes:
     head: int
     transient: int
     """The largest transient of backward (the loss chunk or one layer), on top of `held`."""
+    in_flight: float = 1.0
 
     @property
     def held(self) -> int:
         return self.vision + self.projector + self.language_model + self.head
+
+
+def layer_bytes_per_token(saved: Iterable[SavedTensor], act: int, layout: Layout) -> float:
+    """Bytes one decoder layer keeps per token of the packed row on one rank of `layout`:
+    context parallelism gives a rank 1/cp of the tokens (its all-gather path keeps the whole
+    row's k and v), tensor parallelism 1/tp of the heads and MLP columns, sequence parallelism
+    1/tp of the tokens outside the TP region (see `SavedTensor.split`)."""
+    total = 0.0
+    whole_kv = layout.cp_attention == "allgather"
+    for item in saved:
+        size = item.bytes_per_token(act) / layout.cp
+        if item.split == "sequence" and layout.sequence_sharded:
+            size /= layout.tp
+        elif item.split in ("tensor", "kv"):
+            size /= layout.tp
+            if item.split == "kv" and whole_kv:
+                size *= layout.cp
+        total += size
+    return total
 
 
 def activation_bytes(
@@ -404,29 +645,36 @@ def activation_bytes(
     *,
     trainable: Iterable[str] = MODULES,
     element_bytes: int = 2,
+    pp_rank: int = 0,
 ) -> ActivationBytes:
-    """Activation memory of one micro-batch (see the module docstring for every term);
+    """Activation memory of pipeline rank `pp_rank` (see the module docstring for every term);
     `element_bytes` is the activation dtype's size (2: bf16, 4: fp32)."""
     trainable = set(trainable)
     act = element_bytes
     text, vision = config.text, config.vision
     tokens = workload.micro_batch_tokens
-    vision_keeps = "vision" in trainable
-    projector_keeps = vision_keeps or "projector" in trainable
+    local = tokens / layout.cp  # the LLM's tokens on this rank (the ViT runs at cp = 1)
+    stream = local / layout.tp if layout.sequence_sharded else local
+    stages = layout.rank_stages(pp_rank)
+    first, last = 0 in stages, layout.virtual_stages - 1 in stages
+    per_stage = layout.stage_layers(text.num_hidden_layers)
+    vision_keeps = "vision" in trainable and first
+    projector_keeps = (vision_keeps or "projector" in trainable) and first
 
-    layer_bytes = tokens * saved_bytes_per_token(decoder_layer_saved(text), act)
-    layers = text.num_hidden_layers
-    checkpointed = layout.checkpointed(layers)
-    llm = (layers - checkpointed) * layer_bytes + checkpointed * tokens * text.hidden_size * act
-    llm += tokens * 2 * text.head_dim * 4  # cos, sin (fp32)
-    llm += tokens * saved_bytes_per_token(_rms_norm("norm", text.hidden_size, output=False), act)
-    supervised = workload.supervised_tokens
-    head = supervised * text.hidden_size * act
-    chunk_rows = min(workload.loss_chunk, supervised)
-    transients = [
-        chunk_rows * text.vocab_size * HEAD_BYTES_PER_LOGIT,
-        round(layer_bytes * (RECOMPUTED_LAYER if checkpointed else KEPT_LAYER)),
-    ]
+    layer_bytes = tokens * layer_bytes_per_token(decoder_layer_saved(text), act, layout)
+    layers = sum(per_stage[stage] for stage in stages)
+    checkpointed = sum(layout.checkpointed(per_stage[stage]) for stage in stages)
+    llm = (layers - checkpointed) * layer_bytes + checkpointed * stream * text.hidden_size * act
+    llm += local * 2 * text.head_dim * 4  # cos, sin (fp32)
+    transients = [layer_bytes * (RECOMPUTED_LAYER if checkpointed else KEPT_LAYER)]
+    head = 0.0
+    if last:
+        norm = _rms_norm("norm", text.hidden_size, output=False)
+        llm += stream * saved_bytes_per_token(norm, act)
+        supervised = workload.supervised_tokens / layout.cp
+        head = supervised * text.hidden_size * act
+        chunk_rows = min(workload.loss_chunk, supervised)
+        transients.append(chunk_rows * text.vocab_size / layout.tp * HEAD_BYTES_PER_LOGIT)
 
     patches = workload.image_tokens * config.merge_size**2
     vit_tokens = patches + workload.images
@@ -440,17 +688,17 @@ def activation_bytes(
         vit += patches * vision.patch_dim * act  # pixel rows kept by the patch embedding
         vit += vit_tokens * (vision.hidden_size * act + 8)  # pre_layernorm input, mean, rstd
         vit += vit_tokens * vision.head_dim * 3 * 4  # angles, cos, sin (fp32)
-        transients.append(
-            round(block_bytes * (RECOMPUTED_LAYER if vit_checkpointed else KEPT_LAYER))
-        )
+        transients.append(block_bytes * (RECOMPUTED_LAYER if vit_checkpointed else KEPT_LAYER))
     if projector_keeps and patches:
         projector = patches * (4 * vision.hidden_size * act + 8)
+    flight = layout.in_flight(pp_rank)
     return ActivationBytes(
-        vision=vit,
-        projector=projector,
-        language_model=llm,
-        head=head,
-        transient=max(transients),
+        vision=round(flight * vit),
+        projector=round(flight * projector),
+        language_model=round(flight * llm),
+        head=round(flight * head),
+        transient=round(max(transients)),
+        in_flight=flight,
     )
 
 
@@ -468,6 +716,9 @@ class MemoryEstimate:
     activations: ActivationBytes
     layout: Layout
     workload: Workload
+    pp_rank: int = 0
+    rank_parameters: RankParameters | None = None
+    """What the rank computes with before FSDP2 shards it (tensor- and pipeline-split)."""
 
     @property
     def model_state(self) -> int:
@@ -497,8 +748,10 @@ def estimate_memory(
     *,
     trainable: Iterable[str] = MODULES,
     dtype: str = "bf16",
+    pp_rank: int = 0,
 ) -> MemoryEstimate:
-    """Per-GPU memory of training `config` with `trainable` modules on `layout`.
+    """Memory of pipeline rank `pp_rank` (any of its dp / cp / tp ranks: they hold the same
+    amounts) when training `config` with `trainable` modules on `layout`.
 
     `dtype` is the recipe's `train.dtype` on a GPU: auto and bf16 compute in bf16, fp32 in fp32.
     """
@@ -509,22 +762,24 @@ def estimate_memory(
     if unknown:
         raise RecipeError(f"unknown trainable modules {unknown}; modules are {list(MODULES)}")
     act = 4 if dtype == "fp32" else 2
-    counts = parameter_counts(config)
-    total = counts.total
-    trained = sum(counts.of_module(m) for m in trainable)
+    rank = rank_parameters(config, layout, pp_rank)
+    total = rank.total
+    trained = sum(rank.of_module(m) for m in trainable)
     if layout.world_size == 1:
         shard = 1
-        gathered = 0 if act == 4 else 2 * (total - counts.embedding)
+        gathered = 0 if act == 4 else 2 * (total - parameter_counts(config).embedding)
     else:
-        shard = layout.dp_shard
-        root_trained = counts.root if "llm" in trainable else 0
-        gathered = act * counts.root + act * root_trained
+        shard = layout.fsdp_shards
+        root_trained = rank.root if "llm" in trainable else 0
+        gathered = act * rank.root + act * root_trained
         if layout.reshard_after_forward:
-            gathered += 2 * act * counts.largest_unit(MODULES)
+            gathered += 2 * act * rank.largest_unit(MODULES)
         else:
-            gathered += act * (total - counts.root)
-        gathered += 2 * (act + 4) * counts.largest_unit(trainable)
-    activations = activation_bytes(config, workload, layout, trainable=trainable, element_bytes=act)
+            gathered += act * (total - rank.root)
+        gathered += 2 * (act + 4) * rank.largest_unit(trainable)
+    activations = activation_bytes(
+        config, workload, layout, trainable=trainable, element_bytes=act, pp_rank=pp_rank
+    )
     return MemoryEstimate(
         parameters=math.ceil(4 * total / shard),
         gradients=math.ceil(4 * trained / shard),
@@ -533,6 +788,8 @@ def estimate_memory(
         activations=activations,
         layout=layout,
         workload=workload,
+        pp_rank=pp_rank,
+        rank_parameters=rank,
     )
 
 
@@ -553,10 +810,12 @@ def estimate_recipe_memory(
     image_token_fraction: float = 0.5,
     tokens_per_image: int = 1024,
     supervised_fraction: float | None = None,
+    pp_rank: int = 0,
 ) -> MemoryEstimate:
-    """`estimate_memory` of a recipe on `world_size` GPUs: its model (the config.json of
-    `model.path` when there is one, else its preset), trainable modules, micro-batch, dtype and
-    `parallel` section."""
+    """`estimate_memory` of a recipe on `world_size` GPUs (pipeline rank `pp_rank`): its model
+    (the config.json of `model.path` when there is one, else its preset), trainable modules,
+    micro-batch, dtype and `parallel` section; a pipeline runs the recipe's global batch divided
+    by the data-parallel ranks per step (at least one micro-batch)."""
     config = recipe_model_config(recipe)
     workload = Workload(
         micro_batch_tokens=recipe.train.micro_batch_tokens,
@@ -564,10 +823,13 @@ def estimate_recipe_memory(
         tokens_per_image=tokens_per_image,
         supervised_fraction=supervised_fraction,
     )
+    shape = recipe.parallel.degrees(world_size)
+    micro_batches = max(1, recipe.train.grad_accumulation // shape.data_parallel)
     return estimate_memory(
         config,
         workload,
-        Layout.from_parallel(recipe.parallel, world_size),
+        Layout.from_parallel(recipe.parallel, world_size, micro_batches=micro_batches),
         trainable=recipe.model.trainable,
         dtype=recipe.train.dtype,
+        pp_rank=pp_rank,
     )
