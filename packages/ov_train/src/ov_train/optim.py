@@ -21,7 +21,7 @@ The groups are named `<module>.decay` / `<module>.no_decay` (the name is kept in
 the learning-rate schedule, the metrics and the checkpoint can tell them apart.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -33,15 +33,19 @@ DECAYING_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def module_roots(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]:
-    """For each trainable unit, its (attribute name, submodule) parts in the model."""
-    roots = {
+    """For each trainable unit, its (attribute name, submodule) parts in the model. A pipeline
+    stage's part of the model lacks some (None): they are left out."""
+    parts = {
         "vision": [("vision", model.vision)],
         "projector": [("projector", model.projector)],
         "llm": [("language_model", model.language_model)],
     }
     if getattr(model, "lm_head", None) is not None:
-        roots["llm"].append(("lm_head", model.lm_head))
-    return roots
+        parts["llm"].append(("lm_head", model.lm_head))
+    return {
+        unit: [(name, module) for name, module in found if module is not None]
+        for unit, found in parts.items()
+    }
 
 
 def named_parameters_by_module(
@@ -81,18 +85,23 @@ def freeze(model: nn.Module, trainable: Iterable[str]) -> None:
             parameter.requires_grad_(unit in trainable)
 
 
-def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
-    """AdamW groups of the trainable units: params, lr, weight_decay, name (empty ones left out)."""
+def parameter_groups(
+    model: nn.Module, recipe: Recipe, *, names: Sequence[str] | None = None
+) -> list[dict]:
+    """AdamW groups of the trainable units: params, lr, weight_decay, name (empty ones left out,
+    except those in `names`: a pipeline stage keeps the whole model's groups, so every rank
+    steps, logs and checkpoints the same named groups)."""
     groups = []
     for unit, parameters in named_parameters_by_module(model).items():
         if unit not in recipe.model.trainable:
             continue
         for decays in (True, False):
+            name = f"{unit}.{'decay' if decays else 'no_decay'}"
             params = [p for _, p, d in parameters if d == decays]
-            if params:
+            if params or (names is not None and name in names):
                 groups.append(
                     {
-                        "name": f"{unit}.{'decay' if decays else 'no_decay'}",
+                        "name": name,
                         "params": params,
                         "lr": recipe.optim.lr_for(unit),
                         "weight_decay": recipe.optim.weight_decay if decays else 0.0,
@@ -101,9 +110,13 @@ def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW over the trainable units with the recipe's betas, eps and per-module lr."""
-    groups = parameter_groups(model, recipe)
+def build_optimizer(
+    model: nn.Module, recipe: Recipe, *, group_names: Sequence[str] | None = None
+) -> torch.optim.AdamW:
+    """AdamW over the trainable units with the recipe's betas, eps and per-module lr.
+    `group_names`: the groups of the whole model, kept even when `model` (a pipeline rank's
+    stages) holds no parameter of one."""
+    groups = parameter_groups(model, recipe, names=group_names)
     if not groups:
         raise TrainingError(f"model.trainable {list(recipe.model.trainable)} has no parameters")
     return torch.optim.AdamW(groups, betas=recipe.optim.betas, eps=recipe.optim.eps)

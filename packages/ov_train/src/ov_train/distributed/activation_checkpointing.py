@@ -26,8 +26,10 @@ from ov_train.errors import TrainingError
 
 
 def layer_stacks(model: nn.Module) -> list[Sequence[nn.Module]]:
-    """The repeated layers of the model: ViT blocks, decoder layers."""
-    return [model.vision.blocks, model.language_model.layers]
+    """The repeated layers of the model: ViT blocks, decoder layers (a pipeline stage's module
+    may lack the ViT)."""
+    vision = [] if model.vision is None else [model.vision.blocks]
+    return [*vision, model.language_model.layers]
 
 
 def checkpointed_layers(stack: Sequence[nn.Module], mode: str, every: int) -> list[nn.Module]:

@@ -44,10 +44,14 @@ from ov_train.errors import TrainingError
 
 
 def fsdp_units(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """(module, receives pixels) of each unit below the root, innermost first."""
-    units: list[tuple[nn.Module, bool]] = [(block, False) for block in model.vision.blocks]
-    units.append((model.vision, True))
-    units.append((model.projector, False))
+    """(module, receives pixels) of each unit below the root, innermost first. A pipeline
+    stage's module lacks some of them (None): those are skipped."""
+    units: list[tuple[nn.Module, bool]] = []
+    if model.vision is not None:
+        units.extend((block, False) for block in model.vision.blocks)
+        units.append((model.vision, True))
+    if model.projector is not None:
+        units.append((model.projector, False))
     units.extend((layer, False) for layer in model.language_model.layers)
     return units
 

@@ -1,0 +1,186 @@
+"""Pipeline parallelism against one process on the same global batch, through `pipeline_step`.
+
+A tiny model with 4 decoder layers, rows padded to the pipeline's static length. Each launch
+trains several layouts one after the other in the same forked processes and returns, per rank,
+the losses, gradient norms, the whole gradients of each step and the parameters after the last
+(of that rank's stages only, by full-model name); the test joins the ranks' dicts and compares
+them with one process running `train_step` on the same micro-batches.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+from ov_model import PRESETS, LlavaOV
+from ov_model.packing import PackedBatch, pad_row
+from ov_train.distributed.pipeline import build_pipeline
+from ov_train.memory_loader import PackedMicroBatch
+from ov_train.optim import build_optimizer, freeze
+from ov_train.parallel import SingleProcess, forward_autocast, init_world
+from ov_train.pipeline_step import pipeline_step
+from ov_train.schedule import build_scheduler
+from ov_train.source import StepPlan
+
+pytestmark = pytest.mark.dist
+
+STEPS = 2
+BUDGET = 160  # micro_batch_tokens: 3 random samples fit
+CONFIG = dataclasses.replace(
+    PRESETS["tiny"], text=dataclasses.replace(PRESETS["tiny"].text, num_hidden_layers=4)
+)
+
+
+def four_layer_model() -> LlavaOV:
+    torch.manual_seed(0)
+    return LlavaOV(CONFIG)
+
+
+def _recipe(make_recipe, *overrides, micro_batches: int = 4, base: str = "stage2-tiny"):
+    return make_recipe(
+        "parallel.timeout_s=60",
+        "train.clip_grad_norm=0",
+        "train.dtype=fp32",
+        f"train.micro_batch_tokens={BUDGET}",
+        f"train.grad_accumulation={micro_batches}",
+        *overrides,
+        base=base,
+    )
+
+
+def _static_rows(make_batches, recipe, count: int, seed: int) -> list[PackedMicroBatch]:
+    """`count` random micro-batches padded, as the data path does, to the static length."""
+    length = recipe.parallel.static_row_tokens(recipe.train.micro_batch_tokens)
+    rows = []
+    for micro_batch in make_batches(count, 3, seed=seed):
+        batch: PackedBatch = pad_row(
+            micro_batch.batch,
+            image_token_id=CONFIG.image_token_id,
+            pad_token_id=0,
+            patch_dim=CONFIG.vision.patch_dim,
+            merge_size=CONFIG.merge_size,
+            length=length,
+        )
+        rows.append(PackedMicroBatch(batch))
+    return rows
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def train_pipelined(recipe, step_batches) -> dict:
+    """Build the pipeline of this worker's world and train `step_batches` (every step's global
+    micro-batches; this rank takes its data-parallel share) through `pipeline_step`."""
+    world = init_world(recipe.parallel, "cpu")
+    model = four_layer_model().train()
+    freeze(model, recipe.model.trainable)
+    pipeline = build_pipeline(model, recipe, world)
+    optimizer = build_optimizer(pipeline.model, recipe, group_names=pipeline.optimizer_groups)
+    scheduler = build_scheduler(optimizer, recipe)
+    names = {id(p): name for name, p in pipeline.model.named_parameters()}
+    gradients = []
+
+    def capture(opt, args, kwargs):
+        gradients.append(
+            {
+                names[id(p)]: _full(p.grad).detach().clone()
+                for group in opt.param_groups
+                for p in group["params"]
+                if p.grad is not None
+            }
+        )
+
+    optimizer.register_step_pre_hook(capture)
+    results = []
+    for step, batches in enumerate(step_batches, 1):
+        mine = batches[world.data_rank :: world.data_size]
+        results.append(
+            pipeline_step(
+                pipeline,
+                optimizer,
+                scheduler,
+                StepPlan.of(mine),
+                world=world,
+                device=world.device,
+                autocast=forward_autocast(recipe, world),
+                clip_grad_norm=recipe.train.clip_grad_norm,
+                step=step,
+            )
+        )
+    return {
+        "losses": [r.loss for r in results],
+        "grad_norms": [r.grad_norm for r in results],
+        "supervised": [r.supervised_tokens for r in results],
+        "learning_rates": [r.learning_rates for r in results],
+        "gradients": gradients,
+        "parameters": {n: _full(p.detach()).clone() for n, p in pipeline.model.named_parameters()},
+        "stages": [module.plan.index for module in pipeline.stage_modules],
+    }
+
+
+def _reference(dist, recipe, step_batches) -> dict:
+    result = dist.train(four_layer_model, recipe, step_batches, SingleProcess())
+    del result["model"]
+    return result
+
+
+def _joined(runs: list[dict]) -> dict:
+    """The ranks' results as one: scalars from rank 0 (checked equal), tensors by name."""
+    joined = dict(runs[0])
+    for run in runs[1:]:
+        assert run["losses"] == runs[0]["losses"]
+        assert run["grad_norms"] == runs[0]["grad_norms"]
+        assert run["learning_rates"] == runs[0]["learning_rates"]
+    joined["gradients"] = [
+        {name: g for run in runs for name, g in run["gradients"][step].items()}
+        for step in range(len(runs[0]["gradients"]))
+    ]
+    joined["parameters"] = {n: p for run in runs for n, p in run["parameters"].items()}
+    return joined
+
+
+def _assert_same_training(run, reference, *, rtol=1e-5):
+    assert run["supervised"] == reference["supervised"]
+    assert run["learning_rates"] == reference["learning_rates"]
+    assert run["losses"] == pytest.approx(reference["losses"], rel=1e-6)
+    assert run["grad_norms"] == pytest.approx(reference["grad_norms"], rel=rtol)
+    for got, want in zip(run["gradients"], reference["gradients"], strict=True):
+        assert got.keys() == want.keys()
+        for name, value in want.items():
+            scale = value.abs().max().item()
+            torch.testing.assert_close(
+                got[name], value, rtol=rtol, atol=rtol * scale, msg=lambda m, n=name: f"{n}: {m}"
+            )
+    assert run["parameters"].keys() == reference["parameters"].keys()
+    for name, value in reference["parameters"].items():
+        torch.testing.assert_close(run["parameters"][name], value, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- 2 processes
+def _schedules_worker(rank, recipes, step_batches):
+    return {name: train_pipelined(recipe, step_batches) for name, recipe in recipes.items()}
+
+
+def test_1f1b_and_interleaved_pipelines_train_like_one_process(dist, make_recipe, make_batches):
+    probe = _recipe(make_recipe, "parallel.pp=2")
+    step_batches = [_static_rows(make_batches, probe, 4, seed) for seed in range(STEPS)]
+    recipes = {
+        "1f1b": probe,
+        "1f1b_uneven": _recipe(make_recipe, "parallel.pp=2", "parallel.pp_layers=[1, 3]"),
+        "interleaved": _recipe(
+            make_recipe,
+            "parallel.pp=2",
+            "parallel.pp_schedule=Interleaved1F1B",
+            "parallel.pp_stages_per_rank=2",
+        ),
+    }
+    results = dist.run_workers(_schedules_worker, 2, recipes, step_batches)
+    reference = _reference(dist, _recipe(make_recipe), step_batches)
+    assert [r["1f1b"]["stages"] for r in results] == [[0], [1]]
+    assert [r["interleaved"]["stages"] for r in results] == [[0, 2], [1, 3]]
+    for name in recipes:
+        _assert_same_training(_joined([r[name] for r in results]), reference)
+    # rank 1 of the uneven split holds 3 of the 4 decoder layers and the head
+    held = {n.split(".")[2] for n in results[1]["1f1b_uneven"]["parameters"] if ".layers." in n}
+    assert held == {"1", "2", "3"}
