@@ -11,6 +11,7 @@ from ov_train import __version__
 from ov_train.commands import export_command, recipes_command, run_command
 from ov_train.data.prepare_cli import prepare_command
 from ov_train.memory_command import estimate_memory_command
+from ov_train.plan_parallel_command import plan_parallel_command
 from ov_train.quickstart.command import quickstart_command
 
 
@@ -33,5 +34,6 @@ for _command in (
     export_command,
     recipes_command,
     estimate_memory_command,
+    plan_parallel_command,
 ):
     main.add_command(_command)

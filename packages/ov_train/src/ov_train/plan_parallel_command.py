@@ -1,0 +1,265 @@
+"""`ov-train plan-parallel RECIPE --gpus N`: a run's plan on N GPUs, as a table, without a GPU.
+
+One column per pipeline rank (its dp / cp / tp ranks hold the same), rows: the parameter
+values a rank holds by formula and by the dry run (the real `parallelize` on a fake process
+group, `parallel_dry_run`), the memory lines of `memory_estimate`, the bytes it sends per
+optimizer step by kind, then the step's model FLOPs, its time at `--mfu` and the days `--tokens`
+take (`plan_parallel` states every formula and assumption). The layout is the recipe's
+`parallel` section, changed like any recipe value: `--set parallel.tp=2 --set parallel.pp=2`.
+
+`--release-stage1-5` plans the release's Stage-1.5 run instead (8B, 128 A800 80 GB, 8K packed;
+see `RELEASE_STAGE1_5` for the layout and global batch assumed, as the release states neither)
+and prints the estimate next to its reported 3.7 days.
+"""
+
+from dataclasses import dataclass
+
+import click
+
+from ov_train.commands import CONTEXT, _user_errors
+
+
+@dataclass(frozen=True)
+class ReleaseRun:
+    """A run the release reports, with the settings a plan of it assumes."""
+
+    recipe: str
+    gpus: int
+    overrides: tuple[str, ...]
+    days: float
+    tokens: float
+    note: str
+
+
+RELEASE_STAGE1_5 = ReleaseRun(
+    recipe="stage1_5-8b",
+    gpus=128,
+    overrides=("parallel.pp=2", "train.grad_accumulation=512"),
+    days=3.7,
+    tokens=64e9,
+    note=(
+        "release Stage-1.5: 8B on 128 A800 80 GB, 8K packed, 3.7 days. Assumed (the release "
+        "states neither): PP 2 as its 8B Stage-2 and early 4B Stage-1.5 scripts, TP 1, CP 1, "
+        "FSDP over the other 64 ranks; a global batch of 512 packed rows (4.2M tokens); 64B "
+        "tokens, the release's total over all stages (an upper bound for Stage-1.5)."
+    ),
+)
+
+_MEMORY_ROWS = (
+    ("parameters (fp32, sharded)", lambda e: e.parameters),
+    ("gradients (fp32, sharded)", lambda e: e.gradients),
+    ("optimizer (AdamW, sharded)", lambda e: e.optimizer),
+    ("gathered bf16 units + grad buffers", lambda e: e.gathered),
+    ("activations: vision", lambda e: e.activations.vision),
+    ("activations: projector", lambda e: e.activations.projector),
+    ("activations: language model", lambda e: e.activations.language_model),
+    ("activations: loss head rows", lambda e: e.activations.head),
+    ("transient (loss chunk or one layer)", lambda e: e.activations.transient),
+    ("allowance (2 GiB + 10%)", lambda e: e.allowance),
+    ("total per GPU", lambda e: e.total),
+)
+_COMMUNICATION_ROWS = (
+    ("FSDP all-gather (bf16)", "fsdp_all_gather"),
+    ("FSDP reduce-scatter (fp32)", "fsdp_reduce_scatter"),
+    ("replica all-reduce (fp32)", "replica_all_reduce"),
+    ("tensor parallel", "tensor_parallel"),
+    ("context parallel", "context_parallel"),
+    ("pipeline", "pipeline"),
+    ("total sent per step", "total"),
+)
+
+
+@click.command("plan-parallel", context_settings=CONTEXT)
+@click.argument("recipe", required=False)
+@click.option(
+    "--gpus",
+    "gpus",
+    type=click.IntRange(min=1),
+    multiple=True,
+    default=(8,),
+    help="World size (GPUs); repeat for one plan per size, e.g. --gpus 8 --gpus 128.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Change one recipe value, e.g. --set parallel.tp=2 --set parallel.pp=2 --set "
+    "train.grad_accumulation=512 (repeatable).",
+)
+@click.option(
+    "--gpu-memory-gib",
+    type=click.FloatRange(min=0, min_open=True),
+    default=80.0,
+    help="Memory of one GPU in GiB, for the `fits` row (an 80GB A800/A100/H100 has 80 GiB).",
+)
+@click.option(
+    "--peak-tflops",
+    type=click.FloatRange(min=0, min_open=True),
+    default=312.0,
+    help="Dense bf16 peak of one GPU in TFLOP/s (A800/A100: 312; H100 SXM: 989).",
+)
+@click.option(
+    "--mfu",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.4,
+    help="Model FLOPs utilisation the step time and the days assume.",
+)
+@click.option(
+    "--tokens",
+    type=click.FloatRange(min=0, min_open=True),
+    default=64e9,
+    show_default="64e9, the release's total over its stages",
+    help="Packed tokens to train on, for the days row.",
+)
+@click.option(
+    "--image-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    help="Share of a micro-batch's tokens that are image tokens (4 ViT patches each).",
+)
+@click.option(
+    "--tokens-per-image",
+    type=click.IntRange(min=1),
+    default=1024,
+    help="Mean LLM tokens per image (one image per packed sample, square grids).",
+)
+@click.option(
+    "--supervised-fraction",
+    type=click.FloatRange(0, 1),
+    default=None,
+    show_default="every text token",
+    help="Share of tokens with a supervised target (rows the loss head computes).",
+)
+@click.option(
+    "--dry-run/--no-dry-run",
+    default=True,
+    help="Count each rank's parameters with the real parallelize on a fake process group "
+    "(meta device, no memory); --no-dry-run prints the formula only.",
+)
+@click.option(
+    "--release-stage1-5",
+    is_flag=True,
+    default=False,
+    help="Plan the release's Stage-1.5 run (8B, 128 GPUs, 8K; assumed layout printed) and "
+    "compare with its 3.7 days; replaces RECIPE and --gpus.",
+)
+def plan_parallel_command(
+    recipe: str | None,
+    gpus: tuple[int, ...],
+    overrides: tuple[str, ...],
+    gpu_memory_gib: float,
+    peak_tflops: float,
+    mfu: float,
+    tokens: float,
+    image_fraction: float,
+    tokens_per_image: int,
+    supervised_fraction: float | None,
+    dry_run: bool,
+    release_stage1_5: bool,
+) -> None:
+    """Plan training RECIPE (a name from `ov-train recipes` or a TOML file) on --gpus GPUs:
+    per-rank memory, communication per step, FLOPs and days, without a GPU."""
+    with _user_errors():
+        from ov_train.config_io import resolve_recipe
+        from ov_train.errors import RecipeError
+        from ov_train.memory_estimate import Workload
+        from ov_train.plan_parallel import Hardware, plan_parallel
+
+        release = None
+        if release_stage1_5:
+            release = RELEASE_STAGE1_5
+            recipe, gpus = release.recipe, (release.gpus,)
+            overrides = release.overrides + overrides
+            tokens = release.tokens
+        if recipe is None:
+            raise RecipeError("give a RECIPE (see `ov-train recipes`) or --release-stage1-5")
+        resolved = resolve_recipe(recipe, overrides)
+        hardware = Hardware(gpu_memory_gib=gpu_memory_gib, peak_tflops=peak_tflops, mfu=mfu)
+        workload = Workload(
+            micro_batch_tokens=resolved.train.micro_batch_tokens,
+            image_token_fraction=image_fraction,
+            tokens_per_image=tokens_per_image,
+            supervised_fraction=supervised_fraction,
+        )
+        for index, world_size in enumerate(gpus):
+            if index:
+                click.echo()
+            plan = plan_parallel(
+                resolved, world_size, hardware=hardware, workload=workload, measure=dry_run
+            )
+            _print_plan(plan, tokens)
+            if release is not None:
+                days = plan.days(tokens)
+                click.echo(
+                    f"release: {release.days:g} days; this plan: {days:.2f} days at MFU "
+                    f"{mfu:.2f}, the release's days imply MFU "
+                    f"{plan.implied_mfu(tokens, release.days):.2f}"
+                )
+                click.echo(release.note)
+
+
+def _print_plan(plan, tokens: float) -> None:
+    from ov_train.memory_estimate import GIB, parameter_counts, recipe_model_config
+
+    recipe, shape, data = plan.recipe, plan.shape, plan.workload
+    parallel = recipe.parallel
+    config = recipe_model_config(recipe)
+    click.echo(
+        f"{recipe.name}: {parameter_counts(config).total / 1e9:.2f}B parameters, trains "
+        f"{','.join(recipe.model.trainable)}, dtype {recipe.train.dtype}, activation "
+        f"checkpointing {parallel.activation_checkpointing}"
+    )
+    details = []
+    if shape.tp > 1:
+        details.append(f"sequence parallel {str(parallel.sequence_parallel).lower()}")
+    if shape.cp > 1:
+        details.append(f"cp attention {parallel.cp_attention}")
+    if shape.pp > 1:
+        stages = parallel.pp_stages_per_rank
+        details.append(parallel.pp_schedule + (f", {stages} stages per rank" if stages > 1 else ""))
+    click.echo(
+        f"{plan.world_size} GPUs: pp {shape.pp} x dp_replicate {shape.dp_replicate} x dp_shard "
+        f"{shape.dp_shard} x cp {shape.cp} x tp {shape.tp}"
+        + (f" ({', '.join(details)})" if details else "")
+    )
+    click.echo(
+        f"micro-batch {data.micro_batch_tokens} tokens ({data.image_token_fraction:.0%} image "
+        f"tokens, {data.images} images, {data.supervised_tokens} supervised); global batch "
+        f"{recipe.train.grad_accumulation} = {plan.micro_batches} per data-parallel rank per "
+        f"step ({plan.step_tokens / 1e6:.2f}M tokens)"
+    )
+    ranks = plan.ranks
+    header = ["per rank"] + [f"pp rank {r.pp_rank}" for r in ranks]
+    rows: list[list[str]] = [
+        ["parameters, M (formula)"] + [f"{r.formula_parameters / 1e6:.1f}" for r in ranks],
+        ["parameters, M (dry run)"]
+        + [
+            "-" if r.sharded_parameters is None else f"{r.sharded_parameters / 1e6:.1f}"
+            for r in ranks
+        ],
+        ["memory, GiB"] + [""] * len(ranks),
+    ]
+    for label, value in _MEMORY_ROWS:
+        rows.append([f"  {label}"] + [f"{value(r.memory) / GIB:.1f}" for r in ranks])
+    rows.append(
+        ["  micro-batches in flight"] + [f"{r.memory.activations.in_flight:g}" for r in ranks]
+    )
+    gib = plan.hardware.gpu_memory_gib
+    rows.append([f"  fits {gib:g} GiB"] + ["yes" if r.memory.fits(gib) else "no" for r in ranks])
+    rows.append(["communication, GiB sent per step"] + [""] * len(ranks))
+    for label, name in _COMMUNICATION_ROWS:
+        rows.append([f"  {label}"] + [f"{getattr(r.communication, name) / GIB:.1f}" for r in ranks])
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [row[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
+        ]
+        click.echo("  ".join(cells).rstrip())
+    hardware = plan.hardware
+    click.echo(
+        f"compute: {plan.step_flops:.3g} model FLOPs per step "
+        f"({plan.step_flops / plan.world_size:.3g} per GPU), {plan.step_seconds:.2f} s per step "
+        f"at MFU {hardware.mfu:.2f} of {hardware.peak_tflops:g} TFLOP/s"
+    )
+    click.echo(f"time: {tokens / 1e9:g}B tokens in {plan.days(tokens):.2f} days")
