@@ -48,7 +48,6 @@ def _recipe(name: str, *overrides: str):
     ("name", "gpus", "overrides"),
     [
         ("stage1_5-8b", 8, ()),
-        ("stage1_5-4b", 8, ("parallel.tp=2",)),
         ("stage2-8b", 32, ("parallel.tp=4", "parallel.cp=2", "parallel.dp_replicate=2")),
         ("stage1_5-4b", 16, ("parallel.pp=2", "parallel.tp=2", "parallel.sequence_parallel=false")),
     ],
@@ -82,8 +81,29 @@ def test_pipeline_ranks_hold_their_stages_and_together_the_whole_model():
     assert vee.rank_stages(0) == (0, 3)
     assert vee.rank_stages(1) == (1, 2)
     assert rank_parameters(EIGHT_B, vee, 0).root == parameter_counts(EIGHT_B).root
-    # an even split gives the remainder to the last stages (stage 0 also runs the ViT)
-    assert Layout(world_size=5, pp=5).stage_layers(36) == (7, 7, 7, 7, 8)
+    # an even split gives the remainder to the stages after the first (it also runs the ViT)
+    assert Layout(world_size=5, pp=5).stage_layers(36) == (7, 8, 7, 7, 7)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("parallel.pp=5",),
+        ("parallel.pp=4", "parallel.pp_schedule=Interleaved1F1B", "parallel.pp_stages_per_rank=2"),
+        ("parallel.pp=2", "parallel.pp_schedule=ZBVZeroBubble", "parallel.pp_stages_per_rank=2"),
+        ("parallel.pp=2", "parallel.pp_layers=[14, 22]"),
+    ],
+)
+def test_stages_are_the_ones_the_pipeline_builds(overrides):
+    from ov_train.distributed.pipeline_plan import stage_plans
+
+    parallel = _recipe("stage1_5-8b", *overrides).parallel
+    layout = Layout.from_parallel(parallel, parallel.pp)
+    counts = layout.stage_layers(EIGHT_B.text.num_hidden_layers)
+    for pp_rank in range(parallel.pp):
+        plans = stage_plans(parallel, EIGHT_B, pp_rank)
+        assert [plan.index for plan in plans] == list(layout.rank_stages(pp_rank))
+        assert [len(plan.layers) for plan in plans] == [counts[p.index] for p in plans]
 
 
 # ------------------------------------------------------------------ activations

@@ -551,8 +551,8 @@ class Layout:
 
     def stage_layers(self, layers: int) -> tuple[int, ...]:
         """Decoder layers of each virtual stage: `pp_layers`, or `layers` split evenly with the
-        remainder going to the last stages (stage 0 also runs the ViT); RecipeError when they
-        do not add up."""
+        remainder going to the stages after the first (stage 0 also runs the ViT), as
+        `distributed.pipeline_plan` splits them; RecipeError when they do not add up."""
         stages = self.virtual_stages
         if self.pp_layers:
             if len(self.pp_layers) != stages or sum(self.pp_layers) != layers:
@@ -568,7 +568,7 @@ class Layout:
                 f"pp_stages_per_rank {self.pp_stages_per_rank})"
             )
         base, extra = divmod(layers, stages)
-        return tuple(base + (index >= stages - extra) for index in range(stages))
+        return tuple(base + (0 < index <= extra) for index in range(stages))
 
     def rank_stages(self, pp_rank: int) -> tuple[int, ...]:
         """The virtual stages pipeline rank `pp_rank` runs: r, r + pp, ... (looped), or r and

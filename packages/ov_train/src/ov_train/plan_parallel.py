@@ -29,8 +29,9 @@ row's tokens, m the micro-batches a data-parallel rank runs per step):
   (kv_heads / tp wide) in forward and recomputation and reduce-scatters their gradients in
   backward; the ring path sends k and v cp - 1 times in forward and recomputation, and in
   backward k and v cp - 1 times plus the fp32 dk and dv a full turn (cp times).
-- pipeline (pp): per micro-batch, each stage boundary on the rank sends the (T / cp) x hidden
-  state forward (divided by tp under sequence parallelism) and its gradient backward.
+- pipeline (pp): per micro-batch, each stage boundary on the rank sends the T x hidden state
+  forward (whole on every tp rank, as `distributed.pipeline` sends it) and its gradient
+  backward.
 Small collectives (loss and token counts, norm-weight gradients over tp, clipping) are left
 out; they are bytes per step, not per token.
 
@@ -183,7 +184,7 @@ def communication_per_step(
 
     pipeline = 0.0
     if layout.pp > 1:
-        boundary = hidden / (layout.tp if layout.sequence_sharded else 1)
+        boundary = hidden  # stages exchange the whole row's state (`distributed.pipeline`)
         sends = sum(stage != layout.virtual_stages - 1 for stage in stages)
         sends += sum(stage != 0 for stage in stages)
         pipeline = steps * sends * boundary
@@ -304,6 +305,12 @@ def plan_parallel(
         )
     shape = parallel.degrees(world_size)
     micro_batches = recipe.train.micro_batches_per_rank(shape.data_parallel)
+    if parallel.pp > 1:  # what the pipeline refuses, with its messages
+        from ov_train.distributed.pipeline_plan import check_micro_batches, stage_plans
+
+        for pp_rank in range(parallel.pp):
+            stage_plans(parallel, config, pp_rank)
+        check_micro_batches(parallel, micro_batches)
     if workload is None:
         workload = Workload(micro_batch_tokens=recipe.train.micro_batch_tokens)
     elif workload.micro_batch_tokens != recipe.train.micro_batch_tokens:
