@@ -117,6 +117,14 @@ class _OneOfTwoRanks:
     rank: int = 1
     size: int = 2
     device: torch.device = CPU
+    data_rank: int = 1
+    data_size: int = 2
+
+    def coordinate(self, dim):
+        return 1 if dim == "dp_shard" else 0
+
+    def degree(self, dim):
+        return 2 if dim == "dp_shard" else 1
 
     def sum(self, value):
         return value

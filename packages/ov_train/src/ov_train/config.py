@@ -242,17 +242,42 @@ class TrainConfig(Section):
 
 
 ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
+CP_ATTENTION = ("allgather", "ring")
+PP_SCHEDULES = ("1F1B", "Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble")
+MULTI_STAGE_SCHEDULES = ("Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble")
+
+
+class MeshShape(typing.NamedTuple):
+    """Degrees of the device mesh's dims, outermost first (torchtitan's order): pipeline
+    stages, replica groups, shard ranks, context ranks, tensor ranks."""
+
+    pp: int
+    dp_replicate: int
+    dp_shard: int
+    cp: int
+    tp: int
+
+    @property
+    def data_parallel(self) -> int:
+        """Ranks that read different micro-batches (dp_replicate x dp_shard)."""
+        return self.dp_replicate * self.dp_shard
 
 
 @dataclass(frozen=True, kw_only=True)
 class ParallelConfig(Section):
     """How the processes of a run share the work: the device mesh and memory savers.
 
-    The mesh is (dp_replicate, dp_shard) today: `dp_shard` ranks shard parameters, gradients and
-    optimizer states with FSDP2, `dp_replicate` groups of them hold replicas (HSDP when both are
-    above 1, plain replication when `dp_shard` is 1). Their product must be the world size;
-    `dp_shard = -1` takes whatever the other degrees leave. `tp`, `pp` and `cp` (tensor,
-    pipeline, context parallel) are reserved for the next version and must be 1.
+    The mesh is (pp, dp_replicate, dp_shard, cp, tp), outermost first; the product of the
+    degrees is the world size, and `dp_shard = -1` takes whatever the others leave.
+    - `dp_shard` ranks shard parameters, gradients and optimizer states with FSDP2 (together
+      with the cp ranks: FSDP2 shards over dp_shard x cp); `dp_replicate` groups hold replicas
+      (HSDP when both are above 1, plain replication when `dp_shard` is 1). The data-parallel
+      ranks (dp_replicate x dp_shard) each read their own micro-batches.
+    - `tp` ranks split every decoder layer's heads and MLP width, and the vocabulary of the
+      embedding and head (tensor parallel), and with `sequence_parallel` the norms' tokens.
+    - `cp` ranks split every packed row's tokens inside the decoder (context parallel).
+    - `pp` ranks each hold a stage of the model (pipeline parallel).
+    The tp, cp and pp ranks of one data-parallel rank read the same micro-batches.
     """
 
     SECTION: ClassVar[str] = "parallel"
@@ -261,11 +286,28 @@ class ParallelConfig(Section):
     dp_shard: int = -1
     """Ranks that shard each replica with FSDP2 (-1: world size / the other degrees)."""
     tp: int = 1
-    """Tensor parallel degree (reserved: must be 1)."""
-    pp: int = 1
-    """Pipeline parallel degree (reserved: must be 1)."""
+    """Tensor parallel degree: attention heads, KV heads and the vocabulary are split over tp
+    ranks (each must be divisible by it)."""
+    sequence_parallel: bool = True
+    """With tp > 1: the norms and residual stream hold 1/tp of the row's tokens (rows are
+    padded to a multiple of tp); false keeps them whole on every tp rank."""
     cp: int = 1
-    """Context parallel degree (reserved: must be 1)."""
+    """Context parallel degree: each packed row's decoder tokens are split over cp ranks (rows
+    padded to a multiple of 2 x cp, load-balanced zigzag chunks); the ViT runs whole."""
+    cp_attention: str = "allgather"
+    """Context parallel attention: allgather (every rank gathers all keys and values: simple,
+    memory grows with the row) or ring (key/value blocks travel around the cp ranks)."""
+    pp: int = 1
+    """Pipeline parallel degree: ranks holding consecutive stages of the model."""
+    pp_schedule: str = "1F1B"
+    """1F1B, Interleaved1F1B, InterleavedZeroBubble or ZBVZeroBubble (the last three hold
+    `pp_stages_per_rank` >= 2 stages per rank)."""
+    pp_stages_per_rank: int = 1
+    """Stages each pipeline rank holds (virtual stages of the interleaved schedules)."""
+    pp_layers: tuple[int, ...] = ()
+    """Decoder layers of each stage, in order (pp x pp_stages_per_rank numbers summing to the
+    model's layers); empty: as even as possible. Stage 0 also runs the ViT, projector and
+    embeddings; the last the final norm, head and loss."""
     activation_checkpointing: str = "none"
     """none; full (every ViT block and decoder layer recomputes its forward in backward);
     selective (every `checkpoint_every`-th one does)."""
@@ -281,12 +323,32 @@ class ParallelConfig(Section):
     def check(self) -> None:
         self._require(self.dp_replicate >= 1, "dp_replicate", "must be >= 1")
         self._require(self.dp_shard >= 1 or self.dp_shard == -1, "dp_shard", "must be >= 1 or -1")
-        for name in ("tp", "pp", "cp"):
-            self._require(
-                getattr(self, name) == 1,
-                name,
-                "must be 1: tensor, pipeline and context parallelism are not in this version",
-            )
+        for name in ("tp", "pp", "cp", "pp_stages_per_rank"):
+            self._require(getattr(self, name) >= 1, name, "must be >= 1")
+        choices = f"must be one of {list(CP_ATTENTION)}"
+        self._require(self.cp_attention in CP_ATTENTION, "cp_attention", choices)
+        self._require(
+            self.pp_schedule in PP_SCHEDULES, "pp_schedule", f"must be one of {list(PP_SCHEDULES)}"
+        )
+        multi = self.pp_schedule in MULTI_STAGE_SCHEDULES
+        self._require(
+            self.pp == 1 or multi == (self.pp_stages_per_rank > 1),
+            "pp_stages_per_rank",
+            f"must be 1 with pp_schedule {self.pp_schedule}"
+            if not multi
+            else f"must be >= 2 with pp_schedule {self.pp_schedule}",
+        )
+        self._require(
+            self.pp_schedule != "ZBVZeroBubble" or self.pp_stages_per_rank == 2,
+            "pp_stages_per_rank",
+            "must be 2 with ZBVZeroBubble (a V: two stages per rank)",
+        )
+        self._require(
+            not self.pp_layers or len(self.pp_layers) == self.pp * self.pp_stages_per_rank,
+            "pp_layers",
+            f"must give one layer count per stage ({self.pp} x {self.pp_stages_per_rank})",
+        )
+        self._require(all(n >= 0 for n in self.pp_layers), "pp_layers", "must be >= 0 each")
         self._require(
             self.activation_checkpointing in ACTIVATION_CHECKPOINTING,
             "activation_checkpointing",
@@ -295,24 +357,46 @@ class ParallelConfig(Section):
         self._require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         self._require(self.timeout_s > 0, "timeout_s", "must be > 0")
 
-    def degrees(self, world_size: int) -> tuple[int, int]:
-        """(dp_replicate, dp_shard) for `world_size` processes; RecipeError when they do not
-        multiply to it."""
+    @property
+    def pipeline_stages(self) -> int:
+        """Stages of the whole pipeline (pp x pp_stages_per_rank)."""
+        return self.pp * self.pp_stages_per_rank
+
+    def row_multiple(self) -> int:
+        """Packed rows are padded to a multiple of this: tp with sequence parallelism (each tp
+        rank holds an equal share of the tokens), 2 x cp with context parallelism (zigzag)."""
+        tp = self.tp if self.tp > 1 and self.sequence_parallel else 1
+        cp = 2 * self.cp if self.cp > 1 else 1
+        return math.lcm(tp, cp)
+
+    def static_row_tokens(self, micro_batch_tokens: int) -> int | None:
+        """With pp > 1, the one length every row is padded to (the states sent between stages
+        have a static shape): the token budget plus the padding image's token, rounded up to
+        `row_multiple`; None without pipeline parallelism."""
+        if self.pp == 1:
+            return None
+        multiple = self.row_multiple()
+        return -(-(micro_batch_tokens + 1) // multiple) * multiple
+
+    def degrees(self, world_size: int) -> MeshShape:
+        """The mesh's degrees for `world_size` processes; RecipeError when they do not multiply
+        to it."""
         fixed = self.dp_replicate * self.tp * self.pp * self.cp
         shard = self.dp_shard
+        named = f"pp {self.pp} x dp_replicate {self.dp_replicate} x cp {self.cp} x tp {self.tp}"
         if shard == -1:
             if world_size % fixed:
                 raise RecipeError(
-                    f"parallel: {world_size} processes cannot be split into dp_replicate "
-                    f"{self.dp_replicate} groups (dp_shard = -1 takes the rest)"
+                    f"parallel: {world_size} processes cannot be split into {named} "
+                    f"= {fixed} (dp_shard = -1 takes the rest)"
                 )
             shard = world_size // fixed
         if fixed * shard != world_size:
             raise RecipeError(
-                f"parallel: dp_replicate {self.dp_replicate} x dp_shard {shard} = "
-                f"{fixed * shard} processes, but the run has {world_size}"
+                f"parallel: {named} x dp_shard {shard} = {fixed * shard} processes, but the "
+                f"run has {world_size}"
             )
-        return self.dp_replicate, shard
+        return MeshShape(self.pp, self.dp_replicate, shard, self.cp, self.tp)
 
 
 @dataclass(frozen=True, kw_only=True)

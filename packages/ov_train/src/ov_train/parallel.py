@@ -8,8 +8,8 @@ ov_train:
   many, its device, a sum across ranks (token counts for the loss normaliser, throughput) and a
   barrier (checkpoint commit). `SingleProcess` is the world of one process, where each is
   trivial; `DistributedWorld` is a torch.distributed process group with its device mesh.
-- `parallelize(model, recipe, world)`: the wrappers in torchtitan's order (activation
-  checkpointing -> FSDP2; tensor parallel and compile come before them in the next version).
+- `parallelize(model, recipe, world)`: the wrappers in torchtitan's order (tensor + sequence
+  parallel -> context parallel -> activation checkpointing -> FSDP2).
   In one process it returns the model untouched. It runs after freezing and before the
   optimizer is built, where FSDP2 must run; parameter names are unchanged by these wrappers,
   so the optimizer's per-module groups and the checkpoint's keys stay as they are.

@@ -156,9 +156,11 @@ def model_inputs(batch: PackedBatch, device: torch.device) -> dict[str, Any]:
 def open_packed_shards(recipe: "Recipe", processor: "OVProcessor", world: "World") -> Any:
     """The packed-shard loader (`ov_train.data.loader.PackedDataLoader`) of `data.path`, with
     the recipe's token budget, seed and workers, reading this rank's share of the global stream
-    (`world.rank` of `world.size` data-parallel ranks). Rows without an image get a padding
-    sample (the processor gives its image token and patch sizes), so every rank runs the vision
-    tower on every micro-batch."""
+    (`world.data_rank` of `world.data_size` data-parallel ranks: the tp, cp and pp ranks of one
+    data-parallel rank read the same micro-batches). Rows without an image get a padding sample
+    (the processor gives its image token and patch sizes), so every rank runs the vision tower
+    on every micro-batch; rows are padded to the multiple sequence / context parallelism split
+    evenly, and under pipeline parallelism to the one static length."""
     from ov_train.data.loader import PackedDataLoader
 
     if recipe.data.path is None:
@@ -171,7 +173,9 @@ def open_packed_shards(recipe: "Recipe", processor: "OVProcessor", world: "World
         processor,
         micro_batch_tokens=recipe.train.micro_batch_tokens,
         seed=recipe.train.seed,
-        rank=world.rank,
-        world_size=world.size,
+        rank=world.data_rank,
+        world_size=world.data_size,
         num_workers=recipe.data.num_workers,
+        pad_multiple=recipe.parallel.row_multiple(),
+        pad_length=recipe.parallel.static_row_tokens(recipe.train.micro_batch_tokens),
     )

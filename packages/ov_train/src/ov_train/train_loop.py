@@ -199,7 +199,7 @@ class Trainer:
     def _run(self, world: World, latest: Path | None) -> TrainResult:
         recipe = self.recipe
         device = world.device
-        per_rank = recipe.train.micro_batches_per_rank(world.size)
+        per_rank = recipe.train.micro_batches_per_rank(world.data_size)
         seed_everything(recipe.train.seed)
         model, model_config = build_training_model(recipe, world, model=self.model)
         self.model = model

@@ -26,7 +26,13 @@ every loss reaches a trainable parameter. A micro-batch without an image under d
 is an error naming the step and rank, raised before its forward, not a hang.
 
 Gradients are summed over ranks (FSDP2 is set so, see `distributed.fsdp`): each rank's
-`loss_sum / N` with the global N makes the sum the gradient of the global batch. With replicas
+`loss_sum / N` with the global N makes the sum the gradient of the global batch.
+
+With tensor, context or pipeline parallelism several ranks hold the same micro-batches (the tp,
+cp and pp ranks of one data-parallel rank), so sums over the world count each thing once: the
+supervised and token counts come from the rank at tp = cp = pp = 0 of each data-parallel rank;
+the loss sum from tp rank 0 of the last pipeline stage (the tp ranks' vocabulary-parallel loss
+is the same number; the cp ranks' sums are partial, over their tokens, and all count). With replicas
 (HSDP) the cross-replica all-reduce runs once, in the step's last backward. The norm is
 clipped over the (possibly sharded) gradients by `distributed.clipping.clip_gradients`. A step
 whose loss or gradient norm is not finite raises `TrainingError` before the optimizer touches
@@ -34,7 +40,7 @@ the parameters, so the last checkpoint and the model stay sound.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -76,8 +82,7 @@ def train_step(
 ) -> StepResult:
     """Run one optimizer step (see the module docstring); `step` (1-based) names it in errors."""
     counts = micro_batches.supervised_targets
-    total = world.sum(torch.tensor([sum(counts)], dtype=torch.int64, device=device))
-    total_supervised = int(total.item())
+    total_supervised = global_supervised_count(counts, world, device)
     if total_supervised == 0:
         raise TrainingError(f"step {step}: no supervised token in any of its micro-batches")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -101,6 +106,61 @@ def train_step(
         if out.loss_sum.requires_grad:  # always, with an image (see the module docstring)
             (out.loss_sum / total_supervised).backward()
         loss_sum += out.loss_sum.detach().double()
+    return finish_step(
+        optimizer,
+        scheduler,
+        loss_sum,
+        tokens,
+        total_supervised,
+        world=world,
+        device=device,
+        clip_grad_norm=clip_grad_norm,
+        step=step,
+    )
+
+
+def holds_whole_batch(world: World) -> bool:
+    """Whether this rank speaks for its data-parallel rank's micro-batches when counting them:
+    the tp, cp and pp ranks of one data-parallel rank all hold the same micro-batches, so only
+    the one at tp = cp = pp = 0 counts their tokens."""
+    return all(world.coordinate(dim) == 0 for dim in ("tp", "cp", "pp"))
+
+
+def holds_loss(world: World) -> bool:
+    """Whether this rank's loss sum counts: tp ranks hold the same (vocabulary-parallel, then
+    reduced) loss, so only tp rank 0's counts; cp ranks hold partial sums over their tokens,
+    so every one counts; only the last pipeline stage computes a loss."""
+    return world.coordinate("tp") == 0 and world.coordinate("pp") == world.degree("pp") - 1
+
+
+def global_supervised_count(counts: Sequence[int], world: World, device: torch.device) -> int:
+    """The supervised targets of the whole global batch: this data-parallel rank's micro-batch
+    `counts` summed over the data-parallel ranks (once per data-parallel rank)."""
+    mine = sum(counts) if holds_whole_batch(world) else 0
+    return int(world.sum(torch.tensor([mine], dtype=torch.int64, device=device)).item())
+
+
+def finish_step(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loss_sum: torch.Tensor,
+    tokens: int,
+    total_supervised: int,
+    *,
+    world: World,
+    device: torch.device,
+    clip_grad_norm: float,
+    step: int,
+    norm_groups: Sequence[object] = (),
+) -> StepResult:
+    """After the step's backward passes: the global loss and token count, the clipped
+    gradient norm, the optimizer and schedule steps. `loss_sum` (float64) is this rank's CE
+    sum, `tokens` the tokens it forwarded; `norm_groups`: process groups the gradient norm's
+    square is summed over besides the gradients' own meshes (the pipeline's stages)."""
+    if not holds_loss(world):
+        loss_sum = torch.zeros_like(loss_sum)
+    if not holds_whole_batch(world):
+        tokens = 0
     sums = world.sum(
         torch.stack([loss_sum, torch.tensor(tokens, dtype=torch.float64, device=device)])
     )
@@ -110,7 +170,7 @@ def train_step(
         raise TrainingError(f"step {step}: the loss is {loss}; parameters left unchanged")
     parameters = trainable_parameters(optimizer)
     max_norm = clip_grad_norm if clip_grad_norm > 0 else math.inf
-    grad_norm = clip_gradients(parameters, max_norm)
+    grad_norm = clip_gradients(parameters, max_norm, groups=norm_groups)
     if not math.isfinite(grad_norm):
         raise TrainingError(f"step {step}: the gradient norm is {grad_norm}; parameters unchanged")
     rates = {group["name"]: float(group["lr"]) for group in optimizer.param_groups}

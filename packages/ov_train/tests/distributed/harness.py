@@ -106,8 +106,9 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def rank_share(step_batches: list[list], world: World) -> list[list]:
-    """Rank r's micro-batches of each step: global micro-batches r, r + W, r + 2W, ..."""
-    return [batches[world.rank :: world.size] for batches in step_batches]
+    """Data-parallel rank r's micro-batches of each step: global micro-batches r, r + D,
+    r + 2D, ... of D data-parallel ranks (its tp, cp and pp ranks take the same ones)."""
+    return [batches[world.data_rank :: world.data_size] for batches in step_batches]
 
 
 def train(
@@ -181,16 +182,19 @@ def train_distributed(model_factory, recipe, step_batches: list[list]) -> dict[s
     return result
 
 
-def padded_row(samples, config) -> PackedMicroBatch:
+def padded_row(samples, config, *, multiple_of: int = 1, length: int | None = None):
     """`samples` packed into one row with `ov_model.packing.pad_row`'s padding sample (a zero
     merge x merge-patch image, labels -100) when the row has no image, as the data path does so
-    every rank runs the ViT and the projector."""
+    every rank runs the ViT and the projector; pad tokens up to a multiple of `multiple_of`
+    (sequence / context parallelism) or to exactly `length` (pipeline parallelism)."""
     batch = pad_row(
         PackedBatch.from_samples(list(samples)),
         image_token_id=config.image_token_id,
         pad_token_id=0,
         patch_dim=config.vision.patch_dim,
         merge_size=config.merge_size,
+        multiple_of=multiple_of,
+        length=length,
     )
     return PackedMicroBatch(batch)
 

@@ -69,7 +69,7 @@ def _gradients_on_two_meshes_and_plain(world):
     first, second, third = _mixed_gradients()
     placed = [
         (world.mesh["dp_shard"], [Shard(0)], first),
-        (world.mesh, [Replicate(), Shard(1)], second),
+        (world.mesh[("dp_replicate", "dp_shard")], [Replicate(), Shard(1)], second),
     ]
     parameters = []
     for mesh, placements, gradient in placed:
@@ -261,7 +261,7 @@ def test_hsdp_on_four_processes_trains_like_one_process(dist, make_recipe, make_
         dist, _recipe(make_recipe, f"train.grad_accumulation={4 * PER_RANK}", ranks=1), step_batches
     )
     for run in results:
-        assert tuple(run["mesh"]) == (2, 2)
+        assert tuple(run["mesh"]) == (1, 2, 2, 1, 1)  # pp, dp_replicate, dp_shard, cp, tp
         assert set(run["layouts"].values()) == {
             "('dp_replicate', 'dp_shard')(Replicate(), Shard(dim=0))"
         }

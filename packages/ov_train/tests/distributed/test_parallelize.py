@@ -48,7 +48,7 @@ def test_one_process_autocasts_as_the_recipe_says(make_recipe, dtype, autocast):
 
 
 def _two_ranks():
-    return DistributedWorld(rank=0, size=2, local_rank=0, device=CPU, mesh=None)
+    return DistributedWorld(rank=0, size=2, local_rank=0, device=CPU, mesh=None, fsdp_mesh=None)
 
 
 def test_with_fsdp_bf16_is_fsdp_mixed_precision_and_the_forward_does_not_autocast(make_recipe):

@@ -43,12 +43,12 @@ def test_without_torchrun_the_world_is_one_process_on_the_recipe_device(torchrun
 
 def test_degrees_that_do_not_fit_the_world_fail_before_a_process_group_starts(torchrun_env):
     torchrun_env(WORLD_SIZE=2, RANK=0, LOCAL_RANK=0)
-    with pytest.raises(RecipeError, match="dp_replicate 3 groups"):
+    with pytest.raises(RecipeError, match="dp_replicate 3 x cp 1 x tp 1 = 3"):
         init_world(ParallelConfig(dp_replicate=3), "cpu")
     with pytest.raises(RecipeError, match="1 x dp_shard 4 = 4 processes, but the run has 2"):
         init_world(ParallelConfig(dp_shard=4), "cpu")
     torchrun_env(WORLD_SIZE=1)
-    with pytest.raises(RecipeError, match="1 processes cannot be split into dp_replicate 2"):
+    with pytest.raises(RecipeError, match="1 processes cannot be split into pp 1 x dp_replicate 2"):
         init_world(ParallelConfig(dp_replicate=2), "cpu")
     assert not torch_dist.is_initialized()
 

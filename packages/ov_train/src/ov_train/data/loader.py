@@ -69,6 +69,7 @@ import msgspec
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ov_model.errors import InputError
 from ov_model.packing import IGNORE_INDEX, PackedBatch, pad_row
 from ov_model.processor import OVProcessor, ProcessedSample
 from ov_model.processor_errors import SampleError
@@ -143,7 +144,10 @@ class PackedDataLoader:
     here); `num_workers`: DataLoader worker processes (0: build in this process);
     `prefetch_factor`: micro-batches each worker builds ahead; `pin_memory`: page-locked output
     (None: when CUDA is available); `pad_imageless_rows`: append a padding sample with one image
-    to rows without images; `multiprocessing_context` goes to the DataLoader.
+    to rows without images; `pad_multiple`: pad every row to a multiple of this many tokens
+    (sequence / context parallelism split rows evenly); `pad_length`: pad every row to exactly
+    this many tokens (pipeline parallelism's static shapes; a longer row is an error naming its
+    bins); `multiprocessing_context` goes to the DataLoader.
     """
 
     def __init__(
@@ -159,6 +163,8 @@ class PackedDataLoader:
         prefetch_factor: int = 2,
         pin_memory: bool | None = None,
         pad_imageless_rows: bool = True,
+        pad_multiple: int = 1,
+        pad_length: int | None = None,
         multiprocessing_context: str | None = None,
     ) -> None:
         for name, value, minimum in (
@@ -168,6 +174,8 @@ class PackedDataLoader:
             ("rank", rank, 0),
             ("num_workers", num_workers, 0),
             ("prefetch_factor", prefetch_factor, 1),
+            ("pad_multiple", pad_multiple, 1),
+            ("pad_length", 1 if pad_length is None else pad_length, 1),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise LoaderError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -183,6 +191,8 @@ class PackedDataLoader:
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.image_spec = PaddingSpec.of(processor)
         self.pad_imageless_rows = pad_imageless_rows
+        self.pad_multiple = pad_multiple
+        self.pad_length = pad_length
         self.multiprocessing_context = multiprocessing_context
         self.table = load_bin_table(shards_dir)
         if self.table.num_bins == 0:
@@ -321,6 +331,8 @@ class _RankStream(IterableDataset):
         self.world_size = loader.world_size
         self.image_spec = loader.image_spec
         self.pad_imageless_rows = loader.pad_imageless_rows
+        self.pad_multiple = loader.pad_multiple
+        self.pad_length = loader.pad_length
         self.world = world
 
     def __iter__(self) -> Iterator[MicroBatch]:
@@ -343,14 +355,19 @@ class _RankStream(IterableDataset):
         packed_row = PackedBatch.from_samples(
             samples, image_token_id=spec.image_token_id, merge_size=spec.merge_size
         )
-        batch = pad_row(  # a padding sample with one zero image when the row has no image
-            packed_row,
-            image_token_id=spec.image_token_id,
-            pad_token_id=spec.pad_token_id,
-            patch_dim=spec.patch_dim,
-            merge_size=spec.merge_size,
-            ensure_image=self.pad_imageless_rows,
-        )
+        try:  # a padding sample: one zero image when the row has none, pad tokens
+            batch = pad_row(
+                packed_row,
+                image_token_id=spec.image_token_id,
+                pad_token_id=spec.pad_token_id,
+                patch_dim=spec.patch_dim,
+                merge_size=spec.merge_size,
+                ensure_image=self.pad_imageless_rows,
+                multiple_of=self.pad_multiple,
+                length=self.pad_length,
+            )
+        except InputError as error:
+            raise LoaderError(f"{self.table.shards_dir}: bins {bins}: {error}") from None
         return MicroBatch(
             batch=batch,
             num_bins=len(bins),

@@ -4,7 +4,7 @@ The trainer sees a `World`: this process's rank among how many, the device it co
 sum across ranks (the step's supervised-token count that normalises the loss, throughput) and a
 barrier (checkpoint commit). `SingleProcess` is the world of one process, where each is trivial
 and nothing of torch.distributed is initialised. `DistributedWorld` is a process group plus the
-2-D device mesh ("dp_replicate", "dp_shard") that FSDP2 shards over.
+device mesh (pp, dp_replicate, dp_shard, cp, tp) of `mesh.py`.
 
 `init_world` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT):
 - no WORLD_SIZE, or WORLD_SIZE = 1: `SingleProcess` on the recipe's device, exactly today's
@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 
 from ov_train.config import ParallelConfig
-from ov_train.distributed.mesh import build_mesh
+from ov_train.distributed.mesh import MESH_DIMS, build_mesh, data_parallel_mesh
 from ov_train.errors import TrainingError
 from ov_train.precision import resolve_device
 
@@ -51,6 +51,25 @@ class World(Protocol):
         """The device this process computes on."""
         ...
 
+    @property
+    def data_rank(self) -> int:
+        """Index of this process's data-parallel rank: which share of the micro-batches it
+        reads (the tp, cp and pp ranks of one data-parallel rank read the same ones)."""
+        ...
+
+    @property
+    def data_size(self) -> int:
+        """Number of data-parallel ranks (dp_replicate x dp_shard)."""
+        ...
+
+    def coordinate(self, dim: str) -> int:
+        """This process's index along mesh dim `dim` (pp, dp_replicate, dp_shard, cp, tp)."""
+        ...
+
+    def degree(self, dim: str) -> int:
+        """The size of mesh dim `dim`."""
+        ...
+
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """The element-wise sum of `value` over all processes (every process gets it)."""
         ...
@@ -71,6 +90,19 @@ class SingleProcess:
     rank: int = 0
     size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    data_rank: int = 0
+    data_size: int = 1
+
+    def coordinate(self, dim: str) -> int:
+        """0 along every dim."""
+        _check_dim(dim)
+        return 0
+
+    def degree(self, dim: str) -> int:
+        """1 along every dim."""
+        _check_dim(dim)
+        return 1
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """`value` itself: there is no other process."""
@@ -93,7 +125,31 @@ class DistributedWorld:
     """This process's index on its node (torchrun's LOCAL_RANK): its GPU."""
     device: torch.device
     mesh: DeviceMesh
-    """The ("dp_replicate", "dp_shard") mesh of all ranks, shaped by `ParallelConfig.degrees`."""
+    """The (pp, dp_replicate, dp_shard, cp, tp) mesh of all ranks (`mesh.build_mesh`)."""
+    fsdp_mesh: DeviceMesh
+    """The mesh FSDP2 shards over (`mesh.data_parallel_mesh`: dp_shard x cp, replicas)."""
+
+    def coordinate(self, dim: str) -> int:
+        """This rank's index along mesh dim `dim`."""
+        _check_dim(dim)
+        return self.mesh[dim].get_local_rank()
+
+    def degree(self, dim: str) -> int:
+        """The size of mesh dim `dim`."""
+        _check_dim(dim)
+        return self.mesh[dim].size()
+
+    @property
+    def data_rank(self) -> int:
+        """dp_replicate index x dp_shard size + dp_shard index."""
+        return self.coordinate("dp_replicate") * self.degree("dp_shard") + self.coordinate(
+            "dp_shard"
+        )
+
+    @property
+    def data_size(self) -> int:
+        """dp_replicate x dp_shard."""
+        return self.degree("dp_replicate") * self.degree("dp_shard")
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         """The element-wise sum of `value` over all ranks, a new tensor on `value`'s device
@@ -113,6 +169,11 @@ class DistributedWorld:
         """Destroy the default process group (idempotent)."""
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _check_dim(dim: str) -> None:
+    if dim not in MESH_DIMS:
+        raise TrainingError(f"unknown mesh dim {dim!r}; the mesh has {list(MESH_DIMS)}")
 
 
 def is_main(world: World) -> bool:
@@ -159,7 +220,7 @@ def init_world(parallel: ParallelConfig, device_spec: str) -> World:
             **options,
         )
     mesh = build_mesh(parallel, size, device.type)
-    return DistributedWorld(rank, size, local_rank, device, mesh)
+    return DistributedWorld(rank, size, local_rank, device, mesh, data_parallel_mesh(mesh))
 
 
 def _attempt_store(rank: int, size: int, timeout: timedelta) -> dist.Store:
