@@ -333,6 +333,25 @@ def test_rows_without_an_image_get_a_padding_sample_the_model_accepts(
         torch.testing.assert_close(out_pad.loss_sum, out_plain.loss_sum, rtol=1e-5, atol=1e-5)
 
 
+def test_rows_are_padded_to_the_multiple_or_the_static_length_parallelism_asks_for(
+    packed, processor
+):
+    plain = list(_loader(packed, processor))
+    multiple = list(_loader(packed, processor, pad_multiple=8))
+    static = list(_loader(packed, processor, pad_length=BUDGET + 8))
+    for row, by_multiple, by_length in zip(plain, multiple, static, strict=True):
+        assert by_multiple.num_tokens % 8 == 0
+        assert 0 <= by_multiple.num_tokens - row.num_tokens < 8
+        assert by_length.num_tokens == BUDGET + 8
+        for padded in (by_multiple, by_length):
+            assert padded.supervised_targets == row.supervised_targets
+            assert padded.num_samples == row.num_samples
+            same = row.num_tokens
+            assert torch.equal(padded.batch.input_ids[0, :same], row.batch.input_ids[0])
+    with pytest.raises(LoaderError, match=r"bins \[.*more than the static length 3"):
+        list(_loader(packed, processor, pad_length=3))
+
+
 @pytest.mark.parametrize("per_step", [4, 40])
 def test_host_memory_holds_a_bounded_number_of_micro_batches_whatever_the_step(
     packed, processor, per_step
