@@ -95,6 +95,18 @@ def test_keys_wholly_in_the_future_are_skipped_and_short_samples_skip_more():
     assert plan.pairs[0][0].cu_seqlens == (0, 3, 4)
 
 
+def test_the_math_path_cuts_diagonal_blocks_at_sample_boundaries(monkeypatch):
+    from ov_train.distributed import cp_attention
+
+    monkeypatch.setattr(cp_attention, "MATH_SEGMENT", 2)
+    plan = AttentionPlan.build(zigzag_pieces(24, 1), 0, _cu([1, 1, 3, 9, 10]))
+    first, second = (pair for pair in plan.pairs[0] if pair.diagonal)
+    parts = [(p.q_rows.start, p.q_rows.stop, p.cu_seqlens) for p in plan.math_pairs(first)]
+    # segments of >= 2 rows: samples 1 + 1, then 3, then the first 7 rows of the 9
+    assert parts == [(0, 2, (0, 1, 2)), (2, 5, (0, 3)), (5, 12, (0, 7))]
+    assert [p.cu_seqlens for p in plan.math_pairs(second)] == [(0, 2), (0, 10)]
+
+
 def test_supervised_rows_map_to_the_local_rows_this_rank_holds():
     ids = torch.arange(16) + 10
     labels = torch.full((16,), -100)
@@ -116,13 +128,17 @@ def test_supervised_rows_map_to_the_local_rows_this_rank_holds():
 def _attention_worker(rank, rows, size):
     import torch.distributed as dist
 
+    from ov_train.distributed import cp_attention
+
     dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=60))
     group = dist.group.WORLD
     results = {}
     for name, (lengths, heads, kv_heads) in rows.items():
         ids = torch.zeros(sum(lengths), dtype=torch.int64)
         metadata = PackedMetadata.build(ids, None, _cu(lengths))
-        for mode in ("allgather", "ring"):
+        for mode, segment in (("allgather", 256), ("ring", 256), ("allgather", 2), ("ring", 3)):
+            # small segments: diagonal blocks cut at sample boundaries (AttentionPlan.math_pairs)
+            cp_attention.MATH_SEGMENT = segment
             split = ContextParallelSplit(group, rank, size, mode).split(metadata)
             q, k, v, weight = _row_tensors(lengths, heads, kv_heads)
             for t in (q, k, v):
@@ -133,17 +149,21 @@ def _attention_worker(rank, rows, size):
             for grad in grads:  # each rank's gradient is partial: summed over the cp ranks
                 dist.all_reduce(grad)
             held = split.plan.pieces.global_rows(rank)
-            results[name, mode] = (held, out.detach(), *grads)
+            results[name, mode, segment] = (held, out.detach(), *grads)
     return results
 
 
 def _check_attention(results, rows):
+    assert {key[1:] for key in results[0]} == {
+        (m, s) for m in ("allgather", "ring") for s in (2, 3, 256)
+    } - {("allgather", 3), ("ring", 2)}
     for name, (lengths, heads, kv_heads) in rows.items():
         want_out, *want_grads = _reference(lengths, heads, kv_heads)
-        for mode in ("allgather", "ring"):
-            for result in results:
-                held, out, *grads = result[name, mode]
-                message = f"{name} {mode}"
+        for result in results:
+            for key, (held, out, *grads) in result.items():
+                if key[0] != name:
+                    continue
+                message = " ".join(map(str, key))
                 torch.testing.assert_close(out, want_out[held], rtol=1e-5, atol=1e-6, msg=message)
                 for got, want, label in zip(grads, want_grads, "qkv", strict=True):
                     torch.testing.assert_close(
@@ -166,3 +186,111 @@ def test_both_attention_paths_match_one_process_on_two_ranks(dist):
 def test_both_attention_paths_match_one_process_on_four_ranks(dist):
     results = dist.run_workers(_attention_worker, 4, ROWS, 4)
     _check_attention(results, ROWS)
+
+
+# ---------------------------------------------------------------------------- training, processes
+STEPS, MICRO_BATCHES = 2, 2
+
+
+def _cp_rows(dist, samples, seed, cp):
+    """A step of MICRO_BATCHES rows of 4 samples (one text-only), padded to a multiple of
+    2 x cp as the data path pads them."""
+    from ov_model import PRESETS
+
+    return [
+        dist.padded_row(
+            [samples.make_sample(seed * 100 + row * 10 + i, image=i != 2) for i in range(4)],
+            PRESETS["tiny"],
+            multiple_of=2 * cp,
+        )
+        for row in range(MICRO_BATCHES)
+    ]
+
+
+def _tiny_model():
+    from ov_model import PRESETS, LlavaOV
+
+    torch.manual_seed(0)
+    return LlavaOV(PRESETS["tiny"])
+
+
+def _cp_recipe(make_recipe, *overrides, data_ranks=1):
+    return make_recipe(
+        "parallel.timeout_s=60",
+        "train.clip_grad_norm=0",
+        "train.dtype=fp32",
+        f"train.grad_accumulation={MICRO_BATCHES * data_ranks}",
+        *overrides,
+    )
+
+
+def _training_worker(rank, dist, recipes, step_batches):
+    from ov_train.parallel import init_world
+
+    runs = {}
+    for name, recipe in recipes.items():
+        world = init_world(recipe.parallel, "cpu")
+        facts = {"cp_rank": world.coordinate("cp"), "data_rank": world.data_rank}
+        runs[name] = {**dist.train_distributed(_tiny_model, recipe, step_batches), **facts}
+    return runs
+
+
+def _assert_trains_like(run, reference, rtol=1e-5):
+    assert run["supervised"] == reference["supervised"]
+    assert run["losses"] == pytest.approx(reference["losses"], rel=1e-6)
+    assert run["grad_norms"] == pytest.approx(reference["grad_norms"], rel=rtol)
+    for got, want in zip(run["gradients"], reference["gradients"], strict=True):
+        assert got.keys() == want.keys()
+        for name, value in want.items():
+            scale = value.abs().max().item()
+            torch.testing.assert_close(
+                got[name], value, rtol=rtol, atol=rtol * scale, msg=lambda m, n=name: f"{n}: {m}"
+            )
+
+
+@pytest.mark.dist
+def test_cp2_with_either_attention_trains_like_one_process(dist, make_recipe, samples):
+    step_batches = [_cp_rows(dist, samples, seed, cp=2) for seed in range(STEPS)]
+    assert all(b.batch.input_ids.numel() % 4 == 0 for step in step_batches for b in step)
+    assert max(b.batch.input_ids.numel() for step in step_batches for b in step) > 80
+    recipes = {
+        mode: _cp_recipe(make_recipe, "parallel.cp=2", f"parallel.cp_attention={mode}")
+        for mode in ("allgather", "ring")
+    }
+    recipes["ring_checkpointed"] = _cp_recipe(
+        make_recipe,
+        "parallel.cp=2",
+        "parallel.cp_attention=ring",
+        "parallel.activation_checkpointing=full",
+    )
+    results = dist.run_workers(_training_worker, 2, dist, recipes, step_batches)
+    reference = dist.train(_tiny_model, _cp_recipe(make_recipe), step_batches, _single())
+    for rank, result in enumerate(results):
+        for name, run in result.items():
+            assert (run["cp_rank"], run["data_rank"]) == (rank, 0), name
+            _assert_trains_like(run, reference)
+
+
+def _single():
+    from ov_train.parallel import SingleProcess
+
+    return SingleProcess()
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_fsdp2_times_cp2_on_four_processes_trains_like_one_process(dist, make_recipe, samples):
+    step_batches = [_cp_rows(dist, samples, seed, cp=2) * 2 for seed in range(STEPS)]
+    recipes = {
+        mode: _cp_recipe(
+            make_recipe, "parallel.cp=2", f"parallel.cp_attention={mode}", data_ranks=2
+        )
+        for mode in ("allgather", "ring")
+    }
+    results = dist.run_workers(_training_worker, 4, dist, recipes, step_batches)
+    reference = dist.train(
+        _tiny_model, _cp_recipe(make_recipe, data_ranks=2), step_batches, _single()
+    )
+    for result in results:
+        for run in result.values():
+            _assert_trains_like(run, reference)

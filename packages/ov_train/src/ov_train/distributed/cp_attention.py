@@ -36,6 +36,7 @@ returns the LSE, and its varlen backward with the merged output and LSE. Grouped
 import functools
 import importlib.util
 import inspect
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -45,6 +46,9 @@ import torch.distributed as dist
 from ov_train.errors import TrainingError
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+MATH_SEGMENT = 256
+"""The fp32 math path cuts a diagonal block at sample boundaries into blocks of at least this
+many rows (see `AttentionPlan.math_pairs`)."""
 
 
 # ------------------------------------------------------------------------------ host layout
@@ -101,6 +105,7 @@ class AttentionPlan:
     position_ids: torch.Tensor
     """(local tokens,) int64 host: position of each local row inside its sample."""
     _masks: dict = field(default_factory=dict, repr=False)
+    _math_pairs: dict = field(default_factory=dict, repr=False)
     _cu_device: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -125,7 +130,7 @@ class AttentionPlan:
     def diagonal_mask(self, pair: BlockPair, device: torch.device) -> torch.Tensor:
         """(queries, keys) bool of a diagonal pair: key j visible to query i (same sample, not
         later), on `device`, built once per pair."""
-        key = (pair.q_rows.start, device)
+        key = (pair.q_rows.start, pair.q_rows.stop, device)
         if key not in self._masks:
             positions = self.position_ids[pair.q_rows]
             index = torch.arange(positions.shape[0])
@@ -134,9 +139,34 @@ class AttentionPlan:
             self._masks[key] = mask.to(device, non_blocking=True)
         return self._masks[key]
 
+    def math_pairs(self, pair: BlockPair) -> tuple[BlockPair, ...]:
+        """The pairs the fp32 math path computes for `pair`: a diagonal pair cut at sample
+        boundaries into segments of at least MATH_SEGMENT rows (no query sees across a cut, so
+        the masked squares outside the segments are never computed; a piece of many short
+        samples still makes few, larger blocks), a dense pair as it is."""
+        if not pair.diagonal:
+            return (pair,)
+        if id(pair) not in self._math_pairs:
+            cuts, last = [0], 0
+            for bound in pair.cu_seqlens[1:-1]:
+                if bound - last >= MATH_SEGMENT:
+                    cuts.append(bound)
+                    last = bound
+            cuts.append(pair.cu_seqlens[-1])
+            base_q, base_k = pair.q_rows.start, pair.k_rows.start
+            self._math_pairs[id(pair)] = tuple(
+                BlockPair(
+                    slice(base_q + start, base_q + end),
+                    slice(base_k + start, base_k + end),
+                    tuple(b - start for b in pair.cu_seqlens if start <= b <= end),
+                )
+                for start, end in itertools.pairwise(cuts)
+            )
+        return self._math_pairs[id(pair)]
+
     def kernel_cu_seqlens(self, pair: BlockPair, device: torch.device):
         """(cu_q, cu_k, max_q, max_k) of a pair for a varlen kernel, device tensors built once."""
-        key = (pair.q_rows.start, pair.k_rows.start, id(pair), device)
+        key = (id(pair), device)
         if key not in self._cu_device:
             if pair.diagonal:
                 cu = torch.tensor(pair.cu_seqlens, dtype=torch.int32)
@@ -212,8 +242,6 @@ def _block_scores(q, k, pair: BlockPair, plan: AttentionPlan, scale: float) -> t
 
 def _forward_pair(q, k, v, pair, plan, scale):
     """(out (queries, heads, d) fp32, lse (heads, queries) fp32) of one pair."""
-    if use_kernel(q):
-        return _kernel_forward(q, k, v, pair, plan, scale)
     scores = _block_scores(q, k, pair, plan, scale)
     lse = scores.logsumexp(-1)  # every query of a pair sees at least one key
     probabilities = torch.exp(scores - lse[..., None])
@@ -234,8 +262,6 @@ def _merge(out, lse, rows: slice, block_out, block_lse) -> None:
 
 def _backward_pair(q, k, v, out, lse, dout, delta, pair, plan, scale):
     """(dq, dk, dv) fp32 of one pair's rows, from the merged out and lse."""
-    if use_kernel(q):
-        return _kernel_backward(q, k, v, out, lse, dout, pair, plan, scale)
     kv_heads = k.shape[1]
     scores = _block_scores(q, k, pair, plan, scale)
     rows = pair.q_rows
@@ -248,6 +274,32 @@ def _backward_pair(q, k, v, out, lse, dout, delta, pair, plan, scale):
     dq = torch.einsum("hgqk,khd->qhgd", ds, keys).flatten(1, 2) * scale
     dk = torch.einsum("hgqk,qhgd->khd", ds, _grouped(q[rows].float(), kv_heads)) * scale
     return dq, dk, dv
+
+
+def _forward_block(q, k, v, pair, plan, scale, out, lse) -> None:
+    """Fold one pair's attention into the running (out, lse), in place."""
+    if use_kernel(q):
+        block_out, block_lse = _kernel_forward(q, k, v, pair, plan, scale)
+        _merge(out, lse, pair.q_rows, block_out, block_lse)
+        return
+    for part in plan.math_pairs(pair):
+        block_out, block_lse = _forward_pair(q, k, v, part, plan, scale)
+        _merge(out, lse, part.q_rows, block_out, block_lse)
+
+
+def _backward_block(q, k, v, out, lse, dout, delta, pair, plan, scale, dq, dk, dv) -> None:
+    """Add one pair's gradients into dq (this rank's rows) and dk, dv (the key rank's rows)."""
+    if use_kernel(q):
+        parts = [(pair, _kernel_backward(q, k, v, out, lse, dout, pair, plan, scale))]
+    else:
+        parts = [
+            (part, _backward_pair(q, k, v, out, lse, dout, delta, part, plan, scale))
+            for part in plan.math_pairs(pair)
+        ]
+    for part, (dq_part, dk_part, dv_part) in parts:
+        dq[part.q_rows] += dq_part
+        dk[part.k_rows] += dk_part
+        dv[part.k_rows] += dv_part
 
 
 def _kernel_forward(q, k, v, pair, plan, scale):
@@ -274,9 +326,9 @@ def _varlen_backward():
     """flash-attn's varlen backward and its keyword names (they moved between releases)."""
     from flash_attn.flash_attn_interface import _flash_attn_varlen_backward
 
-    return _flash_attn_varlen_backward, frozenset(
-        inspect.signature(_flash_attn_varlen_backward).parameters
-    )
+    # flash-attn >= 2.6 wraps it as a torch custom op, whose own signature is (*args, **kwargs)
+    function = getattr(_flash_attn_varlen_backward, "_init_fn", _flash_attn_varlen_backward)
+    return _flash_attn_varlen_backward, frozenset(inspect.signature(function).parameters)
 
 
 def _kernel_backward(q, k, v, out, lse, dout, pair, plan, scale):
@@ -320,8 +372,7 @@ def _attend_blocks(q, blocks, plan, scale):
     lse = q.new_full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32)
     for rank, k, v in blocks:
         for pair in plan.pairs[rank]:
-            block_out, block_lse = _forward_pair(q, k, v, pair, plan, scale)
-            _merge(out, lse, pair.q_rows, block_out, block_lse)
+            _forward_block(q, k, v, pair, plan, scale, out, lse)
     return out, lse
 
 
@@ -377,10 +428,7 @@ class _GatheredAttention(torch.autograd.Function):
         )
         for rank, (k, v, dk_s, dv_s) in enumerate(blocks):
             for pair in plan.pairs[rank]:
-                grads = _backward_pair(q, k, v, out, lse, dout, delta, pair, plan, scale)
-                dq[pair.q_rows] += grads[0]
-                dk_s[pair.k_rows] += grads[1]
-                dv_s[pair.k_rows] += grads[2]
+                _backward_block(q, k, v, out, lse, dout, delta, pair, plan, scale, dq, dk_s, dv_s)
         return dq.to(q.dtype), dk.to(k_all.dtype), dv.to(v_all.dtype), None, None
 
 
@@ -424,8 +472,7 @@ class _RingAttention(torch.autograd.Function):
                 pending = _rotate(current, group, rank, size)
             source = (rank - step) % size
             for pair in plan.pairs[source]:
-                block_out, block_lse = _forward_pair(q, *current, pair, plan, scale)
-                _merge(out, lse, pair.q_rows, block_out, block_lse)
+                _forward_block(q, *current, pair, plan, scale, out, lse)
             if pending is not None:
                 _wait(pending[1])
                 current = tuple(pending[0])
@@ -450,10 +497,10 @@ class _RingAttention(torch.autograd.Function):
                 pending = _rotate(current, group, rank, size)
             source = (rank - step) % size
             for pair in plan.pairs[source]:
-                grads = _backward_pair(q, *current, out, lse, dout, delta, pair, plan, scale)
-                dq[pair.q_rows] += grads[0]
-                dk[pair.k_rows] += grads[1]
-                dv[pair.k_rows] += grads[2]
+                keys, values = current
+                _backward_block(
+                    q, keys, values, out, lse, dout, delta, pair, plan, scale, dq, dk, dv
+                )
             # this block's dK/dV follow it to the next rank; after `size` hops they are home
             (dk, dv), requests = _rotate((dk, dv), group, rank, size)
             _wait(requests)
