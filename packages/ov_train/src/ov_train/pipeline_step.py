@@ -16,10 +16,8 @@ an image under several processes, a non-finite loss or gradient norm, each a `Tr
 naming the step before the optimizer touches the parameters.
 """
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-
 import torch
+import torch.distributed as dist
 
 from ov_train.distributed.pipeline import Pipeline
 from ov_train.errors import TrainingError
@@ -36,12 +34,11 @@ def pipeline_step(
     *,
     world: World,
     device: torch.device,
-    autocast: Callable[[], AbstractContextManager],
     clip_grad_norm: float,
     step: int,
 ) -> StepResult:
-    """Run one optimizer step through `pipeline` (see the module docstring); `step`
-    (1-based) names it in errors."""
+    """Run one optimizer step through `pipeline` (see the module docstring; the precision
+    context is the pipeline's own, `Pipeline.autocast`); `step` (1-based) names it in errors."""
     counts = micro_batches.supervised_targets
     total_supervised = global_supervised_count(counts, world, device)
     if total_supervised == 0:
@@ -61,8 +58,10 @@ def pipeline_step(
                 f"where the source announced {count}"
             )
     tokens = sum(int(batch.input_ids.numel()) for batch in batches)
-    with autocast():
-        loss_sum = pipeline.run(batches, total_supervised, step=step)
+    loss_sum = pipeline.run(batches, total_supervised, step=step)
+    # finish_step counts the loss of the last pipeline rank; the V schedule puts the last stage
+    # on the first: every rank of the pipeline gets the sum (one scalar).
+    dist.all_reduce(loss_sum, group=pipeline.group)
     return finish_step(
         optimizer,
         scheduler,

@@ -17,7 +17,7 @@ from ov_model.packing import PackedBatch, pad_row
 from ov_train.distributed.pipeline import build_pipeline
 from ov_train.memory_loader import PackedMicroBatch
 from ov_train.optim import build_optimizer, freeze
-from ov_train.parallel import SingleProcess, forward_autocast, init_world
+from ov_train.parallel import SingleProcess, init_world
 from ov_train.pipeline_step import pipeline_step
 from ov_train.schedule import build_scheduler
 from ov_train.source import StepPlan
@@ -25,6 +25,7 @@ from ov_train.source import StepPlan
 pytestmark = pytest.mark.dist
 
 STEPS = 2
+ZERO_BUBBLE = {"zero_bubble": "InterleavedZeroBubble", "zbv": "ZBVZeroBubble"}
 BUDGET = 160  # micro_batch_tokens: 3 random samples fit
 CONFIG = dataclasses.replace(
     PRESETS["tiny"], text=dataclasses.replace(PRESETS["tiny"].text, num_hidden_layers=4)
@@ -103,7 +104,6 @@ def train_pipelined(recipe, step_batches) -> dict:
                 StepPlan.of(mine),
                 world=world,
                 device=world.device,
-                autocast=forward_autocast(recipe, world),
                 clip_grad_norm=recipe.train.clip_grad_norm,
                 step=step,
             )
@@ -174,11 +174,21 @@ def test_1f1b_and_interleaved_pipelines_train_like_one_process(dist, make_recipe
             "parallel.pp_schedule=Interleaved1F1B",
             "parallel.pp_stages_per_rank=2",
         ),
+        **{
+            name: _recipe(
+                make_recipe,
+                "parallel.pp=2",
+                f"parallel.pp_schedule={schedule}",
+                "parallel.pp_stages_per_rank=2",
+            )
+            for name, schedule in ZERO_BUBBLE.items()
+        },
     }
     results = dist.run_workers(_schedules_worker, 2, recipes, step_batches)
     reference = _reference(dist, _recipe(make_recipe), step_batches)
     assert [r["1f1b"]["stages"] for r in results] == [[0], [1]]
     assert [r["interleaved"]["stages"] for r in results] == [[0, 2], [1, 3]]
+    assert [r["zbv"]["stages"] for r in results] == [[0, 3], [1, 2]]
     for name in recipes:
         _assert_same_training(_joined([r[name] for r in results]), reference)
     # rank 1 of the uneven split holds 3 of the 4 decoder layers and the head

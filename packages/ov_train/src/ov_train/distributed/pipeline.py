@@ -8,7 +8,10 @@
    full-model names (`pipeline_stage_module`; the rest of the model is dropped);
 2. gives each stage module the same chain as a whole model (`parallelize`: tensor parallel,
    activation checkpointing, FSDP2 over the data-parallel mesh), so PP composes with FSDP and TP
-   as torchtitan does it: one FSDP root per stage;
+   as torchtitan does it: one FSDP root per stage. With a data-parallel degree of 1 there is
+   nothing to shard and FSDP2 is left out (bf16 then runs under autocast): the zero-bubble
+   schedules need that, since their separate weight-gradient pass misses FSDP2's unsharded
+   parameters (wrong gradients, measured), so they are refused with data parallelism;
 3. wraps each in a `PipelineStage` with explicit input and output examples. torch's shape
    inference would run the stage on dummy data it cannot pack (the peer then waits forever);
    the shapes are static instead: the first stage takes (1, T) token ids, every other stage the
@@ -27,7 +30,9 @@ its module the micro-batch index just before each forward (`_SideChannelStage`).
 optimizer, the gradient clipping and the DCP checkpoint see it like a (partial) `LlavaOV`.
 """
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +59,9 @@ from ov_train.distributed.pipeline_stage_module import (
 from ov_train.distributed.world import DistributedWorld, World
 from ov_train.errors import RecipeError, TrainingError
 from ov_train.optim import parameter_groups
+from ov_train.precision import autocast_factory
 
+SPLIT_BACKWARD_SCHEDULES = ("InterleavedZeroBubble", "ZBVZeroBubble")
 SCHEDULES = {
     "1F1B": Schedule1F1B,
     "Interleaved1F1B": ScheduleInterleaved1F1B,
@@ -102,6 +109,9 @@ class Pipeline:
     """Micro-batches per step (the schedule is built for this many)."""
     optimizer_groups: list[str]
     """The whole model's optimizer group names (`optim.build_optimizer(group_names=)`)."""
+    autocast: Callable[[], AbstractContextManager]
+    """The context the schedule runs in: bf16 autocast when the recipe asks for it and no
+    FSDP2 casts the parameters (a data-parallel degree of 1), else nothing."""
     _loss: _GlobalMean
 
     @property
@@ -126,7 +136,8 @@ class Pipeline:
         device = self.channel.device
         targets = torch.zeros(len(batches), 1, device=device)
         inputs = (ids,) if self.has_first_stage else ()
-        self.schedule.step(*inputs, target=targets, return_outputs=False)
+        with self.autocast():
+            self.schedule.step(*inputs, target=targets, return_outputs=False)
         return self.channel.loss_sum()
 
 
@@ -142,11 +153,24 @@ def build_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
     plans = stage_plans(parallel, model.config, world.coordinate("pp"))
     optimizer_groups = [group["name"] for group in parameter_groups(model, recipe)]
     channel = MicroBatchChannel(model.config, row_tokens, world.device)
+    shard = world.fsdp_mesh.size() > 1
+    if shard and parallel.pp_schedule in SPLIT_BACKWARD_SCHEDULES:
+        raise RecipeError(
+            f"parallel.pp_schedule {parallel.pp_schedule} with data parallelism: zero-bubble "
+            "schedules compute weight gradients in a separate pass that misses FSDP2's "
+            "unsharded parameters (wrong gradients, measured on torch 2.15); use 1F1B or "
+            "Interleaved1F1B, or a layout whose data-parallel degree is 1"
+        )
     modules = [StageModule(model, plan, channel) for plan in plans]
     for module in modules:
-        parallelize(module, recipe, world)
+        parallelize(module, recipe, world, shard=shard)
     group = world.mesh["pp"].get_group()
-    dtype = fsdp_param_dtype(recipe, world) or torch.float32
+    if shard:  # FSDP2 computes in its param dtype, the states travel in it
+        dtype = fsdp_param_dtype(recipe, world) or torch.float32
+        autocast = contextlib.nullcontext
+    else:  # autocast keeps the residual stream, the states, in fp32
+        dtype = torch.float32
+        autocast = autocast_factory(recipe.train.dtype, world.device)
     stages = [
         _SideChannelStage(
             module,
@@ -170,6 +194,7 @@ def build_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
         group=group,
         micro_batches=micro_batches,
         optimizer_groups=optimizer_groups,
+        autocast=autocast,
         _loss=loss,
     )
 
