@@ -1,0 +1,312 @@
+"""Tensor and context parallelism on one long packed row: 2 processes against 1.
+
+Run: `uv run --no-sync pytest packages/ov_train/benchmarks/bench_tensor_context_parallel.py -s`
+(GPU: add `-m gpu`). Timings and memory are printed, never asserted.
+
+## Tensor parallel (the TP half)
+- CPU: a small model (the tiny preset's ViT, a 256-wide, 4-layer decoder with 8 heads and a
+  4096-token vocabulary) trains on one packed row of about 4096 tokens (8 samples of 512 tokens,
+  each with an 8x8-patch image) through the real `train_step`: one process, and two processes
+  with tp = 2 and sequence parallelism (gloo, one intra-op thread each). Printed: tokens/s of
+  each and their ratio, and per rank: activation bytes saved for backward (counted by a
+  saved-tensor hook over the forward: what sequence + tensor parallelism should cut by about
+  tp, minus the replicated ViT and the whole-row tensors), parameter bytes held, and the
+  process's peak resident memory above its start. On a shared 2-core machine the throughput
+  ratio measures gloo's loopback all-gathers per layer as much as the split compute.
+- GPU (`gpu` marker): the 4B-shaped model cut to 8 decoder layers in bf16 on the 8192-token row
+  of `bench_gpu_step`, over tp = every visible GPU (NCCL, forked ranks; one GPU: tp = 1, the
+  baseline), forward + backward timed (best of 3), MFU = model FLOPs / (seconds x GPUs x 989
+  TFLOP/s). The ViT is replicated over tp, so each rank recomputes it: that redundancy is in
+  the time, not in the FLOPs.
+"""
+
+import contextlib
+import dataclasses
+import importlib.util
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.distributed.tensor import DTensor
+
+from ov_model import PRESETS, LlavaOV
+from ov_model.packing import IGNORE_INDEX, PackedBatch, pad_row
+from ov_train.config_io import apply_overrides
+from ov_train.memory_loader import PackedMicroBatch
+from ov_train.optim import build_optimizer, freeze
+from ov_train.parallel import forward_autocast, init_world, parallelize
+from ov_train.recipes import RECIPES
+from ov_train.schedule import build_scheduler
+from ov_train.source import StepPlan
+from ov_train.train_step import train_step
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+HERE = Path(__file__).parent
+harness = _load("ov_train_dist_harness", HERE.parent / "tests" / "distributed" / "harness.py")
+
+pytestmark = pytest.mark.dist
+
+
+# ------------------------------------------------------------------------- tensor parallel, CPU
+def tp_model() -> LlavaOV:
+    """The tiny preset's ViT with a 256-wide, 4-layer decoder (8 heads, 4 kv heads, vocabulary
+    4096): small enough for a CPU step, wide enough for tp = 2 to split real matmuls."""
+    torch.manual_seed(0)
+    config = PRESETS["tiny"]
+    text = dataclasses.replace(
+        config.text,
+        vocab_size=4096,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=32,
+    )
+    return LlavaOV(config.replace(text=text))
+
+
+def long_row(samples: int, text_tokens: int, *, multiple_of: int, seed: int = 0):
+    """One packed row of `samples` samples, each an 8x8-patch image (16 LLM tokens) inside
+    `text_tokens` text tokens, the second half supervised; padded to `multiple_of`."""
+    config = PRESETS["tiny"]
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(samples):
+        text = torch.randint(10, 500, (text_tokens,), generator=generator)
+        image = [config.vision_start_token_id] + [config.image_token_id] * 16
+        ids = torch.cat([text[:3], torch.tensor([*image, config.vision_end_token_id]), text[3:]])
+        labels = ids.clone()
+        labels[: len(ids) // 2] = IGNORE_INDEX
+        pixels = torch.randn(64, config.vision.patch_dim, generator=generator)
+        sample = dataclasses.make_dataclass(
+            "Sample", ["input_ids", "labels", "pixel_values", "image_grid_thw"]
+        )(ids, labels, pixels, torch.tensor([[1, 8, 8]]))
+        rows.append(sample)
+    batch = pad_row(
+        PackedBatch.from_samples(rows),
+        image_token_id=config.image_token_id,
+        pad_token_id=0,
+        patch_dim=config.vision.patch_dim,
+        merge_size=config.merge_size,
+        multiple_of=multiple_of,
+    )
+    return PackedMicroBatch(batch)
+
+
+def _tp_recipe(tp: int):
+    return apply_overrides(
+        RECIPES["stage2-tiny"],
+        [
+            "logging.progress_bar=false",
+            "logging.plot=false",
+            "train.dtype=fp32",
+            "train.grad_accumulation=1",
+            "parallel.timeout_s=120",
+            f"parallel.tp={tp}",
+            "parallel.dp_shard=1",
+        ],
+    )
+
+
+def _memory_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _storage(tensor: torch.Tensor):
+    local = tensor._local_tensor if isinstance(tensor, DTensor) else tensor
+    return local.untyped_storage()
+
+
+def _local_bytes(tensor: torch.Tensor) -> int:
+    return _storage(tensor).nbytes()
+
+
+class SavedActivations:
+    """Bytes of the distinct storages autograd saves for backward during forward passes while
+    active (a rank's activation memory of a step), parameters (`exclude`) left out."""
+
+    def __init__(self, exclude: list[torch.Tensor]) -> None:
+        self.storages: dict[int, int] = {}
+        self.exclude = {_storage(t).data_ptr() for t in exclude}
+
+    def __enter__(self):
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda x: x)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        in_backward = torch._C._current_graph_task_id() != -1  # recomputation: not held
+        storage = _storage(tensor)
+        if not in_backward and storage.data_ptr() not in self.exclude:
+            self.storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.storages.values())
+
+
+def _tp_worker(rank, recipe, batch, steps):
+    """Train `steps` steps of the one-row batch; seconds of the fastest step after the first,
+    tokens per step, saved activation bytes, parameter bytes and peak RSS growth (this rank)."""
+    world = init_world(recipe.parallel, "cpu")
+    world.barrier()
+    start_kib = _memory_kib("VmRSS")
+    model = tp_model().train()
+    freeze(model, recipe.model.trainable)
+    model = parallelize(model, recipe, world)
+    optimizer = build_optimizer(model, recipe)
+    scheduler = build_scheduler(optimizer, recipe)
+    parameter_bytes = sum(_local_bytes(p) for p in model.parameters())
+    saved = SavedActivations(list(model.parameters()))
+    times, tokens = [], 0
+    for step in range(1, steps + 1):
+        world.barrier()
+        begin = time.perf_counter()
+        with saved if step == 1 else contextlib.nullcontext():
+            result = train_step(
+                model,
+                optimizer,
+                scheduler,
+                StepPlan.of([batch]),
+                world=world,
+                device=world.device,
+                autocast=forward_autocast(recipe, world),
+                clip_grad_norm=recipe.train.clip_grad_norm,
+                step=step,
+            )
+        world.barrier()
+        times.append(time.perf_counter() - begin)
+        tokens = result.tokens
+    return {
+        "seconds_per_step": min(times[1:]) if len(times) > 1 else times[0],
+        "tokens_per_step": tokens,
+        "loss": result.loss,
+        "activation_bytes": saved.bytes,
+        "parameter_bytes": parameter_bytes,
+        "peak_rss_growth_kib": _memory_kib("VmHWM") - start_kib,
+    }
+
+
+def run_tensor_parallel_cpu(samples: int, text_tokens: int, steps: int) -> dict:
+    """One process and two (tp = 2, sequence parallel) on the same row; their results."""
+    batch = long_row(samples, text_tokens, multiple_of=2)
+    one = harness.run_workers(_tp_worker, 1, _tp_recipe(1), batch, steps)[0]
+    two = harness.run_workers(_tp_worker, 2, _tp_recipe(2), batch, steps)
+    return {"one": one, "two": two, "tokens": int(batch.batch.input_ids.numel())}
+
+
+def tensor_parallel_report(results: dict) -> str:
+    """Tokens/s of 1 and 2 processes, their ratio, and per-rank memory ratios."""
+    one, two = results["one"], results["two"]
+    rate_one = one["tokens_per_step"] / one["seconds_per_step"]
+    rate_two = two[0]["tokens_per_step"] / max(r["seconds_per_step"] for r in two)
+
+    def ratio(key):
+        return max(r[key] for r in two) / one[key]
+
+    return (
+        f"TP: one packed row of {results['tokens']} tokens, small model (256 wide, 4 layers)\n"
+        f"  1 process {rate_one:,.0f} tokens/s; tp = 2 + SP {rate_two:,.0f} tokens/s; "
+        f"ratio {rate_two / rate_one:.2f}\n"
+        f"  per rank, tp = 2 / 1 process: activations saved for backward "
+        f"{ratio('activation_bytes'):.2f} ({one['activation_bytes'] / 2**20:.1f} -> "
+        f"{max(r['activation_bytes'] for r in two) / 2**20:.1f} MiB), parameters "
+        f"{ratio('parameter_bytes'):.2f}, peak RSS growth {ratio('peak_rss_growth_kib'):.2f} "
+        f"({one['peak_rss_growth_kib'] / 1024:.0f} -> "
+        f"{max(r['peak_rss_growth_kib'] for r in two) / 1024:.0f} MiB)"
+    )
+
+
+def test_tensor_parallel_two_processes_against_one_on_a_long_row(benchmark):
+    size = (2, 64, 2) if benchmark.disabled else (8, 512, 3)  # samples, text tokens, steps
+
+    results = benchmark.pedantic(lambda: run_tensor_parallel_cpu(*size), rounds=1)
+    one, two = results["one"], results["two"]
+    assert all(r["loss"] == pytest.approx(one["loss"], rel=1e-5) for r in two)
+    assert all(r["activation_bytes"] < one["activation_bytes"] for r in two)
+    if benchmark.disabled:
+        return
+    for key in ("seconds_per_step", "activation_bytes", "peak_rss_growth_kib"):
+        benchmark.extra_info[f"tp2_over_1_{key}"] = max(r[key] for r in two) / one[key]
+    print("\n" + tensor_parallel_report(results))
+
+
+# ------------------------------------------------------------------------- tensor parallel, GPU
+def _gpu_tp_worker(rank, tp: int, rounds: int):
+    """Rank `rank` of tp = `tp` on cuda:rank (NCCL): best seconds of forward + backward of the
+    8192-token row, the loss, the model FLOPs and the peak memory."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from ov_train.distributed.tensor_parallel import apply_tensor_parallel
+    from ov_train.flops import training_flops
+
+    gpu_step = _load("ov_train_bench_gpu_step", HERE / "bench_gpu_step.py")
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    if tp > 1:
+        dist.init_process_group("nccl", device_id=device)
+    base = PRESETS["4b"]
+    config = base.replace(text=dataclasses.replace(base.text, num_hidden_layers=8))
+    samples = gpu_step.make_samples(config, gpu_step.GPU_GRIDS, gpu_step.GPU_TEXTS)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlavaOV(config)
+    model = model.to(torch.bfloat16).train()
+    if tp > 1:
+        mesh = init_device_mesh("cuda", (tp,), mesh_dim_names=("tp",))
+        model = apply_tensor_parallel(model, mesh, sequence_parallel=True)
+    inputs = {
+        k: v.to(device=device, dtype=torch.bfloat16 if v.is_floating_point() else v.dtype)
+        for k, v in gpu_step.packed_inputs(samples).items()
+    }
+    supervised = sum(int((s.labels != IGNORE_INDEX).sum()) - 1 for s in samples)
+    flops = training_flops(
+        config,
+        sample_lengths=[len(s.input_ids) for s in samples],
+        image_grids=[s.grid for s in samples],
+        supervised_tokens=supervised,
+    ).total
+    torch.cuda.reset_peak_memory_stats(device)
+    seconds, loss = gpu_step.time_step(model, inputs, device, rounds=rounds, warmup=1)
+    return {
+        "seconds": seconds,
+        "loss": loss,
+        "flops": flops,
+        "tokens": int(inputs["input_ids"].numel()),
+        "peak": torch.cuda.max_memory_allocated(device),
+    }
+
+
+@pytest.mark.gpu
+def test_tensor_parallel_mfu_4b_shape_8_layers_gpu():
+    gpu_step = _load("ov_train_bench_gpu_step", HERE / "bench_gpu_step.py")
+    gpus = int(os.environ.get("OV_BENCH_TP", torch.cuda.device_count()))
+    tp = max(t for t in (1, 2, 4, 8) if t <= gpus)
+    results = harness.run_workers(_gpu_tp_worker, tp, tp, 3, timeout_s=900)
+    seconds = max(r["seconds"] for r in results)
+    first = results[0]
+    mfu = first["flops"] / (seconds * tp * gpu_step.H100_BF16_DENSE)
+    print(
+        f"\n4B shape, 8 layers, bf16, one packed row of {first['tokens']} tokens, tp = {tp} "
+        f"(sequence parallel): {seconds * 1e3:.0f} ms forward + backward, "
+        f"{first['tokens'] / seconds:,.0f} tokens/s, MFU {mfu:.1%} of {tp} x 989 TFLOP/s, "
+        f"peak {max(r['peak'] for r in results) / 2**30:.1f} GiB per GPU, loss {first['loss']:.4f}"
+    )
