@@ -15,15 +15,23 @@ Run: `uv run --no-sync pytest packages/ov_train/benchmarks/bench_tensor_context_
   ratio measures gloo's loopback all-gathers per layer as much as the split compute.
 - GPU (`gpu` marker): the 4B-shaped model cut to 8 decoder layers in bf16 on the 8192-token row
   of `bench_gpu_step`, over tp = every visible GPU (NCCL, forked ranks; one GPU: tp = 1, the
-  baseline), forward + backward timed (best of 3), MFU = model FLOPs / (seconds x GPUs x 989
-  TFLOP/s). The ViT is replicated over tp, so each rank recomputes it: that redundancy is in
-  the time, not in the FLOPs.
+  baseline; OV_BENCH_TP=N picks N), forward + backward timed (best of 3), MFU = model FLOPs /
+  (seconds x GPUs x 989 TFLOP/s). The ViT is replicated over tp, so each rank recomputes it:
+  that redundancy is in the time, not in the FLOPs.
+
+Measured (CPU, 2 shared cores, torch 2.15, the command above): on a 4240-token row, tp = 2 + SP
+ran at 0.80x the tokens/s of one process (gloo all-gathers per layer over loopback, neighbours
+on the cores); per rank it saved 0.56x the activations (500 -> 281 MiB: the replicated ViT, the
+whole-row inputs of the q/k/v and gate/up matmuls that DTensor keeps for backward, and the
+gathered hidden states of the loss are not split), held 0.52x the parameters and grew its
+peak RSS 0.59x.
 """
 
 import contextlib
 import dataclasses
 import importlib.util
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -295,11 +303,20 @@ def _gpu_tp_worker(rank, tp: int, rounds: int):
     }
 
 
+def _visible_gpus() -> int:
+    """GPUs `nvidia-smi` lists (OV_BENCH_TP overrides), counted without initialising CUDA in
+    this process: the ranks are forked from it, and a forked child cannot use a CUDA context
+    its parent created."""
+    if "OV_BENCH_TP" in os.environ:
+        return int(os.environ["OV_BENCH_TP"])
+    listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True)
+    return sum(line.startswith("GPU ") for line in listed.stdout.splitlines())
+
+
 @pytest.mark.gpu
 def test_tensor_parallel_mfu_4b_shape_8_layers_gpu():
     gpu_step = _load("ov_train_bench_gpu_step", HERE / "bench_gpu_step.py")
-    gpus = int(os.environ.get("OV_BENCH_TP", torch.cuda.device_count()))
-    tp = max(t for t in (1, 2, 4, 8) if t <= gpus)
+    tp = max(t for t in (1, 2, 4, 8) if t <= _visible_gpus())
     results = harness.run_workers(_gpu_tp_worker, tp, tp, 3, timeout_s=900)
     seconds = max(r["seconds"] for r in results)
     first = results[0]
@@ -310,3 +327,208 @@ def test_tensor_parallel_mfu_4b_shape_8_layers_gpu():
         f"{first['tokens'] / seconds:,.0f} tokens/s, MFU {mfu:.1%} of {tp} x 989 TFLOP/s, "
         f"peak {max(r['peak'] for r in results) / 2**30:.1f} GiB per GPU, loss {first['loss']:.4f}"
     )
+
+
+# ------------------------------------------------------------------------ context parallel, CPU
+CP_MODES = ("allgather", "ring")
+
+
+def _cp_recipe(cp: int, mode: str = "allgather"):
+    return apply_overrides(
+        RECIPES["stage2-tiny"],
+        [
+            "logging.progress_bar=false",
+            "logging.plot=false",
+            "train.dtype=fp32",
+            "train.grad_accumulation=1",
+            "parallel.timeout_s=120",
+            f"parallel.cp={cp}",
+            f"parallel.cp_attention={mode}",
+            "parallel.dp_shard=1",
+        ],
+    )
+
+
+class GatheredParametersLeftOut(SavedActivations):
+    """`SavedActivations` that leaves out the storages of the model's parameters as they are at
+    each save: under FSDP2 a layer's weights are all-gathered into new storages just before its
+    forward, and a linear saves its weight (or a transposed view of it) for backward, so the
+    parameters of the cp run must be looked up then, not once before the step."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__([])
+        self.model = model
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.exclude = {_storage(p).data_ptr() for p in self.model.parameters()}
+        return super()._pack(tensor)
+
+
+def _cp_worker(rank, recipe, batch, steps):
+    """Train `steps` steps of the one-row batch; seconds of the fastest step after the first,
+    tokens per step, the loss and the activation bytes saved for backward (this rank)."""
+    world = init_world(recipe.parallel, "cpu")
+    world.barrier()
+    model = tp_model().train()
+    freeze(model, recipe.model.trainable)
+    model = parallelize(model, recipe, world)
+    optimizer = build_optimizer(model, recipe)
+    scheduler = build_scheduler(optimizer, recipe)
+    saved = GatheredParametersLeftOut(model)
+    times, tokens = [], 0
+    for step in range(1, steps + 1):
+        world.barrier()
+        begin = time.perf_counter()
+        with saved if step == 1 else contextlib.nullcontext():
+            result = train_step(
+                model,
+                optimizer,
+                scheduler,
+                StepPlan.of([batch]),
+                world=world,
+                device=world.device,
+                autocast=forward_autocast(recipe, world),
+                clip_grad_norm=recipe.train.clip_grad_norm,
+                step=step,
+            )
+        world.barrier()
+        times.append(time.perf_counter() - begin)
+        tokens = result.tokens
+    return {
+        "seconds_per_step": min(times[1:]) if len(times) > 1 else times[0],
+        "tokens_per_step": tokens,
+        "loss": result.loss,
+        "activation_bytes": saved.bytes,
+    }
+
+
+def run_context_parallel_cpu(samples: int, text_tokens: int, steps: int) -> dict:
+    """One process, and two with cp = 2 for each attention path, on the same long row."""
+    batch = long_row(samples, text_tokens, multiple_of=4)
+    one = harness.run_workers(_cp_worker, 1, _cp_recipe(1), batch, steps)[0]
+    two = {
+        mode: harness.run_workers(_cp_worker, 2, _cp_recipe(2, mode), batch, steps)
+        for mode in CP_MODES
+    }
+    return {"one": one, "two": two, "tokens": int(batch.batch.input_ids.numel())}
+
+
+def context_parallel_report(results: dict) -> str:
+    """Tokens/s of 1 process and of cp = 2 (each path), and per-rank activation memory."""
+    one = results["one"]
+    rate_one = one["tokens_per_step"] / one["seconds_per_step"]
+    lines = [
+        f"CP: one packed row of {results['tokens']} tokens, small model (256 wide, 4 layers); "
+        f"1 process {rate_one:,.0f} tokens/s, activations saved for backward "
+        f"{one['activation_bytes'] / 2**20:.1f} MiB"
+    ]
+    for mode, ranks in results["two"].items():
+        rate = ranks[0]["tokens_per_step"] / max(r["seconds_per_step"] for r in ranks)
+        saved = max(r["activation_bytes"] for r in ranks)
+        lines.append(
+            f"  cp = 2 {mode:<9}: {rate:,.0f} tokens/s, ratio {rate / rate_one:.2f}; "
+            f"activations per rank {saved / 2**20:.1f} MiB, "
+            f"ratio {saved / one['activation_bytes']:.2f}"
+        )
+    return "\n".join(lines)
+
+
+def test_context_parallel_two_processes_against_one_on_a_long_row(benchmark):
+    size = (2, 64, 1) if benchmark.disabled else (8, 512, 3)  # samples, text tokens, steps
+
+    results = benchmark.pedantic(lambda: run_context_parallel_cpu(*size), rounds=1)
+    one = results["one"]
+    for ranks in results["two"].values():
+        assert all(r["tokens_per_step"] == one["tokens_per_step"] for r in ranks)
+        assert all(r["loss"] == pytest.approx(one["loss"], rel=1e-5) for r in ranks)
+        assert all(r["activation_bytes"] < 0.8 * one["activation_bytes"] for r in ranks)
+    if benchmark.disabled:
+        return
+    for mode, ranks in results["two"].items():
+        benchmark.extra_info[f"cp2_{mode}_over_1_seconds_per_step"] = (
+            max(r["seconds_per_step"] for r in ranks) / one["seconds_per_step"]
+        )
+        benchmark.extra_info[f"cp2_{mode}_over_1_activation_bytes"] = (
+            max(r["activation_bytes"] for r in ranks) / one["activation_bytes"]
+        )
+    print("\n" + context_parallel_report(results))
+
+
+# ------------------------------------------------------------------------ context parallel, GPU
+def _gpu_cp_worker(rank, cp: int, mode: str, rounds: int):
+    """Rank `rank` of cp = `cp` on cuda:rank (NCCL): best seconds of forward + backward of a row
+    of cp x 8192 tokens (the samples of `bench_gpu_step`, cp times) split over the cp ranks, and
+    with cp = 1 also the unsplit model on it; the loss, the model FLOPs and the peak memory."""
+    import torch.distributed as dist
+
+    from ov_train.distributed import cp_attention
+    from ov_train.distributed.context_parallel import ContextParallelSplit
+    from ov_train.flops import training_flops
+
+    gpu_step = _load("ov_train_bench_gpu_step", HERE / "bench_gpu_step.py")
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    dist.init_process_group("nccl", device_id=device)  # cp = 1 too: a group of one
+    base = PRESETS["4b"]
+    config = base.replace(text=dataclasses.replace(base.text, num_hidden_layers=8))
+    samples = gpu_step.make_samples(config, gpu_step.GPU_GRIDS * cp, gpu_step.GPU_TEXTS * cp)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlavaOV(config)
+    model = model.to(torch.bfloat16).train()
+    inputs = {
+        k: v.to(device=device, dtype=torch.bfloat16 if v.is_floating_point() else v.dtype)
+        for k, v in gpu_step.packed_inputs(samples).items()
+    }
+    supervised = sum(int((s.labels != IGNORE_INDEX).sum()) - 1 for s in samples)
+    flops = training_flops(
+        config,
+        sample_lengths=[len(s.input_ids) for s in samples],
+        image_grids=[s.grid for s in samples],
+        supervised_tokens=supervised,
+    ).total
+    result = {"flops": flops, "tokens": int(inputs["input_ids"].numel())}
+    if cp == 1:
+        result["unsplit_seconds"], result["unsplit_loss"] = gpu_step.time_step(
+            model, inputs, device, rounds=rounds, warmup=1
+        )
+    model.sequence_split = ContextParallelSplit(dist.group.WORLD, rank, cp, mode)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    seconds, loss = gpu_step.time_step(model, inputs, device, rounds=rounds, warmup=1)
+    kernel = cp_attention.use_kernel(torch.empty(0, device=device, dtype=torch.bfloat16))
+    result.update(
+        seconds=seconds,
+        loss=loss,
+        peak=torch.cuda.max_memory_allocated(device),
+        kernel="flash-attn varlen" if kernel else "fp32 math (flash-attn not installed)",
+    )
+    return result
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", CP_MODES)
+def test_context_parallel_mfu_4b_shape_8_layers_gpu(mode):
+    gpu_step = _load("ov_train_bench_gpu_step", HERE / "bench_gpu_step.py")
+    gpus = int(os.environ.get("OV_BENCH_CP", torch.cuda.device_count()))
+    cp = max(c for c in (1, 2, 4, 8) if c <= gpus)
+    results = harness.run_workers(_gpu_cp_worker, cp, cp, mode, 3, timeout_s=900)
+    seconds = max(r["seconds"] for r in results)
+    first = results[0]
+    mfu = first["flops"] / (seconds * cp * gpu_step.H100_BF16_DENSE)
+    line = (
+        f"\n4B shape, 8 layers, bf16, one packed row of {first['tokens']} tokens, cp = {cp} "
+        f"({mode}, blocks by {first['kernel']}): {seconds * 1e3:.0f} ms forward + backward "
+        f"(no gradient reduction), {first['tokens'] / seconds:,.0f} tokens/s, MFU {mfu:.1%} of "
+        f"{cp} x 989 TFLOP/s, peak {max(r['peak'] for r in results) / 2**30:.1f} GiB per GPU, "
+        f"loss of rank 0's rows {first['loss']:.4f}"
+    )
+    if cp == 1:
+        unsplit = first["unsplit_seconds"]
+        line += (
+            f"\n  the same row unsplit: {unsplit * 1e3:.0f} ms, MFU "
+            f"{first['flops'] / (unsplit * gpu_step.H100_BF16_DENSE):.1%}, loss "
+            f"{first['unsplit_loss']:.4f} (the split's block decomposition costs "
+            f"{seconds / unsplit - 1:+.0%})"
+        )
+    print(line)
