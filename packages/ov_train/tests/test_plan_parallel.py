@@ -31,10 +31,6 @@ from ov_train.plan_parallel import (
 )
 from ov_train.plan_parallel_command import RELEASE_STAGE1_5
 
-# torch 2.15 warns when a flattened mesh dim is sliced from the root mesh (the 5-D mesh's
-# "dp_shard_cp" view, ov_train.distributed.mesh); not this module's subject.
-pytestmark = pytest.mark.filterwarnings("ignore:Slicing a flattened dim:UserWarning")
-
 EIGHT_B, FOUR_B = PRESETS["8b"], PRESETS["4b"]
 WORKLOAD = Workload(micro_batch_tokens=8192)
 
@@ -262,13 +258,20 @@ def test_help_explains_every_flag_with_its_default():
     assert "[default: (64e9" in text
 
 
-def test_command_prints_one_column_per_pipeline_rank_with_the_estimate():
+def test_command_prints_one_column_per_world_size_and_pipeline_rank():
+    both = _invoke(
+        "stage1_5-8b", "--gpus", "8", "--gpus", "16", "--set", "train.grad_accumulation=32",
+        "--no-dry-run",
+    )  # fmt: skip
+    assert both.exit_code == 0, both.output
+    assert _row(both.output, "micro-batches per rank per step") == ["4", "2"]
+    assert _row(both.output, "mesh pp/dp_rep/dp_shard/cp/tp") == ["1/1/8/1/1", "1/1/16/1/1"]
     result = _invoke(
         "stage1_5-8b", "--gpus", "16", "--set", "parallel.pp=2", "--set", "parallel.tp=2",
         "--no-dry-run",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "pp 2 x dp_replicate 1 x dp_shard 4 x cp 1 x tp 2" in result.output
+    assert _row(result.output, "mesh pp/dp_rep/dp_shard/cp/tp") == ["2/1/4/1/2", "1F1B"] * 2
     plan = plan_parallel(
         _recipe("stage1_5-8b", "parallel.pp=2", "parallel.tp=2"), 16, measure=False
     )
@@ -276,18 +279,21 @@ def test_command_prints_one_column_per_pipeline_rank_with_the_estimate():
     assert totals == [f"{rank.memory.total / GIB:.1f}" for rank in plan.ranks]
     assert _row(result.output, "micro-batches in flight") == ["2", "1"]
     assert _row(result.output, "parameters, M (dry run)") == ["-", "-"]
-    assert f"in {plan.days(64e9):.2f} days" in result.output
+    assert _row(result.output, "days for 64B tokens") == [f"{plan.days(64e9):.2f}"] * 2
+    assert result.output.splitlines()[2].split()[-2:] == ["GPUs", "pp1"]
 
 
 def test_release_stage1_5_is_printed_next_to_its_3_7_days():
     result = _invoke("--release-stage1-5", "--no-dry-run")
     assert result.exit_code == 0, result.output
-    assert "128 GPUs: pp 2 x dp_replicate 1 x dp_shard 64" in result.output
+    assert _row(result.output, "mesh pp/dp_rep/dp_shard/cp/tp") == ["2/1/64/1/1", "1F1B"] * 2
     match = re.search(r"release: 3.7 days; this plan: ([\d.]+) days at MFU 0.40", result.output)
     assert match, result.output
     recipe = _recipe(RELEASE_STAGE1_5.recipe, *RELEASE_STAGE1_5.overrides)
     plan = plan_parallel(recipe, 128, measure=False)
     assert float(match.group(1)) == pytest.approx(plan.days(64e9), abs=0.01)
+    implied = float(re.search(r"imply MFU ([\d.]+)", result.output).group(1))
+    assert implied == pytest.approx(0.4 * plan.days(64e9) / 3.7, abs=0.01)
     assert plan.fits
     assert "Assumed" in result.output
 

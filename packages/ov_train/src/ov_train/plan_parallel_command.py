@@ -1,10 +1,11 @@
 """`ov-train plan-parallel RECIPE --gpus N`: a run's plan on N GPUs, as a table, without a GPU.
 
-One column per pipeline rank (its dp / cp / tp ranks hold the same), rows: the parameter
-values a rank holds by formula and by the dry run (the real `parallelize` on a fake process
-group, `parallel_dry_run`), the memory lines of `memory_estimate`, the bytes it sends per
-optimizer step by kind, then the step's model FLOPs, its time at `--mfu` and the days `--tokens`
-take (`plan_parallel` states every formula and assumption). The layout is the recipe's
+One table, a column per world size (`--gpus`, repeatable) and pipeline rank (its dp / cp / tp
+ranks hold the same), rows: the mesh, the parameter values a rank holds by formula and by the
+dry run (the real `parallelize` on a fake process group, `parallel_dry_run`), the memory lines
+of `memory_estimate`, the bytes it sends per optimizer step by kind, then the step's model
+FLOPs, its time at `--mfu`, the send rate that would hide all communication behind that time,
+and the days `--tokens` take (`plan_parallel` states every formula and assumption). The layout is the recipe's
 `parallel` section, changed like any recipe value: `--set parallel.tp=2 --set parallel.pp=2`.
 
 `--release-stage1-5` plans the release's Stage-1.5 run instead (8B, 128 A800 80 GB, 8K packed;
@@ -182,84 +183,92 @@ def plan_parallel_command(
             tokens_per_image=tokens_per_image,
             supervised_fraction=supervised_fraction,
         )
-        for index, world_size in enumerate(gpus):
-            if index:
-                click.echo()
-            plan = plan_parallel(
+        plans = [
+            plan_parallel(
                 resolved, world_size, hardware=hardware, workload=workload, measure=dry_run
             )
-            _print_plan(plan, tokens)
-            if release is not None:
-                days = plan.days(tokens)
-                click.echo(
-                    f"release: {release.days:g} days; this plan: {days:.2f} days at MFU "
-                    f"{mfu:.2f}, the release's days imply MFU "
-                    f"{plan.implied_mfu(tokens, release.days):.2f}"
-                )
-                click.echo(release.note)
+            for world_size in gpus
+        ]
+        _print_plans(plans, tokens)
+        if release is not None:
+            plan = plans[0]
+            click.echo(
+                f"release: {release.days:g} days; this plan: {plan.days(tokens):.2f} days at MFU "
+                f"{mfu:.2f}; the release's days imply MFU "
+                f"{plan.implied_mfu(tokens, release.days):.2f}"
+            )
+            click.echo(release.note)
 
 
-def _print_plan(plan, tokens: float) -> None:
+def _layout(plan) -> str:
+    shape, parallel = plan.shape, plan.recipe.parallel
+    text = f"{shape.pp}/{shape.dp_replicate}/{shape.dp_shard}/{shape.cp}/{shape.tp}"
+    if shape.tp > 1 and not parallel.sequence_parallel:
+        text += " no-SP"
+    if shape.cp > 1:
+        text += f" {parallel.cp_attention}"
+    if shape.pp > 1:
+        text += f" {parallel.pp_schedule}"
+    return text
+
+
+def _print_plans(plans, tokens: float) -> None:
+    """One table: a column per world size and pipeline rank, a row per quantity."""
     from ov_train.memory_estimate import GIB, parameter_counts, recipe_model_config
 
-    recipe, shape, data = plan.recipe, plan.shape, plan.workload
-    parallel = recipe.parallel
+    recipe, data = plans[0].recipe, plans[0].workload
     config = recipe_model_config(recipe)
     click.echo(
         f"{recipe.name}: {parameter_counts(config).total / 1e9:.2f}B parameters, trains "
         f"{','.join(recipe.model.trainable)}, dtype {recipe.train.dtype}, activation "
-        f"checkpointing {parallel.activation_checkpointing}"
-    )
-    details = []
-    if shape.tp > 1:
-        details.append(f"sequence parallel {str(parallel.sequence_parallel).lower()}")
-    if shape.cp > 1:
-        details.append(f"cp attention {parallel.cp_attention}")
-    if shape.pp > 1:
-        stages = parallel.pp_stages_per_rank
-        details.append(parallel.pp_schedule + (f", {stages} stages per rank" if stages > 1 else ""))
-    click.echo(
-        f"{plan.world_size} GPUs: pp {shape.pp} x dp_replicate {shape.dp_replicate} x dp_shard "
-        f"{shape.dp_shard} x cp {shape.cp} x tp {shape.tp}"
-        + (f" ({', '.join(details)})" if details else "")
+        f"checkpointing {recipe.parallel.activation_checkpointing}"
     )
     click.echo(
         f"micro-batch {data.micro_batch_tokens} tokens ({data.image_token_fraction:.0%} image "
         f"tokens, {data.images} images, {data.supervised_tokens} supervised); global batch "
-        f"{recipe.train.grad_accumulation} = {plan.micro_batches} per data-parallel rank per "
-        f"step ({plan.step_tokens / 1e6:.2f}M tokens)"
+        f"{recipe.train.grad_accumulation} rows ({plans[0].step_tokens / 1e6:.2f}M tokens)"
     )
-    ranks = plan.ranks
-    header = ["per rank"] + [f"pp rank {r.pp_rank}" for r in ranks]
-    rows: list[list[str]] = [
-        ["parameters, M (formula)"] + [f"{r.formula_parameters / 1e6:.1f}" for r in ranks],
-        ["parameters, M (dry run)"]
-        + [
-            "-" if r.sharded_parameters is None else f"{r.sharded_parameters / 1e6:.1f}"
-            for r in ranks
-        ],
-        ["memory, GiB"] + [""] * len(ranks),
+    columns = [(plan, rank) for plan in plans for rank in plan.ranks]
+    header = ["per rank"] + [
+        f"{plan.world_size} GPUs" + (f" pp{rank.pp_rank}" if plan.shape.pp > 1 else "")
+        for plan, rank in columns
     ]
-    for label, value in _MEMORY_ROWS:
-        rows.append([f"  {label}"] + [f"{value(r.memory) / GIB:.1f}" for r in ranks])
-    rows.append(
-        ["  micro-batches in flight"] + [f"{r.memory.activations.in_flight:g}" for r in ranks]
+    rows: list[list[str]] = []
+
+    def row(label: str, value) -> None:
+        rows.append([label] + [value(plan, rank) for plan, rank in columns])
+
+    def section(label: str) -> None:
+        rows.append([label] + [""] * len(columns))
+
+    row("mesh pp/dp_rep/dp_shard/cp/tp", lambda p, r: _layout(p))
+    row("micro-batches per rank per step", lambda p, r: str(p.micro_batches))
+    row("parameters, M (formula)", lambda p, r: f"{r.formula_parameters / 1e6:.1f}")
+    row(
+        "parameters, M (dry run)",
+        lambda p, r: "-" if r.sharded_parameters is None else f"{r.sharded_parameters / 1e6:.1f}",
     )
-    gib = plan.hardware.gpu_memory_gib
-    rows.append([f"  fits {gib:g} GiB"] + ["yes" if r.memory.fits(gib) else "no" for r in ranks])
-    rows.append(["communication, GiB sent per step"] + [""] * len(ranks))
+    section("memory, GiB")
+    for label, value in _MEMORY_ROWS:
+        row(f"  {label}", lambda p, r, value=value: f"{value(r.memory) / GIB:.1f}")
+    row("  micro-batches in flight", lambda p, r: f"{r.memory.activations.in_flight:g}")
+    gib = plans[0].hardware.gpu_memory_gib
+    row(f"  fits {gib:g} GiB", lambda p, r: "yes" if r.memory.fits(gib) else "no")
+    section("communication, GiB sent per step")
     for label, name in _COMMUNICATION_ROWS:
-        rows.append([f"  {label}"] + [f"{getattr(r.communication, name) / GIB:.1f}" for r in ranks])
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        cells = [row[0].ljust(widths[0])] + [
-            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
+        row(f"  {label}", lambda p, r, name=name: f"{getattr(r.communication, name) / GIB:.1f}")
+    hardware = plans[0].hardware
+    section(f"compute at MFU {hardware.mfu:g}, {hardware.peak_tflops:g} TFLOP/s")
+    row("  model TFLOPs per step per GPU", lambda p, r: f"{p.step_flops / p.world_size / 1e12:.0f}")
+    row("  seconds per step", lambda p, r: f"{p.step_seconds:.2f}")
+    row(
+        "  GiB/s sent to hide communication",
+        lambda p, r: f"{r.communication.total / GIB / p.step_seconds:.1f}",
+    )
+    row(f"  days for {tokens / 1e9:g}B tokens", lambda p, r: f"{p.days(tokens):.2f}")
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    for line in [header, *rows]:
+        cells = [line[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)
         ]
         click.echo("  ".join(cells).rstrip())
-    hardware = plan.hardware
-    click.echo(
-        f"compute: {plan.step_flops:.3g} model FLOPs per step "
-        f"({plan.step_flops / plan.world_size:.3g} per GPU), {plan.step_seconds:.2f} s per step "
-        f"at MFU {hardware.mfu:.2f} of {hardware.peak_tflops:g} TFLOP/s"
-    )
-    click.echo(f"time: {tokens / 1e9:g}B tokens in {plan.days(tokens):.2f} days")
