@@ -26,6 +26,9 @@ those classes, torch dtypes/sizes and paths, so a checkpoint cannot run code whe
 
 Resuming at another world size (N ranks saved, M ranks load), the rule:
 - tensors: resharded by DCP, exactly (the index holds global shapes and each shard's offsets);
+  under pipeline parallelism each rank saves its stages' tensors under the full model's names
+  (`distributed.pipeline_stage_module`) and trainer_state.json lists the whole model's
+  optimizer groups, so a checkpoint of any pipeline loads without one, and back;
 - data position: the source's state is the position of the whole world in the global
   micro-batch stream (the packed loader's order does not depend on the world size), identical on
   every rank; it is saved once, in trainer_state.json (every rank checks at save time that its
@@ -61,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
@@ -69,9 +73,11 @@ from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ov_model.config import LlavaOVConfig
+from ov_model.model import LlavaOV
 from ov_train.config import Recipe
 from ov_train.config_io import save_recipe
 from ov_train.errors import CheckpointError
+from ov_train.optim import parameter_groups
 from ov_train.parallel import World, is_main
 
 FORMAT = 2
@@ -165,7 +171,9 @@ def save_checkpoint(
         (tmp / TENSORS_DIR).mkdir(parents=True)
     world.barrier()
     _check_same_on_every_rank(data_state, world)
-    model_state, optimizer_state = get_state_dict(model, optimizer)
+    with _nonempty_groups(optimizer):
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+    param_groups = _whole_model_groups(optimizer_state["param_groups"], recipe, model_config, world)
     with single_process_quiet(world.size == 1):
         dcp.save(
             {"model": model_state, "optimizer": optimizer_state["state"]},
@@ -185,7 +193,7 @@ def save_checkpoint(
                 "step": step,
                 "world_size": world.size,
                 "scheduler": scheduler.state_dict(),
-                "optimizer_param_groups": optimizer_state["param_groups"],
+                "optimizer_param_groups": param_groups,
                 "data": data_state,
             },
         )
@@ -351,22 +359,76 @@ def load_checkpoint(
     saved_size = int(trainer_state["world_size"])
     if trainer_state["format"] == 1:  # one process; the data state in its rank file
         trainer_state["data"] = _read_json(path / rank_file(0))["data"]
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    groups = trainer_state["optimizer_param_groups"]
-    _check_groups(path, groups, optimizer_state["param_groups"])
-    tensors = {"model": model_state, "optimizer": optimizer_state["state"]}
-    _dcp_load(path, tensors, world)
-    for group in groups:
-        group["betas"] = tuple(group["betas"])
-    set_state_dict(
-        model,
-        optimizer,
-        model_state_dict=tensors["model"],
-        optim_state_dict={"state": tensors["optimizer"], "param_groups": groups},
-    )
+    with _nonempty_groups(optimizer):
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        groups = trainer_state["optimizer_param_groups"]
+        if world.degree("pp") > 1:
+            groups = _this_rank_groups(groups, optimizer_state["param_groups"])
+        _check_groups(path, groups, optimizer_state["param_groups"])
+        tensors = {"model": model_state, "optimizer": optimizer_state["state"]}
+        _dcp_load(path, tensors, world)
+        for group in groups:
+            group["betas"] = tuple(group["betas"])
+        set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=tensors["model"],
+            optim_state_dict={"state": tensors["optimizer"], "param_groups": groups},
+        )
     scheduler.load_state_dict(trainer_state["scheduler"])
     rng = _read_json(path / rank_file(world.rank))["rng"] if saved_size == world.size else None
     return ResumeState(trainer_state["step"], trainer_state["data"], rng, saved_size)
+
+
+def _whole_model_groups(
+    groups: list[dict], recipe: Recipe, config: LlavaOVConfig, world: World
+) -> list[dict]:
+    """The optimizer's parameter groups with the parameter names of the whole model: under
+    pipeline parallelism each rank's optimizer holds its stages' parameters only, so the
+    pipeline ranks' groups are joined by name, in the model's group and parameter order (what
+    one process lists, so a pipeline checkpoint resumes without a pipeline and back)."""
+    if world.degree("pp") == 1:
+        return groups
+    gathered: list[list[dict] | None] = [None] * world.degree("pp")
+    dist.all_gather_object(gathered, groups, group=world.mesh["pp"].get_group())
+    with torch.device("meta"):
+        whole = LlavaOV(config)
+    order = {name: i for i, (name, _) in enumerate(whole.named_parameters())}
+    joined = []
+    for name in (group["name"] for group in parameter_groups(whole, recipe)):
+        found = [g for rank_groups in gathered for g in rank_groups if g["name"] == name]
+        if found:
+            params = {param for group in found for param in group["params"]}
+            joined.append({**found[0], "params": sorted(params, key=order.__getitem__)})
+    return joined
+
+
+def _this_rank_groups(saved: list[dict], current: list[dict]) -> list[dict]:
+    """`saved` (the whole model's groups) restricted to the parameters this pipeline rank's
+    optimizer holds, groups left empty dropped."""
+    mine = {name for group in current for name in group["params"]}
+    restricted = [{**group, "params": [n for n in group["params"] if n in mine]} for group in saved]
+    return [group for group in restricted if group["params"]]
+
+
+@contextlib.contextmanager
+def _nonempty_groups(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """The optimizer without its empty parameter groups for the block (a pipeline rank keeps
+    the whole model's groups, some without a parameter of its stages; torch's
+    `set_state_dict` accepts at most one empty group), put back in place afterwards."""
+    groups = optimizer.param_groups
+    empty = {index: group for index, group in enumerate(groups) if not group["params"]}
+    if not empty:
+        yield
+        return
+    optimizer.param_groups = [group for group in groups if group["params"]]
+    try:
+        yield
+    finally:
+        filled = iter(optimizer.param_groups)  # set_state_dict replaces the group dicts
+        optimizer.param_groups = [
+            empty[index] if index in empty else next(filled) for index in range(len(groups))
+        ]
 
 
 def _check_groups(path: Path, saved: list[dict], current: list[dict]) -> None:

@@ -18,6 +18,10 @@ every missing, unexpected and mis-shaped tensor is listed in one error, as
 `LlavaOV.from_pretrained` does. The weights equal `LlavaOV.from_pretrained(path, dtype=fp32)`'s
 bitwise (the stored values cast to fp32), whatever the number of ranks.
 
+Under pipeline parallelism (`build_training_pipeline`) the same route builds this rank's stages
+(`distributed.pipeline`): each stage's module is parallelized, allocated and filled with only
+its own tensors, so a pipeline rank reads just its stages' share of the files.
+
 Without a path, the preset is drawn at random from the current torch seed, in full on the CPU
 of every rank, exactly as `LlavaOV(PRESETS[preset])` in one process (bitwise the weights of the
 single-process trainer, identical on every rank), then moved and sharded. This is for tests
@@ -37,6 +41,7 @@ from ov_model.errors import CheckpointError
 from ov_model.model import LlavaOV
 from ov_model.state_dict_adapter import from_hf, hf_name
 from ov_train.config import Recipe
+from ov_train.distributed.pipeline import Pipeline, build_pipeline
 from ov_train.optim import freeze
 from ov_train.parallel import World, parallelize
 from rice_vit.safetensors_folder import open_safetensors, weight_files
@@ -68,6 +73,44 @@ def build_training_model(
     return _prepare(model, recipe, world).train(), model.config
 
 
+def build_training_pipeline(
+    recipe: Recipe, world: World, *, model: LlavaOV | None = None
+) -> tuple[Pipeline, LlavaOVConfig]:
+    """`build_training_model` for pipeline parallelism (`parallel.pp > 1`): this rank's stages
+    (`distributed.pipeline`), built on the meta device and filled with only their tensors from
+    `model.path`'s files (or moved from the preset or `model`), in train mode, with the
+    model's config."""
+    config = recipe.model
+    if model is None and config.path is not None:
+        folder = Path(config.path)
+        model_config = LlavaOVConfig.from_file(folder / CONFIG_FILE)
+        with torch.device("meta"):
+            model = LlavaOV(model_config)
+        pipeline = _prepare_pipeline(model, recipe, world)
+        for stage in pipeline.stage_modules:  # each FSDP2 root resets its own shards
+            stage.to_empty(device=world.device)
+        load_hf_weights(pipeline.model, folder, part=True)
+    else:
+        if model is None:
+            from ov_model.config import PRESETS
+
+            model = LlavaOV(PRESETS[config.preset])
+        model.to(world.device)
+        model_config = model.config
+        pipeline = _prepare_pipeline(model, recipe, world)
+    for stage in pipeline.stage_modules:
+        stage.train()
+    pipeline.model.train()
+    return pipeline, model_config
+
+
+def _prepare_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
+    if recipe.model.attention_backend is not None:
+        model.set_attention_backend(recipe.model.attention_backend)
+    freeze(model, recipe.model.trainable)
+    return build_pipeline(model, recipe, world)
+
+
 def _prepare(model: LlavaOV, recipe: Recipe, world: World) -> nn.Module:
     if recipe.model.attention_backend is not None:
         model.set_attention_backend(recipe.model.attention_backend)
@@ -76,14 +119,18 @@ def _prepare(model: LlavaOV, recipe: Recipe, world: World) -> nn.Module:
 
 
 @torch.no_grad()
-def load_hf_weights(model: nn.Module, folder: str | Path) -> None:
+def load_hf_weights(model: nn.Module, folder: str | Path, *, part: bool = False) -> None:
     """Fill `model`'s parameters and buffers (plain or DTensor shards, already allocated) from
     the HF checkpoint in `folder`, one tensor at a time; CheckpointError listing every
-    mismatch."""
+    mismatch. `part`: `model` holds only some of the model's modules (a pipeline rank's stages,
+    under their full names): the stored tensors of the other modules are expected, not
+    unexpected (what is missing or mis-shaped is still an error)."""
     folder = Path(folder)
     files = weight_files(folder)
     stored, unknown = from_hf({name: name for name in files})  # module name -> stored name
     targets = dict(model.state_dict(keep_vars=True))
+    if part:
+        stored = {name: stored_name for name, stored_name in stored.items() if name in targets}
     _check_names_and_shapes(folder, targets, stored, unknown, files)
     handles: dict[Path, object] = {}
     try:

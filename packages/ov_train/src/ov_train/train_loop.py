@@ -12,7 +12,8 @@ distributed wrappers):
 3. seed every generator from `train.seed`, enter deterministic mode if the recipe asks;
 4. build the model (`model_loading.py`: from `model.path` on the meta device, parallelized,
    then filled shard by shard from the safetensors files; or the seeded preset), frozen as the
-   recipe says, sharded with FSDP2 over several processes;
+   recipe says, sharded with FSDP2 over several processes; with `parallel.pp > 1` this rank's
+   pipeline stages instead (`distributed.pipeline`), stepped by `pipeline_step`;
 5. AdamW with per-module groups, the warmup + cosine LambdaLR;
 6. resume: model, optimizer, scheduler (resharded when the world size changed), the source's
    position, then the RNG states, last, since building drew from them (the rule for another
@@ -67,9 +68,10 @@ from ov_train.config_io import load_recipe, recipe_to_dict, save_recipe
 from ov_train.errors import TrainingError
 from ov_train.loss_plot import plot_run_loss
 from ov_train.metrics_log import RunLog
-from ov_train.model_loading import build_training_model
+from ov_train.model_loading import build_training_model, build_training_pipeline
 from ov_train.optim import build_optimizer
 from ov_train.parallel import World, forward_autocast, init_world, is_main
+from ov_train.pipeline_step import pipeline_step
 from ov_train.resume_point import choose_resume_checkpoint
 from ov_train.rng import (
     capture_rng_state,
@@ -201,9 +203,15 @@ class Trainer:
         device = world.device
         per_rank = recipe.train.micro_batches_per_rank(world.data_size)
         seed_everything(recipe.train.seed)
-        model, model_config = build_training_model(recipe, world, model=self.model)
+        pipeline = None
+        if recipe.parallel.pp > 1:
+            pipeline, model_config = build_training_pipeline(recipe, world, model=self.model)
+            model = pipeline.model  # this rank's stages, under the full model's names
+            optimizer = build_optimizer(model, recipe, group_names=pipeline.optimizer_groups)
+        else:
+            model, model_config = build_training_model(recipe, world, model=self.model)
+            optimizer = build_optimizer(model, recipe)
         self.model = model
-        optimizer = build_optimizer(model, recipe)
         scheduler = build_scheduler(optimizer, recipe)
         processor_dir = self._write_run_files(world)
         start = 0
@@ -249,17 +257,25 @@ class Trainer:
         try:
             for step in range(start + 1, recipe.train.steps + 1):
                 step_began = time.perf_counter()
-                result = train_step(
-                    model,
-                    optimizer,
-                    scheduler,
-                    batches.next_step(),
-                    world=world,
-                    device=device,
-                    autocast=autocast,
-                    clip_grad_norm=recipe.train.clip_grad_norm,
-                    step=step,
-                )
+                step_settings = {
+                    "world": world,
+                    "device": device,
+                    "clip_grad_norm": recipe.train.clip_grad_norm,
+                    "step": step,
+                }
+                if pipeline is not None:
+                    result = pipeline_step(
+                        pipeline, optimizer, scheduler, batches.next_step(), **step_settings
+                    )
+                else:
+                    result = train_step(
+                        model,
+                        optimizer,
+                        scheduler,
+                        batches.next_step(),
+                        autocast=autocast,
+                        **step_settings,
+                    )
                 seconds = time.perf_counter() - step_began
                 tokens += result.tokens
                 training_time += seconds

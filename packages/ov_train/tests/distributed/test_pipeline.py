@@ -11,16 +11,21 @@ import dataclasses
 
 import pytest
 import torch
+from torch.distributed.checkpoint.state_dict import get_state_dict
 
 from ov_model import PRESETS, LlavaOV
 from ov_model.packing import PackedBatch, pad_row
+from ov_train.checkpointing import load_checkpoint
 from ov_train.distributed.pipeline import build_pipeline
-from ov_train.memory_loader import PackedMicroBatch
+from ov_train.export import export_checkpoint
+from ov_train.memory_loader import InMemoryLoader, PackedMicroBatch
+from ov_train.model_loading import build_training_pipeline
 from ov_train.optim import build_optimizer, freeze
 from ov_train.parallel import SingleProcess, init_world
 from ov_train.pipeline_step import pipeline_step
 from ov_train.schedule import build_scheduler
 from ov_train.source import StepPlan
+from ov_train.train_loop import Trainer
 
 pytestmark = pytest.mark.dist
 
@@ -194,3 +199,84 @@ def test_1f1b_and_interleaved_pipelines_train_like_one_process(dist, make_recipe
     # rank 1 of the uneven split holds 3 of the 4 decoder layers and the head
     held = {n.split(".")[2] for n in results[1]["1f1b_uneven"]["parameters"] if ".layers." in n}
     assert held == {"1", "2", "3"}
+
+
+# ------------------------------------------------- checkpoints: pp = 2 <-> one process, export
+def _checkpoint_worker(rank, recipe, rows, run_dir, one_process_checkpoint):
+    world = init_world(recipe.parallel, "cpu")
+    trainer = Trainer(
+        recipe, InMemoryLoader(rows, shuffle=False), run_dir, world=world, model=four_layer_model()
+    )
+    result = trainer.run()
+    trained = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    # a fresh pipeline resumes the one-process run's checkpoint (1 -> pp = 2)
+    pipeline, _ = build_training_pipeline(recipe, world, model=four_layer_model())
+    optimizer = build_optimizer(pipeline.model, recipe, group_names=pipeline.optimizer_groups)
+    scheduler = build_scheduler(optimizer, recipe)
+    load_checkpoint(
+        one_process_checkpoint,
+        model=pipeline.model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        world=world,
+    )
+    model_state, optimizer_state = get_state_dict(pipeline.model, optimizer)
+    return {
+        "losses": [loss for _, loss in result.losses],
+        "checkpoint": result.last_checkpoint,
+        "trained": trained,
+        "resumed_model": {n: t.clone() for n, t in model_state.items()},
+        "resumed_optimizer": optimizer_state["state"],
+    }
+
+
+def _one_process_state(recipe, checkpoint):
+    """A whole model and its optimizer loaded from `checkpoint` in one process."""
+    model = four_layer_model()
+    optimizer = build_optimizer(model, recipe)
+    scheduler = build_scheduler(optimizer, recipe)
+    load_checkpoint(
+        checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, world=SingleProcess()
+    )
+    return model, get_state_dict(model, optimizer)
+
+
+def test_pipeline_checkpoints_load_without_a_pipeline_and_back_and_export(
+    dist, make_recipe, make_batches, tmp_path
+):
+    settings = ("train.steps=2", "checkpoint.every=2")
+    recipe = _recipe(make_recipe, "parallel.pp=2", *settings)
+    one = _recipe(make_recipe, *settings)
+    rows = [row for seed in range(STEPS) for row in _static_rows(make_batches, recipe, 4, seed)]
+    reference = Trainer(
+        one, InMemoryLoader(rows, shuffle=False), tmp_path / "one", model=four_layer_model()
+    ).run()
+    results = dist.run_workers(
+        _checkpoint_worker, 2, recipe, rows, tmp_path / "pp", reference.last_checkpoint
+    )
+    # the pp = 2 run trains like one process
+    for run in results:
+        assert run["losses"] == pytest.approx([loss for _, loss in reference.losses], rel=1e-6)
+    trained = {n: p for run in results for n, p in run["trained"].items()}
+    # pp = 2 -> one process: bitwise the pipeline's states, every tensor of the model
+    model, (_model_state, optimizer_state) = _one_process_state(one, results[0]["checkpoint"])
+    assert trained.keys() == dict(model.named_parameters()).keys()
+    for name, parameter in model.named_parameters():
+        assert torch.equal(parameter, trained[name]), name
+    # one process -> pp = 2: each rank holds its stages' states, bitwise the checkpoint's
+    _, (want_model, want_optimizer) = _one_process_state(one, reference.last_checkpoint)
+    resumed = {n: t for run in results for n, t in run["resumed_model"].items()}
+    moments = {n: s for run in results for n, s in run["resumed_optimizer"].items()}
+    assert resumed.keys() == want_model.keys()
+    assert moments.keys() == want_optimizer["state"].keys()
+    for name, tensor in want_model.items():
+        assert torch.equal(resumed[name], tensor), name
+    for name, state in want_optimizer["state"].items():
+        for key, value in state.items():
+            assert torch.equal(moments[name][key], value), (name, key)
+    assert len(optimizer_state["state"]) == len(trained)
+    # export of the pipeline's checkpoint: the HF layout of the whole model
+    exported = export_checkpoint(results[0]["checkpoint"], tmp_path / "hf")
+    loaded = LlavaOV.from_pretrained(exported)
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, trained[name]), name
