@@ -124,6 +124,34 @@ def test_supervised_rows_map_to_the_local_rows_this_rank_holds():
         ContextParallelSplit(None, 0, 2, "flash")
 
 
+@pytest.mark.gpu
+def test_flash_attn_blocks_match_the_fp32_math_blocks_gpu():
+    """Every rank's blocks of a cp = 2 split, computed in one process (the gathered-K/V autograd
+    function without its collective): flash-attn's varlen kernel per block in bf16, LSE merge
+    and its varlen backward, against the fp32 math blocks (which the process tests below hold to
+    the unsplit row)."""
+    pytest.importorskip("flash_attn")
+    from ov_train.distributed.cp_attention import _GatheredAttention, use_kernel
+
+    for name, (lengths, heads, kv_heads) in ROWS.items():
+        pieces = zigzag_pieces(sum(lengths), 2)
+        row = [t.cuda() for t in _row_tensors(lengths, heads, kv_heads)]
+        _, _, _, weight = row
+        for rank in (0, 1):
+            plan = AttentionPlan.build(pieces, rank, _cu(lengths))
+            held = pieces.global_rows(rank).cuda()
+            order = torch.cat([pieces.global_rows(r) for r in (0, 1)]).cuda()
+            results = {}
+            for dtype in (torch.bfloat16, torch.float32):
+                q, k, v = (t.detach().to(dtype, copy=True).requires_grad_() for t in row[:3])
+                assert use_kernel(q) == (dtype == torch.bfloat16)
+                out = _GatheredAttention.apply(q[held], k[order], v[order], plan, HEAD_DIM**-0.5)
+                (out.float() * weight[held]).sum().backward()
+                results[dtype] = [out.float(), q.grad.float(), k.grad.float(), v.grad.float()]
+            for got, want in zip(results[torch.bfloat16], results[torch.float32], strict=True):
+                torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2, msg=f"{name} {rank}")
+
+
 # ------------------------------------------------------------------------- attention, processes
 def _attention_worker(rank, rows, size):
     import torch.distributed as dist
