@@ -173,6 +173,22 @@ def test_fsdp_traffic_is_two_gathers_and_one_reduce_scatter_per_micro_batch():
     assert communication_per_step(EIGHT_B, WORKLOAD, Layout()).total == 0
 
 
+def test_only_groups_wider_than_a_node_send_between_nodes():
+    def between(**layout):
+        sent = communication_per_step(EIGHT_B, WORKLOAD, Layout(micro_batches=4, **layout))
+        return sent, sent.between_nodes
+
+    fsdp, crossing = between(world_size=128, dp_shard=128)
+    assert crossing == fsdp.total  # one FSDP group over 16 nodes
+    hsdp, crossing = between(world_size=128, dp_replicate=16, dp_shard=8)
+    assert crossing == hsdp.replica_all_reduce > 0  # shards gathered inside each node
+    tp, crossing = between(world_size=128, dp_shard=16, tp=8)
+    assert crossing == tp.fsdp_all_gather + tp.fsdp_reduce_scatter  # tp 8 fills a node
+    node, crossing = between(world_size=8, dp_shard=4, tp=2)
+    assert crossing == 0
+    assert node.total > 0
+
+
 def test_tensor_context_and_pipeline_traffic_grow_with_their_degree():
     def sent(**layout):
         world = layout.get("tp", 1) * layout.get("cp", 1) * layout.get("pp", 1)

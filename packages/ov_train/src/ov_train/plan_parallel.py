@@ -32,6 +32,10 @@ row's tokens, m the micro-batches a data-parallel rank runs per step):
 - pipeline (pp): per micro-batch, each stage boundary on the rank sends the T x hidden state
   forward (whole on every tp rank, as `distributed.pipeline` sends it) and its gradient
   backward.
+A collective whose group spans nodes counts as sent between nodes (a ring or tree collective
+runs at its slowest link): mesh dims are laid out tp innermost, then cp, dp_shard, dp_replicate,
+pp (`distributed.mesh`), so with 8 GPUs per node tp <= 8 stays on NVLink, FSDP2 over dp_shard x
+cp stays there while tp x cp x dp_shard <= 8 (HSDP's point), and so on.
 Small collectives (loss and token counts, norm-weight gradients over tp, clipping) are left
 out; they are bytes per step, not per token.
 
@@ -72,10 +76,14 @@ class Hardware:
     """Dense bf16 peak of one GPU in TFLOP/s (A800/A100: 312)."""
     mfu: float = 0.4
     """Model FLOPs utilisation the time estimate assumes."""
+    gpus_per_node: int = 8
+    """GPUs joined by NVLink; collectives of larger groups cross the network."""
 
     def __post_init__(self) -> None:
         if self.gpu_memory_gib <= 0 or self.peak_tflops <= 0:
             raise RecipeError("gpu_memory_gib and peak_tflops must be > 0")
+        if self.gpus_per_node < 1:
+            raise RecipeError(f"gpus_per_node must be >= 1, got {self.gpus_per_node}")
         if not 0 < self.mfu <= 1:
             raise RecipeError(f"mfu must lie in (0, 1], got {self.mfu}")
 
@@ -90,6 +98,9 @@ class Communication:
     tensor_parallel: float = 0.0
     context_parallel: float = 0.0
     pipeline: float = 0.0
+    between_nodes: float = 0.0
+    """The part of the total sent by collectives whose group spans nodes (they run at the
+    network's speed, not NVLink's)."""
 
     @property
     def total(self) -> float:
@@ -120,9 +131,11 @@ def communication_per_step(
     trainable: tuple[str, ...] = MODULES,
     pp_rank: int = 0,
     element_bytes: int = 2,
+    gpus_per_node: int = 8,
 ) -> Communication:
     """Bytes pipeline rank `pp_rank` sends per optimizer step of `layout.micro_batches`
-    micro-batches (see the module docstring)."""
+    micro-batches (see the module docstring); `between_nodes` counts the collectives whose
+    group spans nodes of `gpus_per_node` GPUs."""
     if layout.world_size == 1:
         return Communication()
     act, steps = element_bytes, layout.micro_batches
@@ -188,7 +201,20 @@ def communication_per_step(
         sends = sum(stage != layout.virtual_stages - 1 for stage in stages)
         sends += sum(stage != 0 for stage in stages)
         pipeline = steps * sends * boundary
+    # A mesh dim's group holds ranks `stride` apart (dims are laid out tp innermost, then cp,
+    # dp_shard, dp_replicate, pp): it stays in a node when stride x size <= gpus_per_node.
+    def spans(stride: int, size: int) -> bool:
+        return size > 1 and stride * size > gpus_per_node
+
+    tp, cp = layout.tp, layout.cp
+    between = 0.0
+    between += (gather + reduce) if spans(tp, shards) else 0.0
+    between += all_reduce if spans(tp * shards, replicas) else 0.0
+    between += tensor if spans(1, tp) else 0.0
+    between += context if spans(tp, cp) else 0.0
+    between += pipeline if spans(layout.world_size // layout.pp, layout.pp) else 0.0
     return Communication(
+        between_nodes=between,
         fsdp_all_gather=gather,
         fsdp_reduce_scatter=reduce,
         replica_all_reduce=all_reduce,
@@ -352,6 +378,7 @@ def plan_parallel(
                     trainable=trainable,
                     pp_rank=pp_rank,
                     element_bytes=act,
+                    gpus_per_node=hardware.gpus_per_node,
                 ),
                 sharded_parameters=measured,
             )

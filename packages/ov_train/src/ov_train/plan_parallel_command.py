@@ -5,8 +5,9 @@ ranks hold the same), rows: the mesh, the parameter values a rank holds by formu
 dry run (the real `parallelize` on a fake process group, `parallel_dry_run`), the memory lines
 of `memory_estimate`, the bytes it sends per optimizer step by kind, then the step's model
 FLOPs, its time at `--mfu`, the send rate that would hide all communication behind that time,
-and the days `--tokens` take (`plan_parallel` states every formula and assumption). The layout is the recipe's
-`parallel` section, changed like any recipe value: `--set parallel.tp=2 --set parallel.pp=2`.
+and the days `--tokens` take (`plan_parallel` states every formula and assumption). The layout
+is the recipe's `parallel` section, changed like any recipe value: `--set parallel.tp=2 --set
+parallel.pp=2`.
 
 `--release-stage1-5` plans the release's Stage-1.5 run instead (8B, 128 A800 80 GB, 8K packed;
 see `RELEASE_STAGE1_5` for the layout and global batch assumed, as the release states neither)
@@ -67,6 +68,7 @@ _COMMUNICATION_ROWS = (
     ("context parallel", "context_parallel"),
     ("pipeline", "pipeline"),
     ("total sent per step", "total"),
+    ("of which between nodes", "between_nodes"),
 )
 
 
@@ -99,6 +101,12 @@ _COMMUNICATION_ROWS = (
     type=click.FloatRange(min=0, min_open=True),
     default=312.0,
     help="Dense bf16 peak of one GPU in TFLOP/s (A800/A100: 312; H100 SXM: 989).",
+)
+@click.option(
+    "--gpus-per-node",
+    type=click.IntRange(min=1),
+    default=8,
+    help="GPUs per node (NVLink); collectives over larger groups count as between nodes.",
 )
 @click.option(
     "--mfu",
@@ -151,6 +159,7 @@ def plan_parallel_command(
     overrides: tuple[str, ...],
     gpu_memory_gib: float,
     peak_tflops: float,
+    gpus_per_node: int,
     mfu: float,
     tokens: float,
     image_fraction: float,
@@ -176,7 +185,12 @@ def plan_parallel_command(
         if recipe is None:
             raise RecipeError("give a RECIPE (see `ov-train recipes`) or --release-stage1-5")
         resolved = resolve_recipe(recipe, overrides)
-        hardware = Hardware(gpu_memory_gib=gpu_memory_gib, peak_tflops=peak_tflops, mfu=mfu)
+        hardware = Hardware(
+            gpu_memory_gib=gpu_memory_gib,
+            peak_tflops=peak_tflops,
+            mfu=mfu,
+            gpus_per_node=gpus_per_node,
+        )
         workload = Workload(
             micro_batch_tokens=resolved.train.micro_batch_tokens,
             image_token_fraction=image_fraction,
@@ -264,6 +278,10 @@ def _print_plans(plans, tokens: float) -> None:
     row(
         "  GiB/s sent to hide communication",
         lambda p, r: f"{r.communication.total / GIB / p.step_seconds:.1f}",
+    )
+    row(
+        "  of which between nodes",
+        lambda p, r: f"{r.communication.between_nodes / GIB / p.step_seconds:.1f}",
     )
     row(f"  days for {tokens / 1e9:g}B tokens", lambda p, r: f"{p.days(tokens):.2f}")
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
