@@ -4,9 +4,10 @@ One 2-process launch checks, in the same forked processes: the vocabulary-parall
 `cross_entropy_sum` (loss and gradients, chunked, with and without sequence parallelism, no
 supervised row), training through the real `train_step` with tp = 2 (without sequence
 parallelism, and with it plus activation checkpointing) against one process (loss equal,
-gradients rtol 1e-5, q_norm / k_norm included), the heads each rank's attention sees,
-replicated-parameter gradients identical (and Replicate, never Partial) on both tp ranks, the
-error for a row that does not split over tp, and a DCP checkpoint saved under tp = 2 loaded
+gradients rtol 1e-5, q_norm / k_norm included) and in bf16 (FSDP2's mixed precision), the
+placements of every kind of parameter (the ViT off the tp mesh), the heads each rank's attention
+sees, replicated-parameter gradients identical (and Replicate, never Partial) on both tp ranks,
+the error for a row that does not split over tp, and a DCP checkpoint saved under tp = 2 loaded
 under dp_shard = 2 (bit-identical states). A `slow` 4-process launch checks FSDP x TP
 (dp_shard 2 x tp 2, untied and tied embeddings) against one process and a dp x tp checkpoint
 loaded under dp_shard = 4.
@@ -313,6 +314,7 @@ def test_tensor_and_sequence_parallel_train_like_one_process(dist, make_recipe, 
             "parallel.sequence_parallel=true",
             "parallel.activation_checkpointing=full",
         ),
+        "tp_sp_bf16": _recipe(make_recipe, *tp, "train.dtype=bf16"),
     }
     checkpoint_recipes = (recipes["tp_sp_ac"], _recipe(make_recipe, "parallel.dp_shard=2"))
     results = dist.run_workers(
@@ -336,18 +338,17 @@ def test_tensor_and_sequence_parallel_train_like_one_process(dist, make_recipe, 
         runs = result["runs"]
         _assert_same_training(runs["tp"], reference)
         _assert_same_training(runs["tp_sp_ac"], reference)
-        layouts = runs["tp_sp_ac"]["layouts"]
-        assert "Shard(dim=0)" in layouts["language_model.layers.0.self_attn.q_proj.weight"]
-        assert "Shard(dim=1)" in layouts["language_model.layers.0.self_attn.o_proj.weight"]
-        assert "Shard(dim=0)" in layouts["language_model.embed_tokens.weight"]
-        assert "Shard(dim=0)" in layouts["lm_head.weight"]
-        for norm in ("q_norm", "k_norm"):
-            assert "Replicate()" in layouts[f"language_model.layers.1.self_attn.{norm}.weight"]
+        _assert_tp_layouts(runs["tp_sp_ac"]["layouts"])
+        bf16 = runs["tp_sp_bf16"]
+        assert bf16["losses"] != reference["losses"]  # the forward did run in bf16
+        assert bf16["losses"] == pytest.approx(reference["losses"], rel=2e-2)
+        for got, want in zip(bf16["gradients"], reference["gradients"], strict=True):
+            assert dist.cosine(got, want) >= 0.999
 
     # each rank's attention sees its share of the heads over the whole row
     config = PRESETS["tiny"].text
     tokens = {b.batch.input_ids.numel() for step in batches for b in step}
-    for result, name in ((r, n) for r in results for n in recipes):
+    for result, name in ((r, n) for r in results for n in ("tp", "tp_sp_ac")):
         heads = result["facts"][f"heads_{name}"]
         # activation checkpointing recomputes each layer's forward in backward: twice as many
         passes = 2 if name == "tp_sp_ac" else 1
@@ -376,6 +377,28 @@ def test_tensor_and_sequence_parallel_train_like_one_process(dist, make_recipe, 
     # a checkpoint saved under tp = 2, loaded under dp_shard = 2: bit-identical states
     checkpoint = results[0]["facts"]["checkpoint"]
     _assert_loaded_exactly(checkpoint)
+
+
+def _assert_tp_layouts(layouts: dict[str, str]) -> None:
+    """The tp placement (the last one, after FSDP2's) of each kind of parameter; the ViT and
+    the projector are not on the tp mesh at all."""
+    layer = "language_model.layers.0."
+    for name, placement in {
+        "self_attn.q_proj.weight": "Shard(dim=0)",
+        "self_attn.k_proj.weight": "Shard(dim=0)",
+        "mlp.up_proj.weight": "Shard(dim=0)",
+        "self_attn.o_proj.weight": "Shard(dim=1)",
+        "mlp.down_proj.weight": "Shard(dim=1)",
+        "self_attn.q_norm.weight": "Replicate()",
+        "self_attn.k_norm.weight": "Replicate()",
+        "input_layernorm.weight": "Replicate()",
+    }.items():
+        assert layouts[layer + name].startswith("('dp_shard', 'tp')"), name
+        assert layouts[layer + name].endswith(f"{placement})"), layouts[layer + name]
+    for name in ("language_model.embed_tokens.weight", "lm_head.weight"):
+        assert layouts[name].endswith("Shard(dim=0))"), name
+    for name in ("vision.blocks.0.attn.qkv.weight", "projector.mlp.0.weight"):
+        assert "'tp'" not in layouts[name], name
 
 
 def _assert_loaded_exactly(checkpoint):
@@ -413,8 +436,5 @@ def test_fsdp_by_tensor_parallel_on_four_processes_trains_like_one_process(
         _assert_same_training(run, reference)
         _assert_same_training(result["tied"], tied)
         assert "lm_head.weight" not in result["tied"]["parameters"]
-        layouts = run["layouts"]
-        assert layouts["language_model.layers.0.mlp.up_proj.weight"].startswith(
-            "('dp_shard', 'tp')"
-        )
+        _assert_tp_layouts(run["layouts"])
     _assert_loaded_exactly(results[0]["checkpoint"])
