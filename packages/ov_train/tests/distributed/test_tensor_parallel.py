@@ -9,8 +9,9 @@ placements of every kind of parameter (the ViT off the tp mesh), the heads each 
 sees, replicated-parameter gradients identical (and Replicate, never Partial) on both tp ranks,
 the error for a row that does not split over tp, and a DCP checkpoint saved under tp = 2 loaded
 under dp_shard = 2 (bit-identical states). A `slow` 4-process launch checks FSDP x TP
-(dp_shard 2 x tp 2, untied and tied embeddings) against one process and a dp x tp checkpoint
-loaded under dp_shard = 4.
+(dp_shard 2 x tp 2, untied and tied embeddings) and CP x TP (cp 2 x tp 2: each cp rank's
+share of the row split again over tp) against one process, and a dp x tp checkpoint loaded
+under dp_shard = 4.
 
 Every rank of a tp group holds the same micro-batches (the whole step when dp = 1); rows are
 padded to a multiple of tp with `pad_row`'s padding sample, as the data path does.
@@ -90,13 +91,15 @@ def padded(samples, multiple_of: int = TP) -> PackedMicroBatch:
     return PackedMicroBatch(batch)
 
 
-def step_batches(samples, micro_batches: int = MICRO_BATCHES) -> list[list[PackedMicroBatch]]:
-    """STEPS steps of `micro_batches` rows of 3 samples, every row padded to a multiple of TP;
-    odd unpadded lengths among them, so the padding is exercised."""
+def step_batches(
+    samples, micro_batches: int = MICRO_BATCHES, multiple_of: int = TP
+) -> list[list[PackedMicroBatch]]:
+    """STEPS steps of `micro_batches` rows of 3 samples, every row padded to a multiple of
+    `multiple_of`; odd unpadded lengths among them, so the padding is exercised."""
     steps = []
     for step in range(STEPS):
         rows = samples.make_samples(3 * micro_batches, seed=step)
-        steps.append([padded(rows[i : i + 3]) for i in range(0, len(rows), 3)])
+        steps.append([padded(rows[i : i + 3], multiple_of) for i in range(0, len(rows), 3)])
     return steps
 
 
@@ -414,17 +417,22 @@ def _assert_loaded_exactly(checkpoint):
 def _four_process_worker(rank, dist, recipes, batches, folder):
     run = dist.train_distributed(tiny_model, recipes["fsdp_tp"], batches)
     tied = dist.train_distributed(tied_model, recipes["fsdp_tp"], batches)
+    context = dist.train_distributed(tiny_model, recipes["cp_tp"], batches)
     checkpoint = _checkpoint_across_layouts(recipes["fsdp_tp"], recipes["dp"], batches, folder)
-    return {"run": run, "tied": tied, "checkpoint": checkpoint}
+    return {"run": run, "tied": tied, "context": context, "checkpoint": checkpoint}
 
 
 @pytest.mark.slow
-def test_fsdp_by_tensor_parallel_on_four_processes_trains_like_one_process(
+def test_fsdp_and_context_by_tensor_parallel_on_four_processes_train_like_one_process(
     dist, make_recipe, samples, tmp_path
 ):
-    batches = step_batches(samples, micro_batches=4)
+    # rows split over cp = 2 (zigzag: 4 chunks), each cp share over tp = 2 (SP): a multiple of 4
+    batches = step_batches(samples, micro_batches=4, multiple_of=4)
     recipes = {
         "fsdp_tp": _recipe(make_recipe, "parallel.dp_shard=2", "parallel.tp=2", global_batch=4),
+        "cp_tp": _recipe(
+            make_recipe, "parallel.dp_shard=1", "parallel.cp=2", "parallel.tp=2", global_batch=4
+        ),
         "dp": _recipe(make_recipe, "parallel.dp_shard=4", global_batch=4),
     }
     results = dist.run_workers(_four_process_worker, 4, dist, recipes, batches, tmp_path)
@@ -435,6 +443,7 @@ def test_fsdp_by_tensor_parallel_on_four_processes_trains_like_one_process(
         run = result["run"]
         _assert_same_training(run, reference)
         _assert_same_training(result["tied"], tied)
+        _assert_same_training(result["context"], reference)
         assert "lm_head.weight" not in result["tied"]["parameters"]
         _assert_tp_layouts(run["layouts"])
     _assert_loaded_exactly(results[0]["checkpoint"])
