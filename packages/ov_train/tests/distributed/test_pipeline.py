@@ -12,11 +12,13 @@ import dataclasses
 import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import get_state_dict
+from torch.distributed.tensor import DTensor
 
 from ov_model import PRESETS, LlavaOV
 from ov_model.packing import PackedBatch, pad_row
 from ov_train.checkpointing import load_checkpoint
 from ov_train.distributed.pipeline import build_pipeline
+from ov_train.errors import RecipeError
 from ov_train.export import export_checkpoint
 from ov_train.memory_loader import InMemoryLoader, PackedMicroBatch
 from ov_train.model_loading import build_training_pipeline
@@ -31,7 +33,7 @@ pytestmark = pytest.mark.dist
 
 STEPS = 2
 ZERO_BUBBLE = {"zero_bubble": "InterleavedZeroBubble", "zbv": "ZBVZeroBubble"}
-BUDGET = 160  # micro_batch_tokens: 3 random samples fit
+BUDGET = 159  # micro_batch_tokens: 3 random samples fit; rows of 160 tokens, tp = 2 splits them
 CONFIG = dataclasses.replace(
     PRESETS["tiny"], text=dataclasses.replace(PRESETS["tiny"].text, num_hidden_layers=4)
 )
@@ -121,6 +123,13 @@ def train_pipelined(recipe, step_batches) -> dict:
         "gradients": gradients,
         "parameters": {n: _full(p.detach()).clone() for n, p in pipeline.model.named_parameters()},
         "stages": [module.plan.index for module in pipeline.stage_modules],
+        "meshes": sorted(
+            {
+                str(p.device_mesh.mesh_dim_names)
+                for p in pipeline.model.parameters()
+                if isinstance(p, DTensor)
+            }
+        ),
     }
 
 
@@ -131,7 +140,8 @@ def _reference(dist, recipe, step_batches) -> dict:
 
 
 def _joined(runs: list[dict]) -> dict:
-    """The ranks' results as one: scalars from rank 0 (checked equal), tensors by name."""
+    """The ranks' results as one: scalars from rank 0 (checked equal), tensors by name (ranks
+    holding the same tensor, data-parallel or tensor-parallel peers, hold it whole alike)."""
     joined = dict(runs[0])
     for run in runs[1:]:
         assert run["losses"] == runs[0]["losses"]
@@ -163,8 +173,14 @@ def _assert_same_training(run, reference, *, rtol=1e-5):
 
 
 # --------------------------------------------------------------------------- 2 processes
-def _schedules_worker(rank, recipes, step_batches):
-    return {name: train_pipelined(recipe, step_batches) for name, recipe in recipes.items()}
+def _schedules_worker(rank, recipes, step_batches, refused=None):
+    runs = {name: train_pipelined(recipe, step_batches) for name, recipe in recipes.items()}
+    if refused is not None:  # a recipe build_pipeline must refuse, with its message
+        world = init_world(refused.parallel, "cpu")
+        with pytest.raises(RecipeError) as error:
+            build_pipeline(four_layer_model(), refused, world)
+        runs["refused"] = str(error.value)
+    return runs
 
 
 def test_1f1b_and_interleaved_pipelines_train_like_one_process(dist, make_recipe, make_batches):
@@ -194,6 +210,7 @@ def test_1f1b_and_interleaved_pipelines_train_like_one_process(dist, make_recipe
     assert [r["1f1b"]["stages"] for r in results] == [[0], [1]]
     assert [r["interleaved"]["stages"] for r in results] == [[0, 2], [1, 3]]
     assert [r["zbv"]["stages"] for r in results] == [[0, 3], [1, 2]]
+    assert all(r[name]["meshes"] == [] for r in results for name in recipes)  # dp 1: no FSDP2
     for name in recipes:
         _assert_same_training(_joined([r[name] for r in results]), reference)
     # rank 1 of the uneven split holds 3 of the 4 decoder layers and the head
@@ -280,3 +297,42 @@ def test_pipeline_checkpoints_load_without_a_pipeline_and_back_and_export(
     loaded = LlavaOV.from_pretrained(exported)
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, trained[name]), name
+
+
+# --------------------------------------------------------------------------- 4 processes
+@pytest.mark.slow
+def test_pipeline_with_fsdp_and_with_tensor_parallel_trains_like_one_process(
+    dist, make_recipe, make_batches
+):
+    probe = _recipe(make_recipe, "parallel.pp=2", "parallel.tp=2", micro_batches=8)
+    step_batches = [_static_rows(make_batches, probe, 8, seed) for seed in range(STEPS)]
+    recipes = {
+        # 2 data-parallel ranks x 2 stages: each pipeline runs 4 of the 8 micro-batches
+        "fsdp": _recipe(make_recipe, "parallel.pp=2", "parallel.dp_shard=2", micro_batches=8),
+        "fsdp_interleaved": _recipe(
+            make_recipe,
+            "parallel.pp=2",
+            "parallel.dp_shard=2",
+            "parallel.pp_schedule=Interleaved1F1B",
+            "parallel.pp_stages_per_rank=2",
+            "parallel.activation_checkpointing=full",
+            micro_batches=8,
+        ),
+        "tp_sp": probe,
+    }
+    zero_bubble_fsdp = _recipe(
+        make_recipe,
+        "parallel.pp=2",
+        "parallel.dp_shard=2",
+        "parallel.pp_schedule=InterleavedZeroBubble",
+        "parallel.pp_stages_per_rank=2",
+        micro_batches=8,
+    )
+    results = dist.run_workers(_schedules_worker, 4, recipes, step_batches, zero_bubble_fsdp)
+    reference = _reference(dist, _recipe(make_recipe, micro_batches=8), step_batches)
+    for name in recipes:
+        _assert_same_training(_joined([r[name] for r in results]), reference)
+    for run in results:
+        assert run["fsdp"]["meshes"] == ["('dp_shard',)"]  # FSDP2 over the data-parallel ranks
+        assert run["tp_sp"]["meshes"] == ["('tp',)"]  # no FSDP2 over one data-parallel rank
+        assert "use 1F1B or Interleaved1F1B" in run["refused"]

@@ -16,7 +16,8 @@
    inference would run the stage on dummy data it cannot pack (the peer then waits forever);
    the shapes are static instead: the first stage takes (1, T) token ids, every other stage the
    (T, hidden) states, T = `parallel.static_row_tokens(train.micro_batch_tokens)`, the length
-   the data path pads every row to; the last stage returns its micro-batch's CE sum (0-d);
+   the data path pads every row to (T / tp under sequence parallelism: a tp rank sends its
+   share of the tokens); the last stage returns its micro-batch's CE sum (0-d);
 4. builds the schedule (1F1B, Interleaved1F1B, InterleavedZeroBubble, ZBVZeroBubble) with
    `scale_grads=False`: the loss function divides each micro-batch's CE sum by the step's global
    supervised count N (summed over the data-parallel ranks), so the gradients are the global
@@ -165,6 +166,9 @@ def build_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
     for module in modules:
         parallelize(module, recipe, world, shard=shard)
     group = world.mesh["pp"].get_group()
+    # sequence parallelism leaves each tp rank its share of the row's tokens between layers
+    split = parallel.tp if parallel.tp > 1 and parallel.sequence_parallel else 1
+    state_tokens = row_tokens // split
     if shard:  # FSDP2 computes in its param dtype, the states travel in it
         dtype = fsdp_param_dtype(recipe, world) or torch.float32
         autocast = contextlib.nullcontext
@@ -177,8 +181,8 @@ def build_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
             plan.index,
             plan.count,
             world.device,
-            input_args=_input_example(plan, row_tokens, model, dtype, world.device),
-            output_args=_output_example(plan, row_tokens, model, dtype, world.device),
+            input_args=_input_example(plan, row_tokens, state_tokens, model, dtype, world.device),
+            output_args=_output_example(plan, state_tokens, model, dtype, world.device),
             group=group,
         )
         for module, plan in zip(modules, plans, strict=True)
@@ -200,23 +204,23 @@ def build_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
 
 
 def _hidden_example(
-    row_tokens: int, model: LlavaOV, dtype: torch.dtype, device: torch.device
+    tokens: int, model: LlavaOV, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    """A (T, hidden) state as stages send it; the examples require grad, as the states do (else
-    torch plans no gradient exchange for them)."""
-    return torch.empty(row_tokens, model.config.text.hidden_size, dtype=dtype, device=device)
+    """A (tokens, hidden) state as stages send it; the examples require grad, as the states do
+    (else torch plans no gradient exchange for them)."""
+    return torch.empty(tokens, model.config.text.hidden_size, dtype=dtype, device=device)
 
 
-def _input_example(plan: StagePlan, row_tokens, model, dtype, device) -> torch.Tensor:
+def _input_example(plan: StagePlan, row_tokens, state_tokens, model, dtype, device):
     if plan.is_first:
         return torch.empty(1, row_tokens, dtype=torch.int64, device=device)
-    return _hidden_example(row_tokens, model, dtype, device).requires_grad_()
+    return _hidden_example(state_tokens, model, dtype, device).requires_grad_()
 
 
-def _output_example(plan: StagePlan, row_tokens, model, dtype, device) -> torch.Tensor:
+def _output_example(plan: StagePlan, state_tokens, model, dtype, device) -> torch.Tensor:
     if plan.is_last:
         return torch.empty((), dtype=torch.float32, device=device, requires_grad=True)
-    return _hidden_example(row_tokens, model, dtype, device).requires_grad_()
+    return _hidden_example(state_tokens, model, dtype, device).requires_grad_()
 
 
 def _build_schedule(

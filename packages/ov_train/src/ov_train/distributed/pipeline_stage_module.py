@@ -59,6 +59,16 @@ class LanguageModelPart(nn.Module):
         self.norm = norm
         self.attention_backend = attention_backend
 
+    def forward(
+        self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend
+    ) -> torch.Tensor:
+        """Its layers on `hidden`, then the final norm if it holds it. A module call (not a
+        loop in the stage), so the hooks parallelisms put on the language model run here:
+        tensor parallelism splits the first stage's whole rows into this rank's tokens."""
+        for layer in self.layers:
+            hidden = layer(hidden, cos, sin, attend)
+        return hidden if self.norm is None else self.norm(hidden)
+
     def indexed_layers(self) -> list[tuple[int, nn.Module]]:
         """(index in the full model, layer) of the layers held."""
         return [(int(name), layer) for name, layer in self.layers.named_children()]
@@ -146,12 +156,10 @@ class StageModule(ModelPart):
             language.attention_backend,
             inputs.metadata.sample_lengths,
         )
-        for layer in language.layers:
-            hidden = layer(hidden, cos, sin, attend)
+        hidden = language(hidden, cos, sin, attend)
         if not self.plan.is_last:
             # Zero-bubble schedules detach a stage's output in place, which a view refuses.
             return hidden.clone() if hidden._is_view() or hidden is x else hidden
-        hidden = language.norm(hidden)
         loss_sum = self.loss_function(
             hidden, self.head_weight, inputs.supervised_rows, inputs.supervised_targets
         )

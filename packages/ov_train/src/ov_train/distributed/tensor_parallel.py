@@ -73,18 +73,27 @@ def apply_tensor_parallel(
         return model
     check_divisible(model.config.text, tp)
     language_model = model.language_model
-    parallelize_module(
-        language_model.embed_tokens,
-        tp_mesh,
-        RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
-    )
+    # A pipeline stage's module holds some of these (None: another stage's); only the stage
+    # that embeds receives whole rows to split, the others receive this rank's rows.
+    if language_model.embed_tokens is not None:
+        parallelize_module(
+            language_model.embed_tokens,
+            tp_mesh,
+            RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+        )
     for layer in language_model.layers:
         parallelize_module(layer, tp_mesh, _layer_plan(layer, sequence_parallel))
     if sequence_parallel:
-        parallelize_module(
-            language_model.norm, tp_mesh, SequenceParallel(sequence_dim=0, use_local_output=True)
-        )
-        language_model.register_forward_pre_hook(partial(_split_tokens, tp_mesh), with_kwargs=True)
+        if language_model.norm is not None:
+            parallelize_module(
+                language_model.norm,
+                tp_mesh,
+                SequenceParallel(sequence_dim=0, use_local_output=True),
+            )
+        if language_model.embed_tokens is not None:
+            language_model.register_forward_pre_hook(
+                partial(_split_tokens, tp_mesh), with_kwargs=True
+            )
     if model.lm_head is not None:
         parallelize_module(model.lm_head, tp_mesh, ColwiseParallel())
     _reduce_partial_gradients(language_model)
