@@ -91,11 +91,15 @@ tp; every quantity above is then per rank of pipeline rank `pp_rank`, `RankParam
   and projector run whole on every cp and tp rank of stage 0 (the release runs the ViT at
   cp = 1). The head keeps T / cp supervised rows (gathered over tp) and its chunk transient has
   vocab / tp columns.
-- pipelining: a rank holds the activations of several micro-batches at its peak (`in_flight`):
-  1F1B min(pp - r, m) on pipeline rank r (pp on rank 0), the V schedule (ZBVZeroBubble) pp on
-  every rank (its zero-bubble paper's bound), the interleaved schedules Megatron's warm-up
-  count 2 (pp - r - 1) + (v - 1) pp + 1 chunk-micro-batches of v chunks (rank 0: pp x
-  (1 + (pp - 1) / (pp v)) micro-batches), all capped by the m micro-batches of a step.
+- pipelining: a rank holds the activations of several micro-batches at its peak, per stage
+  it holds (`in_flight_stages`): 1F1B min(pp - r, m) on pipeline rank r (pp on rank 0); the
+  interleaved schedules the forwards before the first backward, Megatron's (and torch's)
+  warm-up 2 (pp - r - 1) + (v - 1) pp plus one, taken round by round (pp micro-batches
+  through a chunk, then the next chunk; rank 0 holds pp (1 + (pp - 1) / (pp v)) micro-batches
+  of all its chunks, Korthikanti et al. 2022), capped by the m micro-batches of a step; the V
+  schedule (ZBVZeroBubble) pp / 2 per chunk, pp chunk-micro-batches on every rank (the
+  zero-bubble paper's bound, not measured here). Measured on the tiny model through the real
+  schedules (1F1B, Interleaved1F1B, pp 2): within 10% on each rank.
 
 Not modelled: the attention kernels' own workspace (flash attention keeps none of size T^2),
 int64 index tensors (< 0.1%), and the single-process autocast path's fp32 residual stream (the
@@ -579,18 +583,30 @@ class Layout:
             return (pp_rank, 2 * self.pp - 1 - pp_rank)
         return tuple(pp_rank + self.pp * chunk for chunk in range(self.pp_stages_per_rank))
 
-    def in_flight(self, pp_rank: int) -> float:
-        """Micro-batches whose activations pipeline rank `pp_rank` holds at its peak, in units of
-        one micro-batch through all of its stages (see the module docstring)."""
+    def in_flight_stages(self, pp_rank: int) -> dict[int, int]:
+        """Micro-batches in flight at pipeline rank `pp_rank`'s peak, per virtual stage it
+        holds (see the module docstring): the forwards run before its first backward."""
+        stages = self.rank_stages(pp_rank)
+        steps = self.micro_batches
         if self.pp == 1:
-            return 1.0
+            return {stage: 1 for stage in stages}
         if self.pp_schedule == "1F1B":
-            return float(min(self.pp - pp_rank, self.micro_batches))
+            return {stages[0]: min(self.pp - pp_rank, steps)}
         if self.pp_schedule == "ZBVZeroBubble":
-            return float(min(self.pp, self.micro_batches))
+            return {stage: min(self.pp, steps) // 2 or 1 for stage in stages}
+        # interleaved: forwards go round by round, pp micro-batches through one chunk, then
+        # the next chunk; Megatron's (and torch's) warm-up plus the first steady forward
         chunks = self.pp_stages_per_rank
-        warm = 2 * (self.pp - pp_rank - 1) + (chunks - 1) * self.pp + 1
-        return min(warm, self.micro_batches * chunks) / chunks
+        forwards = min(2 * (self.pp - pp_rank - 1) + (chunks - 1) * self.pp + 1, steps * chunks)
+        counts = dict.fromkeys(stages, 0)
+        for index in range(forwards):
+            counts[stages[(index // self.pp) % chunks]] += 1
+        return counts
+
+    def in_flight(self, pp_rank: int) -> float:
+        """Micro-batches in flight at pipeline rank `pp_rank`'s peak, in units of one
+        micro-batch through all of its stages."""
+        return sum(self.in_flight_stages(pp_rank).values()) / len(self.rank_stages(pp_rank))
 
     def checkpointed(self, layers: int) -> int:
         """How many of a stack's `layers` layers recompute their forward in backward."""
@@ -656,29 +672,36 @@ def activation_bytes(
     local = tokens / layout.cp  # the LLM's tokens on this rank (the ViT runs at cp = 1)
     stream = local / layout.tp if layout.sequence_sharded else local
     stages = layout.rank_stages(pp_rank)
-    first, last = 0 in stages, layout.virtual_stages - 1 in stages
+    first = 0 in stages
     per_stage = layout.stage_layers(text.num_hidden_layers)
     vision_keeps = "vision" in trainable and first
     projector_keeps = (vision_keeps or "projector" in trainable) and first
 
     layer_bytes = tokens * layer_bytes_per_token(decoder_layer_saved(text), act, layout)
-    layers = sum(per_stage[stage] for stage in stages)
-    checkpointed = sum(layout.checkpointed(per_stage[stage]) for stage in stages)
-    llm = (layers - checkpointed) * layer_bytes + checkpointed * stream * text.hidden_size * act
-    llm += local * 2 * text.head_dim * 4  # cos, sin (fp32)
-    transients = [layer_bytes * (RECOMPUTED_LAYER if checkpointed else KEPT_LAYER)]
-    head = 0.0
-    if last:
-        norm = _rms_norm("norm", text.hidden_size, output=False)
-        llm += stream * saved_bytes_per_token(norm, act)
-        supervised = workload.supervised_tokens / layout.cp
-        head = supervised * text.hidden_size * act
-        chunk_rows = min(workload.loss_chunk, supervised)
-        transients.append(chunk_rows * text.vocab_size / layout.tp * HEAD_BYTES_PER_LOGIT)
+    flights = layout.in_flight_stages(pp_rank)
+    llm = head = 0.0
+    transients = []
+    for stage, count in flights.items():
+        layers = per_stage[stage]
+        checkpointed = layout.checkpointed(layers)
+        held = (layers - checkpointed) * layer_bytes
+        held += checkpointed * stream * text.hidden_size * act
+        held += local * 2 * text.head_dim * 4  # cos, sin (fp32)
+        if layers:
+            transients.append(layer_bytes * (RECOMPUTED_LAYER if checkpointed else KEPT_LAYER))
+        if stage == layout.virtual_stages - 1:
+            norm = _rms_norm("norm", text.hidden_size, output=False)
+            held += stream * saved_bytes_per_token(norm, act)
+            supervised = workload.supervised_tokens / layout.cp
+            head += count * supervised * text.hidden_size * act
+            chunk_rows = min(workload.loss_chunk, supervised)
+            transients.append(chunk_rows * text.vocab_size / layout.tp * HEAD_BYTES_PER_LOGIT)
+        llm += count * held
 
     patches = workload.image_tokens * config.merge_size**2
     vit_tokens = patches + workload.images
-    vit = projector = 0
+    vit = projector = 0.0
+    first_count = flights.get(0, 0)
     if vision_keeps and patches:
         block_bytes = vit_tokens * saved_bytes_per_token(vit_block_saved(vision), act)
         blocks = vision.depth
@@ -688,17 +711,17 @@ def activation_bytes(
         vit += patches * vision.patch_dim * act  # pixel rows kept by the patch embedding
         vit += vit_tokens * (vision.hidden_size * act + 8)  # pre_layernorm input, mean, rstd
         vit += vit_tokens * vision.head_dim * 3 * 4  # angles, cos, sin (fp32)
+        vit *= first_count
         transients.append(block_bytes * (RECOMPUTED_LAYER if vit_checkpointed else KEPT_LAYER))
     if projector_keeps and patches:
-        projector = patches * (4 * vision.hidden_size * act + 8)
-    flight = layout.in_flight(pp_rank)
+        projector = first_count * patches * (4 * vision.hidden_size * act + 8)
     return ActivationBytes(
-        vision=round(flight * vit),
-        projector=round(flight * projector),
-        language_model=round(flight * llm),
-        head=round(flight * head),
-        transient=round(max(transients)),
-        in_flight=flight,
+        vision=round(vit),
+        projector=round(projector),
+        language_model=round(llm),
+        head=round(head),
+        transient=round(max(transients, default=0)),
+        in_flight=layout.in_flight(pp_rank),
     )
 
 

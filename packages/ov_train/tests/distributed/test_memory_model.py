@@ -10,11 +10,17 @@ Measured, per rank, on one packed row of about 600 tokens (fp32, no activation c
   hand to the matmuls, are not activations and are left out);
 - parameters, gradients, AdamW states: the bytes of this rank's local tensors (shards) after
   one optimizer step (gradients just before it).
+Pipeline parallel (pp 2, 1F1B and Interleaved1F1B, 4 micro-batches through the real schedule)
+is held to the estimate's micro-batches in flight: there the PEAK of the saved tensors alive at
+once is measured (a saved tensor dies when its micro-batch's backward frees it), on each rank.
 The estimate models the GPU attention kernels; the CPU varlen path (one process, dp, tp) also
 keeps a scattered copy of each attention output, added to the estimate here as the existing
 single-process activation test does. Context parallel attention is ov_train's own and keeps
 exactly what the estimate counts.
 """
+
+import dataclasses
+import weakref
 
 import pytest
 import torch
@@ -22,6 +28,7 @@ from torch.distributed.tensor import DTensor
 
 from ov_model import PRESETS, LlavaOV
 from ov_model.packing import IGNORE_INDEX, PackedBatch, pad_row, shifted_targets
+from ov_train.distributed.pipeline import build_pipeline
 from ov_train.memory_estimate import Layout, Workload, estimate_memory
 from ov_train.memory_loader import PackedMicroBatch
 from ov_train.optim import build_optimizer, freeze
@@ -186,3 +193,127 @@ def test_memory_model_matches_every_rank_of_fsdp_tp_and_cp_within_10_percent(
     )
     assert one["cp 2 ring"]["activations"] < one["cp 2 allgather"]["activations"]
     assert one["tp 2"]["activations"] < one["dp_shard 2"]["activations"]
+
+
+# ------------------------------------------------------------------ pipeline: in-flight peak
+PIPELINED = dataclasses.replace(TINY, text=dataclasses.replace(TINY.text, num_hidden_layers=4))
+PIPELINES = {
+    "pp 2 1F1B": ("parallel.pp=2", "parallel.dp_shard=1"),
+    "pp 2 interleaved": (
+        "parallel.pp=2",
+        "parallel.dp_shard=1",
+        "parallel.pp_schedule=Interleaved1F1B",
+        "parallel.pp_stages_per_rank=2",
+    ),
+}
+PIPELINE_MICRO_BATCHES = 4
+
+
+class _Saved:
+    """What the pack hook hands autograd: it dies when autograd frees the saved tensor."""
+
+    __slots__ = ("__weakref__", "tensor")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
+class PeakSaved:
+    """Bytes of the distinct storages autograd holds for backward, now and at the peak."""
+
+    def __init__(self) -> None:
+        self.holders: dict[int, int] = {}
+        self.sizes: dict[int, int] = {}
+        self.now = self.peak = 0
+
+    def pack(self, tensor: torch.Tensor):
+        if _is_parameter(tensor):
+            return tensor
+        storage = _local(tensor).untyped_storage()
+        key = storage.data_ptr()
+        if not self.holders.get(key):
+            self.sizes[key] = storage.nbytes()
+            self.now += storage.nbytes()
+            self.peak = max(self.peak, self.now)
+        self.holders[key] = self.holders.get(key, 0) + 1
+        saved = _Saved(tensor)
+        weakref.finalize(saved, self._release, key)
+        return saved
+
+    @staticmethod
+    def unpack(saved):
+        return saved.tensor if isinstance(saved, _Saved) else saved
+
+    def _release(self, key: int) -> None:
+        self.holders[key] -= 1
+        if not self.holders[key]:
+            self.now -= self.sizes.pop(key)
+
+
+def _pipeline_worker(rank, recipes, batch):
+    results = {}
+    for name, recipe in recipes.items():
+        world = init_world(recipe.parallel, "cpu")
+        torch.manual_seed(0)
+        model = LlavaOV(PIPELINED).train()
+        freeze(model, recipe.model.trainable)
+        pipeline = build_pipeline(model, recipe, world)
+        supervised = int((shifted_targets(batch.labels, batch.cu_seqlens) != IGNORE_INDEX).sum())
+        peak = PeakSaved()
+        with torch.autograd.graph.saved_tensors_hooks(peak.pack, peak.unpack):
+            pipeline.run(
+                [batch] * PIPELINE_MICRO_BATCHES, supervised * PIPELINE_MICRO_BATCHES, step=1
+            )
+        results[name] = {"peak": peak.peak, "left": peak.now}
+    return results
+
+
+def _pipeline_estimate(recipe, workload: Workload, pp_rank: int) -> int:
+    layout = Layout.from_parallel(
+        recipe.parallel, recipe.parallel.pp, micro_batches=PIPELINE_MICRO_BATCHES
+    )
+    estimate = estimate_memory(PIPELINED, workload, layout, dtype="fp32", pp_rank=pp_rank)
+    # the CPU varlen path's attention-output copies of this rank's layers (and the ViT on 0)
+    text, vision = PIPELINED.text, PIPELINED.vision
+    layers = sum(estimate.rank_parameters.layers for _ in (0,))
+    width = text.num_attention_heads * text.head_dim
+    copies = layers * workload.micro_batch_tokens * width
+    if estimate.rank_parameters.vision:
+        vit_tokens = workload.image_tokens * TINY.merge_size**2 + workload.images
+        copies += vision.depth * vit_tokens * vision.hidden_size
+    return estimate.activations.held + round(4 * copies * estimate.activations.in_flight)
+
+
+def test_pipeline_ranks_hold_the_estimated_micro_batches_in_flight_within_10_percent(
+    dist, make_recipe, samples
+):
+    row = _row(samples).batch
+    budget = row.input_ids.numel()
+    recipes = {
+        name: make_recipe(
+            "train.dtype=fp32",
+            "parallel.timeout_s=60",
+            f"train.micro_batch_tokens={budget}",
+            f"train.grad_accumulation={PIPELINE_MICRO_BATCHES}",
+            *overrides,
+        )
+        for name, overrides in PIPELINES.items()
+    }
+    length = recipes["pp 2 1F1B"].parallel.static_row_tokens(budget)
+    batch = pad_row(
+        row,
+        image_token_id=TINY.image_token_id,
+        pad_token_id=0,
+        patch_dim=TINY.vision.patch_dim,
+        merge_size=TINY.merge_size,
+        length=length,
+    )
+    workload = _workload(batch)
+    results = dist.run_workers(_pipeline_worker, 2, recipes, batch)
+    for name, recipe in recipes.items():
+        for rank, result in enumerate(results):
+            measured, estimated = result[name]["peak"], _pipeline_estimate(recipe, workload, rank)
+            assert result[name]["left"] == 0, f"{name}, rank {rank}: saved tensors left over"
+            assert abs(measured / estimated - 1) <= TOLERANCE, (
+                f"{name}, rank {rank}: measured peak {measured}, estimated {estimated}"
+            )
