@@ -112,8 +112,8 @@ class VocabParallelCrossEntropy:
     1-D tp mesh): the same (hidden, head_weight, rows, targets) -> CE sum, installed as
     `LlavaOV.loss_function` by `apply_tensor_parallel`.
 
-    `head_weight` is a DTensor Shard(0) on `mesh` (or its local shard, a plain tensor of
-    vocab / tp rows); `hidden` is the final norm's output: the whole row on every rank, or with
+    `head_weight` is a DTensor Shard(0) on `mesh` (inside FSDP2's forward, the gathered tp
+    shard); `hidden` is the final norm's output: the whole row on every rank, or with
     `sequence_parallel` this rank's rows of it (rank order), `rows` index the whole row."""
 
     def __init__(
@@ -158,7 +158,11 @@ class VocabParallelCrossEntropy:
 
     def _local_shard(self, head_weight: torch.Tensor) -> torch.Tensor:
         if not isinstance(head_weight, DTensor):
-            return head_weight
+            raise TrainingError(
+                "the vocabulary-parallel loss needs the head as a DTensor sharded by vocabulary "
+                f"rows on the tp mesh (apply_tensor_parallel), got a plain {head_weight.shape} "
+                "tensor"
+            )
         if tuple(head_weight.placements) != (Shard(0),) or head_weight.device_mesh != self.mesh:
             raise TrainingError(
                 f"the vocabulary-parallel loss needs the head sharded by vocabulary rows "
