@@ -11,8 +11,8 @@ process.
 - Training, 2 processes: cp = 2 with each path through the real `train_step` against one
   process on the same global batch (loss equal, gradients rtol 1e-5; also with activation
   checkpointing, and under FSDP2 bf16 against fp32 within bf16's reach); dp_shard 2 x cp 2 on
-  4 processes (`slow`); a 2-process `ov-train run` with ring cp = 2 whose loss trace equals one
-  process's.
+  4 processes, Stage-1 (frozen LLM) included (`slow`); a 2-process `ov-train run` with ring
+  cp = 2 whose loss trace equals one process's.
 - GPU: flash-attn's varlen blocks against the fp32 math blocks.
 """
 
@@ -252,13 +252,14 @@ def _tiny_model():
     return LlavaOV(PRESETS["tiny"])
 
 
-def _cp_recipe(make_recipe, *overrides, data_ranks=1):
+def _cp_recipe(make_recipe, *overrides, data_ranks=1, base="stage2-tiny"):
     return make_recipe(
         "parallel.timeout_s=60",
         "train.clip_grad_norm=0",
         "train.dtype=fp32",
         f"train.grad_accumulation={MICRO_BATCHES * data_ranks}",
         *overrides,
+        base=base,
     )
 
 
@@ -334,13 +335,25 @@ def test_fsdp2_times_cp2_on_four_processes_trains_like_one_process(dist, make_re
         )
         for mode in ("allgather", "ring")
     }
-    results = dist.run_workers(_training_worker, 4, dist, recipes, step_batches)
-    reference = dist.train(
-        _tiny_model, _cp_recipe(make_recipe, data_ranks=2), step_batches, _single()
+    recipes["stage1_ring"] = _cp_recipe(  # frozen LLM: gradients reach the projector through it
+        make_recipe, "parallel.cp=2", "parallel.cp_attention=ring", data_ranks=2, base="stage1-tiny"
     )
+    results = dist.run_workers(_training_worker, 4, dist, recipes, step_batches)
+    references = {
+        base: dist.train(
+            _tiny_model, _cp_recipe(make_recipe, data_ranks=2, base=base), step_batches, _single()
+        )
+        for base in ("stage2-tiny", "stage1-tiny")
+    }
     for result in results:
-        for run in result.values():
-            _assert_trains_like(run, reference)
+        for name, run in result.items():
+            _assert_trains_like(
+                run, references["stage1-tiny" if "stage1" in name else "stage2-tiny"]
+            )
+        assert set(result["stage1_ring"]["gradients"][0]) == {
+            name for name in references["stage1-tiny"]["gradients"][0]
+        }
+        assert all(n.startswith("projector.") for n in result["stage1_ring"]["gradients"][0])
 
 
 # --------------------------------------------------------------------- ov-train run, processes
