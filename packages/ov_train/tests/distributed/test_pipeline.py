@@ -219,8 +219,11 @@ def test_1f1b_and_interleaved_pipelines_train_like_one_process(dist, make_recipe
 
 
 # ------------------------------------------------- checkpoints: pp = 2 <-> one process, export
-def _checkpoint_worker(rank, recipe, rows, run_dir, one_process_checkpoint):
+def _checkpoint_worker(rank, recipe, rows, run_dir, one_process_checkpoint, from_folder):
     world = init_world(recipe.parallel, "cpu")
+    # stages built on the meta device and filled from an HF folder: only their own tensors
+    loaded, _ = build_training_pipeline(from_folder, world)
+    from_files = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
     trainer = Trainer(
         recipe, InMemoryLoader(rows, shuffle=False), run_dir, world=world, model=four_layer_model()
     )
@@ -244,6 +247,7 @@ def _checkpoint_worker(rank, recipe, rows, run_dir, one_process_checkpoint):
         "trained": trained,
         "resumed_model": {n: t.clone() for n, t in model_state.items()},
         "resumed_optimizer": optimizer_state["state"],
+        "from_files": from_files,
     }
 
 
@@ -259,7 +263,7 @@ def _one_process_state(recipe, checkpoint):
 
 
 def test_pipeline_checkpoints_load_without_a_pipeline_and_back_and_export(
-    dist, make_recipe, make_batches, tmp_path
+    dist, make_recipe, make_batches, tmp_path, tiny_model_dir
 ):
     settings = ("train.steps=2", "checkpoint.every=2")
     recipe = _recipe(make_recipe, "parallel.pp=2", *settings)
@@ -268,9 +272,23 @@ def test_pipeline_checkpoints_load_without_a_pipeline_and_back_and_export(
     reference = Trainer(
         one, InMemoryLoader(rows, shuffle=False), tmp_path / "one", model=four_layer_model()
     ).run()
+    from_folder = _recipe(make_recipe, "parallel.pp=2", f"model.path={tiny_model_dir}")
     results = dist.run_workers(
-        _checkpoint_worker, 2, recipe, rows, tmp_path / "pp", reference.last_checkpoint
+        _checkpoint_worker,
+        2,
+        recipe,
+        rows,
+        tmp_path / "pp",
+        reference.last_checkpoint,
+        from_folder,
     )
+    # each rank read its stages' tensors of the folder, the whole model between them
+    pretrained = LlavaOV.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    from_files = [run["from_files"] for run in results]
+    assert not from_files[0].keys() & from_files[1].keys()
+    assert from_files[0].keys() | from_files[1].keys() == dict(pretrained.named_parameters()).keys()
+    for name, parameter in pretrained.named_parameters():
+        assert torch.equal(from_files[0].get(name, from_files[1].get(name)), parameter), name
     # the pp = 2 run trains like one process
     for run in results:
         assert run["losses"] == pytest.approx([loss for _, loss in reference.losses], rel=1e-6)
