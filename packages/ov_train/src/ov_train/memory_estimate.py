@@ -93,10 +93,12 @@ tp; every quantity above is then per rank of pipeline rank `pp_rank`, `RankParam
   vocab / tp columns.
 - pipelining: a rank holds the activations of several micro-batches at its peak, per stage
   it holds (`in_flight_stages`): 1F1B min(pp - r, m) on pipeline rank r (pp on rank 0); the
-  interleaved schedules the forwards before the first backward, Megatron's (and torch's)
-  warm-up 2 (pp - r - 1) + (v - 1) pp plus one, taken round by round (pp micro-batches
-  through a chunk, then the next chunk; rank 0 holds pp (1 + (pp - 1) / (pp v)) micro-batches
-  of all its chunks, Korthikanti et al. 2022), capped by the m micro-batches of a step; the V
+  interleaved schedules are played through in Megatron's (and torch's) order (a warm-up of
+  2 (pp - r - 1) + (v - 1) pp forwards taken round by round, pp micro-batches through a chunk
+  then the next chunk, then one forward and one backward in turn) and the heaviest moment is
+  kept: stage 0's chunk is heavier (the ViT), so the peak comes after the warm-up, when the
+  forwards of chunk 0 have outrun its backwards (with equal chunks rank 0 holds
+  pp (1 + (pp - 1) / (pp v)) micro-batches of all its chunks, Korthikanti et al. 2022); the V
   schedule (ZBVZeroBubble) pp / 2 per chunk, pp chunk-micro-batches on every rank (the
   zero-bubble paper's bound, not measured here). Measured on the tiny model through the real
   schedules (1F1B, Interleaved1F1B, pp 2): within 10% on each rank.
@@ -108,7 +110,7 @@ activations are counted as bf16 there too: an underestimate for a world of 1).
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ov_model.config import LlavaOVConfig, TextConfig
@@ -583,9 +585,12 @@ class Layout:
             return (pp_rank, 2 * self.pp - 1 - pp_rank)
         return tuple(pp_rank + self.pp * chunk for chunk in range(self.pp_stages_per_rank))
 
-    def in_flight_stages(self, pp_rank: int) -> dict[int, int]:
-        """Micro-batches in flight at pipeline rank `pp_rank`'s peak, per virtual stage it
-        holds (see the module docstring): the forwards run before its first backward."""
+    def in_flight_stages(
+        self, pp_rank: int, stage_bytes: dict[int, float] | None = None
+    ) -> dict[int, int]:
+        """Micro-batches in flight per virtual stage of pipeline rank `pp_rank` at the moment
+        its held activations peak, `stage_bytes` being one micro-batch's activations of each
+        stage (default: equal); see the module docstring."""
         stages = self.rank_stages(pp_rank)
         steps = self.micro_batches
         if self.pp == 1:
@@ -594,14 +599,33 @@ class Layout:
             return {stages[0]: min(self.pp - pp_rank, steps)}
         if self.pp_schedule == "ZBVZeroBubble":
             return {stage: min(self.pp, steps) // 2 or 1 for stage in stages}
-        # interleaved: forwards go round by round, pp micro-batches through one chunk, then
-        # the next chunk; Megatron's (and torch's) warm-up plus the first steady forward
-        chunks = self.pp_stages_per_rank
-        forwards = min(2 * (self.pp - pp_rank - 1) + (chunks - 1) * self.pp + 1, steps * chunks)
-        counts = dict.fromkeys(stages, 0)
-        for index in range(forwards):
-            counts[stages[(index // self.pp) % chunks]] += 1
-        return counts
+        return self._interleaved_peak(pp_rank, stage_bytes or dict.fromkeys(stages, 1.0))
+
+    def _interleaved_peak(self, pp_rank: int, stage_bytes: dict[int, float]) -> dict[int, int]:
+        # Megatron's (and torch's) interleaved 1F1B on one rank: forwards run round by round
+        # (pp micro-batches through a chunk, then the next chunk), backwards the same with the
+        # chunks reversed; a warm-up of (v - 1) pp + 2 (pp - r - 1) forwards, then one forward
+        # and one backward in turn, then the remaining backwards.
+        stages, pp = self.rank_stages(pp_rank), self.pp
+        chunks, total = len(stages), self.micro_batches * len(stages)
+        forward = [stages[(k // pp) % chunks] for k in range(total)]
+        backward = [stages[chunks - 1 - (k // pp) % chunks] for k in range(total)]
+        warm = min((chunks - 1) * pp + 2 * (pp - pp_rank - 1), total)
+        order = [("F", k) for k in range(warm)]
+        for k in range(total - warm):
+            order += [("F", warm + k), ("B", k)]
+        order += [("B", k) for k in range(total - warm, total)]
+        held = dict.fromkeys(stages, 0)
+        peak, best = -1.0, dict(held)
+        for kind, k in order:
+            if kind == "F":
+                held[forward[k]] += 1
+                size = sum(stage_bytes[stage] * count for stage, count in held.items())
+                if size > peak:
+                    peak, best = size, dict(held)
+            else:
+                held[backward[k]] -= 1
+        return best
 
     def in_flight(self, pp_rank: int) -> float:
         """Micro-batches in flight at pipeline rank `pp_rank`'s peak, in units of one
@@ -629,6 +653,9 @@ class ActivationBytes:
     transient: int
     """The largest transient of backward (the loss chunk or one layer), on top of `held`."""
     in_flight: float = 1.0
+    """Micro-batches held at the peak, in units of one through all of the rank's stages."""
+    stages_in_flight: dict[int, int] = field(default_factory=dict)
+    """Micro-batches held at the peak per virtual stage of the rank."""
 
     @property
     def held(self) -> int:
@@ -678,30 +705,10 @@ def activation_bytes(
     projector_keeps = (vision_keeps or "projector" in trainable) and first
 
     layer_bytes = tokens * layer_bytes_per_token(decoder_layer_saved(text), act, layout)
-    flights = layout.in_flight_stages(pp_rank)
-    llm = head = 0.0
-    transients = []
-    for stage, count in flights.items():
-        layers = per_stage[stage]
-        checkpointed = layout.checkpointed(layers)
-        held = (layers - checkpointed) * layer_bytes
-        held += checkpointed * stream * text.hidden_size * act
-        held += local * 2 * text.head_dim * 4  # cos, sin (fp32)
-        if layers:
-            transients.append(layer_bytes * (RECOMPUTED_LAYER if checkpointed else KEPT_LAYER))
-        if stage == layout.virtual_stages - 1:
-            norm = _rms_norm("norm", text.hidden_size, output=False)
-            held += stream * saved_bytes_per_token(norm, act)
-            supervised = workload.supervised_tokens / layout.cp
-            head += count * supervised * text.hidden_size * act
-            chunk_rows = min(workload.loss_chunk, supervised)
-            transients.append(chunk_rows * text.vocab_size / layout.tp * HEAD_BYTES_PER_LOGIT)
-        llm += count * held
-
     patches = workload.image_tokens * config.merge_size**2
     vit_tokens = patches + workload.images
     vit = projector = 0.0
-    first_count = flights.get(0, 0)
+    transients = []
     if vision_keeps and patches:
         block_bytes = vit_tokens * saved_bytes_per_token(vit_block_saved(vision), act)
         blocks = vision.depth
@@ -711,17 +718,44 @@ def activation_bytes(
         vit += patches * vision.patch_dim * act  # pixel rows kept by the patch embedding
         vit += vit_tokens * (vision.hidden_size * act + 8)  # pre_layernorm input, mean, rstd
         vit += vit_tokens * vision.head_dim * 3 * 4  # angles, cos, sin (fp32)
-        vit *= first_count
         transients.append(block_bytes * (RECOMPUTED_LAYER if vit_checkpointed else KEPT_LAYER))
     if projector_keeps and patches:
-        projector = first_count * patches * (4 * vision.hidden_size * act + 8)
+        projector = patches * (4 * vision.hidden_size * act + 8)
+
+    # one micro-batch's decoder activations per stage of this rank, then the peak's counts
+    stage_llm, stage_head = {}, {}
+    for stage in stages:
+        layers = per_stage[stage]
+        checkpointed = layout.checkpointed(layers)
+        held = (layers - checkpointed) * layer_bytes
+        held += checkpointed * stream * text.hidden_size * act
+        held += local * 2 * text.head_dim * 4  # cos, sin (fp32)
+        if layers:
+            transients.append(layer_bytes * (RECOMPUTED_LAYER if checkpointed else KEPT_LAYER))
+        stage_head[stage] = 0.0
+        if stage == layout.virtual_stages - 1:
+            norm = _rms_norm("norm", text.hidden_size, output=False)
+            held += stream * saved_bytes_per_token(norm, act)
+            supervised = workload.supervised_tokens / layout.cp
+            stage_head[stage] = supervised * text.hidden_size * act
+            chunk_rows = min(workload.loss_chunk, supervised)
+            transients.append(chunk_rows * text.vocab_size / layout.tp * HEAD_BYTES_PER_LOGIT)
+        stage_llm[stage] = held
+    first_stage = vit + projector
+    sizes = {
+        stage: stage_llm[stage] + stage_head[stage] + (first_stage if stage == 0 else 0.0)
+        for stage in stages
+    }
+    flights = layout.in_flight_stages(pp_rank, sizes)
+    first_count = flights.get(0, 0)
     return ActivationBytes(
-        vision=round(vit),
-        projector=round(projector),
-        language_model=round(llm),
-        head=round(head),
+        vision=round(first_count * vit),
+        projector=round(first_count * projector),
+        language_model=round(sum(n * stage_llm[s] for s, n in flights.items())),
+        head=round(sum(n * stage_head[s] for s, n in flights.items())),
         transient=round(max(transients, default=0)),
-        in_flight=layout.in_flight(pp_rank),
+        in_flight=sum(flights.values()) / len(stages),
+        stages_in_flight=flights,
     )
 
 
