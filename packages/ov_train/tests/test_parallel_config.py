@@ -64,6 +64,11 @@ def test_the_layout_must_fit_the_model():
     odd_vocabulary = dataclasses.replace(tiny, text=dataclasses.replace(tiny.text, vocab_size=511))
     with pytest.raises(RecipeError, match="511 vocabulary entries"):
         check_layout(ParallelConfig(tp=2), odd_vocabulary, 2)
+    narrow_mlp = dataclasses.replace(
+        tiny, text=dataclasses.replace(tiny.text, intermediate_size=129)
+    )
+    with pytest.raises(RecipeError, match=r"129 MLP width \(intermediate_size\)"):
+        check_layout(ParallelConfig(tp=2), narrow_mlp, 2)
     with pytest.raises(RecipeError, match=r"4 pipeline stages .* a model of 2 decoder layers"):
         check_layout(
             ParallelConfig(pp=2, pp_schedule="Interleaved1F1B", pp_stages_per_rank=2), tiny, 2

@@ -60,13 +60,14 @@ def data_parallel_mesh(mesh: DeviceMesh) -> DeviceMesh:
 
 def check_layout(parallel: ParallelConfig, config: LlavaOVConfig, world_size: int) -> None:
     """RecipeError naming what does not fit: degrees vs the world size, attention heads, KV
-    heads or the vocabulary vs tp, decoder layers vs the pipeline's stages."""
+    heads, the MLP width or the vocabulary vs tp, decoder layers vs the pipeline's stages."""
     parallel.degrees(world_size)
     text = config.text
     tp = parallel.tp
     for name, value in (
         ("attention heads", text.num_attention_heads),
         ("KV heads", text.num_key_value_heads),
+        ("MLP width (intermediate_size)", text.intermediate_size),
         ("vocabulary entries", text.vocab_size),
     ):
         if value % tp:
