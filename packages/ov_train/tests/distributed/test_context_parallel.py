@@ -129,14 +129,19 @@ def test_supervised_rows_map_to_the_local_rows_this_rank_holds():
 
 
 @pytest.mark.gpu
-def test_flash_attn_blocks_match_the_fp32_math_blocks_gpu():
+@pytest.mark.parametrize("kernel", ["flash_attn", "torch_flash"])
+def test_varlen_kernel_blocks_match_the_fp32_math_blocks_gpu(kernel, monkeypatch):
     """Every rank's blocks of a cp = 2 split, computed in one process (the gathered-K/V autograd
-    function without its collective): flash-attn's varlen kernel per block in bf16, LSE merge
-    and its varlen backward, against the fp32 math blocks (which the process tests below hold to
-    the unsplit row)."""
-    pytest.importorskip("flash_attn")
-    from ov_train.distributed.cp_attention import _GatheredAttention, use_kernel
+    function without its collective): a varlen flash kernel per block in bf16 (flash-attn's, or
+    torch's bundled one), LSE merge and the kernel's varlen backward, against the fp32 math
+    blocks (which the process tests below hold to the unsplit row)."""
+    from ov_train.distributed import cp_attention
+    from ov_train.distributed.cp_attention import _GatheredAttention
 
+    if kernel == "flash_attn":
+        pytest.importorskip("flash_attn")
+    else:
+        monkeypatch.setattr(cp_attention, "_flash_attn_installed", lambda: False)
     for name, (lengths, heads, kv_heads) in ROWS.items():
         pieces = zigzag_pieces(sum(lengths), 2)
         row = [t.cuda() for t in _row_tensors(lengths, heads, kv_heads)]
@@ -148,7 +153,7 @@ def test_flash_attn_blocks_match_the_fp32_math_blocks_gpu():
             results = {}
             for dtype in (torch.bfloat16, torch.float32):
                 q, k, v = (t.detach().to(dtype, copy=True).requires_grad_() for t in row[:3])
-                assert use_kernel(q) == (dtype == torch.bfloat16)
+                assert cp_attention.block_kernel(q) == (kernel if dtype != torch.float32 else None)
                 out = _GatheredAttention.apply(q[held], k[order], v[order], plan, HEAD_DIM**-0.5)
                 (out.float() * weight[held]).sum().backward()
                 results[dtype] = [out.float(), q.grad.float(), k.grad.float(), v.grad.float()]

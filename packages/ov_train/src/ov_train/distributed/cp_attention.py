@@ -28,9 +28,11 @@ skips about half of the blocks, and short samples skip more.
 Per-block math: on CPU (and for fp32 on GPU) scores, softmax and its backward in fp32 on the
 block (the flash backward: P from the global LSE, D = rowsum(dO * O), dS = P * (dP - D)); only
 q, k, v, the output and the LSE are saved for backward, the scores are recomputed per block. On
-CUDA in fp16/bf16 with flash-attn installed, each block calls flash-attn's varlen kernel, which
-returns the LSE, and its varlen backward with the merged output and LSE. Grouped-query attention
-(fewer kv heads than query heads) works in both: query head h reads kv head h // groups.
+CUDA in fp16/bf16 each block calls a varlen flash kernel, which returns the LSE, and its varlen
+backward with the merged output and LSE: flash-attn's when it is installed, else the one bundled
+with torch's CUDA build (`aten._flash_attention_forward/backward`, kv heads repeated for GQA).
+Grouped-query attention (fewer kv heads than query heads) works in every path: query head h
+reads kv head h // groups.
 """
 
 import functools
@@ -219,9 +221,20 @@ def _flash_attn_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+def block_kernel(q: torch.Tensor) -> str | None:
+    """The varlen kernel blocks of tensors like `q` run: "flash_attn" (flash-attn installed),
+    "torch_flash" (the flash kernels bundled with torch's CUDA build), or None (fp32 math)."""
+    if not (q.is_cuda and q.dtype in _KERNEL_DTYPES):
+        return None
+    if _flash_attn_installed():
+        return "flash_attn"
+    available = getattr(torch.backends.cuda, "is_flash_attention_available", lambda: False)
+    return "torch_flash" if available() else None
+
+
 def use_kernel(q: torch.Tensor) -> bool:
-    """Whether blocks of tensors like `q` run flash-attn's varlen kernel (else the fp32 math)."""
-    return q.is_cuda and q.dtype in _KERNEL_DTYPES and _flash_attn_installed()
+    """Whether blocks of tensors like `q` run a varlen kernel (else the fp32 math)."""
+    return block_kernel(q) is not None
 
 
 def _grouped(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
@@ -302,10 +315,39 @@ def _backward_block(q, k, v, out, lse, dout, delta, pair, plan, scale, dq, dk, d
         dv[part.k_rows] += dv_part
 
 
+def _expanded(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """kv heads repeated to `heads` (query head h reads kv head h // groups), contiguous."""
+    groups = heads // x.shape[1]
+    return (x.repeat_interleave(groups, dim=1) if groups > 1 else x).contiguous()
+
+
+def _folded(grad: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """The gradient of `_expanded`: each kv head's groups summed."""
+    return grad.view(grad.shape[0], kv_heads, -1, grad.shape[2]).sum(2)
+
+
 def _kernel_forward(q, k, v, pair, plan, scale):
+    cu_q, cu_k, max_q, max_k = plan.kernel_cu_seqlens(pair, q.device)
+    if block_kernel(q) == "torch_flash":
+        # positional arguments: the schema's keywords moved between torch releases; GQA by
+        # repeating the block's kv heads (whether the bundled kernel takes fewer kv heads is
+        # not part of its contract)
+        out, lse, *_ = torch.ops.aten._flash_attention_forward(
+            q[pair.q_rows].contiguous(),
+            _expanded(k[pair.k_rows], q.shape[1]),
+            _expanded(v[pair.k_rows], q.shape[1]),
+            cu_q,
+            cu_k,
+            max_q,
+            max_k,
+            0.0,
+            pair.diagonal,
+            False,
+            scale=scale,
+        )
+        return out.float(), lse.float()
     from flash_attn import flash_attn_varlen_func
 
-    cu_q, cu_k, max_q, max_k = plan.kernel_cu_seqlens(pair, q.device)
     out, lse, _ = flash_attn_varlen_func(
         q[pair.q_rows],
         k[pair.k_rows],
@@ -332,6 +374,8 @@ def _varlen_backward():
 
 
 def _kernel_backward(q, k, v, out, lse, dout, pair, plan, scale):
+    if block_kernel(q) == "torch_flash":
+        return _torch_flash_backward(q, k, v, out, lse, dout, pair, plan, scale)
     backward, names = _varlen_backward()
     cu_q, cu_k, max_q, max_k = plan.kernel_cu_seqlens(pair, q.device)
     rows, keys = pair.q_rows, pair.k_rows
@@ -364,6 +408,30 @@ def _kernel_backward(q, k, v, out, lse, dout, pair, plan, scale):
     )
     backward(**{name: value for name, value in options.items() if name in names})
     return dq.float(), dk.float(), dv.float()
+
+
+def _torch_flash_backward(q, k, v, out, lse, dout, pair, plan, scale):
+    cu_q, cu_k, max_q, max_k = plan.kernel_cu_seqlens(pair, q.device)
+    rows, keys = pair.q_rows, pair.k_rows
+    no_dropout = torch.zeros(2, dtype=torch.uint64, device=q.device)  # philox state, unread
+    dq, dk, dv = torch.ops.aten._flash_attention_backward(
+        dout[rows].contiguous(),
+        q[rows].contiguous(),
+        _expanded(k[keys], q.shape[1]),
+        _expanded(v[keys], q.shape[1]),
+        out[rows].contiguous(),
+        lse[:, rows].contiguous(),
+        cu_q,
+        cu_k,
+        max_q,
+        max_k,
+        0.0,
+        pair.diagonal,
+        no_dropout,
+        torch.empty(0, device=q.device),
+        scale=scale,
+    )
+    return dq.float(), _folded(dk.float(), k.shape[1]), _folded(dv.float(), v.shape[1])
 
 
 def _attend_blocks(q, blocks, plan, scale):
