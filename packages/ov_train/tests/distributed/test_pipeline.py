@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import get_state_dict
 from torch.distributed.tensor import DTensor
+from torch.torch_version import TorchVersion
 
 from ov_model import PRESETS, LlavaOV
 from ov_model.packing import PackedBatch, pad_row
@@ -183,7 +184,11 @@ def _schedules_worker(rank, recipes, step_batches, refused=None):
     return runs
 
 
-def test_1f1b_and_interleaved_pipelines_train_like_one_process(dist, make_recipe, make_batches):
+V_ON_GLOO = TorchVersion(torch.__version__) >= "2.15"
+"""torch 2.11's V schedule fails on gloo; build_pipeline refuses it there (checked instead)."""
+
+
+def test_every_schedule_trains_like_one_process(dist, make_recipe, make_batches):
     probe = _recipe(make_recipe, "parallel.pp=2")
     step_batches = [_static_rows(make_batches, probe, 4, seed) for seed in range(STEPS)]
     recipes = {
@@ -205,11 +210,15 @@ def test_1f1b_and_interleaved_pipelines_train_like_one_process(dist, make_recipe
             for name, schedule in ZERO_BUBBLE.items()
         },
     }
-    results = dist.run_workers(_schedules_worker, 2, recipes, step_batches)
+    refused = None if V_ON_GLOO else recipes.pop("zbv")
+    results = dist.run_workers(_schedules_worker, 2, recipes, step_batches, refused)
     reference = _reference(dist, _recipe(make_recipe), step_batches)
     assert [r["1f1b"]["stages"] for r in results] == [[0], [1]]
     assert [r["interleaved"]["stages"] for r in results] == [[0, 2], [1, 3]]
-    assert [r["zbv"]["stages"] for r in results] == [[0, 3], [1, 2]]
+    if V_ON_GLOO:
+        assert [r["zbv"]["stages"] for r in results] == [[0, 3], [1, 2]]
+    else:
+        assert all("needs torch >= 2.15" in r["refused"] for r in results)
     assert all(r[name]["meshes"] == [] for r in results for name in recipes)  # dp 1: no FSDP2
     for name in recipes:
         _assert_same_training(_joined([r[name] for r in results]), reference)

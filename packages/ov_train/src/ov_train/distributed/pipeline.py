@@ -45,12 +45,18 @@ from torch.distributed.pipelining import (
     ScheduleInterleavedZeroBubble,
     ScheduleZBVZeroBubble,
 )
+from torch.torch_version import TorchVersion
 
 from ov_model.model import LlavaOV
 from ov_model.packing import PackedBatch
 from ov_train.config import Recipe
 from ov_train.distributed.parallelize import fsdp_param_dtype, parallelize
-from ov_train.distributed.pipeline_plan import StagePlan, check_micro_batches, stage_plans
+from ov_train.distributed.pipeline_plan import (
+    V_SCHEDULES,
+    StagePlan,
+    check_micro_batches,
+    stage_plans,
+)
 from ov_train.distributed.pipeline_stage_module import (
     MicroBatchChannel,
     ModelPart,
@@ -166,6 +172,7 @@ def build_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
     for module in modules:
         parallelize(module, recipe, world, shard=shard)
     group = world.mesh["pp"].get_group()
+    check_schedule_supported(parallel.pp_schedule, dist.get_backend(group))
     # sequence parallelism leaves each tp rank its share of the row's tokens between layers
     split = parallel.tp if parallel.tp > 1 and parallel.sequence_parallel else 1
     state_tokens = row_tokens // split
@@ -201,6 +208,18 @@ def build_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
         autocast=autocast,
         _loss=loss,
     )
+
+
+def check_schedule_supported(schedule: str, backend: str) -> None:
+    """RecipeError when this torch cannot run `schedule` over `backend`: torch 2.11's V schedule
+    fails in gloo's point-to-point setup (a peer's connection closes, measured); 2.15 runs it.
+    The versions between are not measured and are refused too."""
+    if schedule in V_SCHEDULES and backend == "gloo" and TorchVersion(torch.__version__) < "2.15":
+        raise RecipeError(
+            f"parallel.pp_schedule {schedule} over gloo needs torch >= 2.15 (torch 2.11's V "
+            f"schedule fails in gloo's point-to-point setup); this is torch {torch.__version__}: "
+            "use Interleaved1F1B or InterleavedZeroBubble, or NCCL"
+        )
 
 
 def _hidden_example(
