@@ -45,9 +45,11 @@ peak RSS 0.59x.
   cp = 1 through the split's block path next to the unsplit model on the same row: the cost of
   the decomposition.
 
-Measured (CPU, 2 shared cores under a load of about 6, torch 2.15, the command above): on the
-4240-token row, cp = 2 saved 0.51x (allgather) and 0.49x (ring) of one process's activations
-per rank (500 -> 253 / 245 MiB), at 0.40x / 0.47x its tokens/s.
+Measured (CPU, 2 cores shared with other jobs, torch 2.15, the command above, three runs): on
+the 4240-token row, cp = 2 saved 0.51x (allgather) and 0.49x (ring) of one process's
+activations per rank every time (500 -> 253 / 245 MiB); the tokens/s ratio to one process
+swung with the neighbours' load: allgather 0.40x / 0.83x / 1.63x, ring 0.47x / 0.75x / 1.20x
+(load averages about 6, 4 and 3).
 """
 
 import contextlib
