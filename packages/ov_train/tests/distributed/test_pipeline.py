@@ -173,6 +173,18 @@ def _assert_same_training(run, reference, *, rtol=1e-5):
         torch.testing.assert_close(run["parameters"][name], value, rtol=1e-4, atol=1e-6)
 
 
+def _assert_bf16_training(run, fp32_reference):
+    """A bf16 run (the forward did run in bf16) close to the fp32 one of one process."""
+    assert run["losses"] != fp32_reference["losses"]
+    assert run["losses"] == pytest.approx(fp32_reference["losses"], rel=2e-2)
+    for got, want in zip(run["gradients"], fp32_reference["gradients"], strict=True):
+        assert got.keys() == want.keys()
+        x = torch.cat([got[n].double().flatten() for n in sorted(want)])
+        y = torch.cat([want[n].double().flatten() for n in sorted(want)])
+        assert float(x @ y / (x.norm() * y.norm())) >= 0.999
+    assert all(p.dtype == torch.float32 for p in run["parameters"].values())
+
+
 # --------------------------------------------------------------------------- 2 processes
 def _schedules_worker(rank, recipes, step_batches, refused=None):
     runs = {name: train_pipelined(recipe, step_batches) for name, recipe in recipes.items()}
@@ -211,8 +223,11 @@ def test_every_schedule_trains_like_one_process(dist, make_recipe, make_batches)
         },
     }
     refused = None if V_ON_GLOO else recipes.pop("zbv")
-    results = dist.run_workers(_schedules_worker, 2, recipes, step_batches, refused)
+    bf16 = {"1f1b_bf16": _recipe(make_recipe, "parallel.pp=2", "train.dtype=bf16")}
+    results = dist.run_workers(_schedules_worker, 2, recipes | bf16, step_batches, refused)
     reference = _reference(dist, _recipe(make_recipe), step_batches)
+    # one data rank: no FSDP2 casts the parameters, the schedule runs under bf16 autocast
+    _assert_bf16_training(_joined([r["1f1b_bf16"] for r in results]), reference)
     assert [r["1f1b"]["stages"] for r in results] == [[0], [1]]
     assert [r["interleaved"]["stages"] for r in results] == [[0, 2], [1, 3]]
     if V_ON_GLOO:
@@ -346,6 +361,9 @@ def test_pipeline_with_fsdp_and_with_tensor_parallel_trains_like_one_process(
             micro_batches=8,
         ),
         "tp_sp": probe,
+        "fsdp_bf16": _recipe(
+            make_recipe, "parallel.pp=2", "parallel.dp_shard=2", "train.dtype=bf16", micro_batches=8
+        ),
     }
     zero_bubble_fsdp = _recipe(
         make_recipe,
@@ -357,8 +375,10 @@ def test_pipeline_with_fsdp_and_with_tensor_parallel_trains_like_one_process(
     )
     results = dist.run_workers(_schedules_worker, 4, recipes, step_batches, zero_bubble_fsdp)
     reference = _reference(dist, _recipe(make_recipe, micro_batches=8), step_batches)
-    for name in recipes:
+    for name in recipes.keys() - {"fsdp_bf16"}:
         _assert_same_training(_joined([r[name] for r in results]), reference)
+    # FSDP2 gathers bf16 parameters: the states between stages travel in bf16
+    _assert_bf16_training(_joined([r["fsdp_bf16"] for r in results]), reference)
     for run in results:
         assert run["fsdp"]["meshes"] == ["('dp_shard',)"]  # FSDP2 over the data-parallel ranks
         assert run["tp_sp"]["meshes"] == ["('tp',)"]  # no FSDP2 over one data-parallel rank
