@@ -141,7 +141,7 @@ class Pipeline:
         ids = self.channel.load(batches, step=step)
         self._loss.total_supervised = total_supervised
         device = self.channel.device
-        targets = torch.zeros(len(batches), 1, device=device)
+        targets = torch.zeros(len(batches), 1, device=device)  # unused, but torch wants one
         inputs = (ids,) if self.has_first_stage else ()
         with self.autocast():
             self.schedule.step(*inputs, target=targets, return_outputs=False)
@@ -168,11 +168,11 @@ def build_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
             "unsharded parameters (wrong gradients, measured on torch 2.15); use 1F1B or "
             "Interleaved1F1B, or a layout whose data-parallel degree is 1"
         )
+    group = world.mesh["pp"].get_group()
+    check_schedule_supported(parallel.pp_schedule, dist.get_backend(group))
     modules = [StageModule(model, plan, channel) for plan in plans]
     for module in modules:
         parallelize(module, recipe, world, shard=shard)
-    group = world.mesh["pp"].get_group()
-    check_schedule_supported(parallel.pp_schedule, dist.get_backend(group))
     # sequence parallelism leaves each tp rank its share of the row's tokens between layers
     split = parallel.tp if parallel.tp > 1 and parallel.sequence_parallel else 1
     state_tokens = row_tokens // split

@@ -99,7 +99,6 @@ class ModelPart(nn.Module):
         self.language_model = language_model
         self.lm_head = lm_head
         self.loss_function = loss_function
-        self.sequence_split = None
 
 
 class StageModule(ModelPart):
