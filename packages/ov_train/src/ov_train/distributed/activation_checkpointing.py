@@ -39,8 +39,16 @@ def checkpointed_layers(stack: Sequence[nn.Module], mode: str, every: int) -> li
     if mode == "full":
         return list(stack)
     if mode == "selective":
-        return [layer for index, layer in enumerate(stack) if index % every == 0]
+        return [layer for index, layer in _indexed(stack) if index % every == 0]
     raise TrainingError(f"unknown activation checkpointing mode {mode!r}")
+
+
+def _indexed(stack: Sequence[nn.Module]) -> list[tuple[int, nn.Module]]:
+    """(index, layer): a ModuleList's keys, which a pipeline stage's layers keep from the full
+    model (so selective checkpointing picks the same layers with or without a pipeline)."""
+    if isinstance(stack, nn.ModuleList):
+        return [(int(name), layer) for name, layer in stack.named_children()]
+    return list(enumerate(stack))
 
 
 def checkpoint_layer(layer: nn.Module) -> None:
