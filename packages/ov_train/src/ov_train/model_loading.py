@@ -105,17 +105,20 @@ def build_training_pipeline(
 
 
 def _prepare_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
-    if recipe.model.attention_backend is not None:
-        model.set_attention_backend(recipe.model.attention_backend)
-    freeze(model, recipe.model.trainable)
+    _set_up(model, recipe)
     return build_pipeline(model, recipe, world)
 
 
 def _prepare(model: LlavaOV, recipe: Recipe, world: World) -> nn.Module:
+    _set_up(model, recipe)
+    return parallelize(model, recipe, world)
+
+
+def _set_up(model: LlavaOV, recipe: Recipe) -> None:
+    """The recipe's attention backend and freezing, before any wrapper."""
     if recipe.model.attention_backend is not None:
         model.set_attention_backend(recipe.model.attention_backend)
     freeze(model, recipe.model.trainable)
-    return parallelize(model, recipe, world)
 
 
 @torch.no_grad()
