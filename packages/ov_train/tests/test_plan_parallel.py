@@ -201,9 +201,14 @@ def test_tensor_context_and_pipeline_traffic_grow_with_their_degree():
     assert sent(tp=2).tensor_parallel == pytest.approx(expected)
     assert sent(tp=4).tensor_parallel == pytest.approx(expected * 1.5)
     assert sent(cp=2, cp_attention="ring").context_parallel > sent(cp=2).context_parallel > 0
-    assert sent(pp=4).pipeline == pytest.approx(hidden)  # rank 0: its output, forward only
-    middle = communication_per_step(EIGHT_B, WORKLOAD, Layout(world_size=4, pp=4), pp_rank=1)
+    # a pipeline alone runs without FSDP2: fp32 states under autocast
+    assert sent(pp=4).pipeline == pytest.approx(2 * hidden)  # rank 0: its output, forward only
+    layout = Layout(world_size=8, pp=4, dp_shard=2)
+    middle = communication_per_step(EIGHT_B, WORKLOAD, layout, pp_rank=1)
     assert middle.pipeline == pytest.approx(2 * hidden)  # output forward, input grad backward
+    sequence = Layout(world_size=16, pp=4, dp_shard=2, tp=2)
+    shared = communication_per_step(EIGHT_B, WORKLOAD, sequence, pp_rank=1)
+    assert shared.pipeline == pytest.approx(hidden)  # a tp rank's share of the tokens
 
 
 def test_days_follow_from_flops_tokens_gpus_and_mfu():
@@ -226,6 +231,15 @@ def test_days_follow_from_flops_tokens_gpus_and_mfu():
         (("parallel.pp=37",), 37, "37 pipeline stages"),
         (("parallel.pp=2", "parallel.pp_layers=[10, 20]"), 2, "sum to 30"),
         ((), 16, "grad_accumulation .* not divisible by the 16 data-parallel ranks"),
+        (
+            (
+                "parallel.pp=2",
+                "parallel.pp_schedule=InterleavedZeroBubble",
+                "parallel.pp_stages_per_rank=2",
+            ),
+            4,
+            "zero-bubble schedules under FSDP2",
+        ),
     ],
 )
 def test_bad_layouts_are_refused_naming_the_problem(overrides, gpus, message):

@@ -23,7 +23,8 @@ HSDP replicas hold the same shard):
   `reshard_after_forward = false` every unit stays gathered (2 bytes x all of them).
 - A world of 1 keeps the plain single-device path (no wrappers): fp32 parameters, gradients and
   states unsharded, and under bf16 autocast a bf16 cast of every Linear weight held for the
-  backward pass (2 bytes x the non-embedding parameters).
+  backward pass (2 bytes x the non-embedding parameters). So does a pipeline without data
+  parallelism (`Layout.wrapped`).
 
 Activations of one micro-batch of `micro_batch_tokens` packed tokens T, bf16 ("act", 2 bytes;
 4 under the fp32 policy), counted from the saved tensors of the real code (see the catalogs
@@ -551,6 +552,15 @@ class Layout:
         return self.dp_shard * self.cp
 
     @property
+    def wrapped(self) -> bool:
+        """Whether FSDP2 wraps the model: with several processes, except a pipeline without
+        data parallelism (`distributed.pipeline` leaves FSDP2 out there: bf16 runs under
+        autocast, as in one process)."""
+        if self.world_size == 1:
+            return False
+        return not (self.pp > 1 and self.dp_replicate * self.fsdp_shards == 1)
+
+    @property
     def sequence_sharded(self) -> bool:
         """Whether sequence parallelism splits the norms' tokens over the TP ranks."""
         return self.tp > 1 and self.sequence_parallel
@@ -828,9 +838,10 @@ def estimate_memory(
     rank = rank_parameters(config, layout, pp_rank)
     total = rank.total
     trained = sum(rank.of_module(m) for m in trainable)
-    if layout.world_size == 1:
+    if not layout.wrapped:
         shard = 1
-        gathered = 0 if act == 4 else 2 * (total - parameter_counts(config).embedding)
+        embedding = parameter_counts(config).embedding // layout.tp if rank.vision else 0
+        gathered = 0 if act == 4 else 2 * (total - embedding)
     else:
         shard = layout.fsdp_shards
         root_trained = rank.root if "llm" in trainable else 0

@@ -16,10 +16,15 @@ not change how a module is sharded: FSDP2 and TP never span it), with `Layout.st
 split. Rank 0 holds FSDP2's largest shard (torch.chunk's split: the first ranks get the
 rounded-up rows).
 
-The fake process group is the process's default group while the dry run lasts and is destroyed
-after it; a process that already has a process group (a real run) cannot dry-run.
+The dry run happens in a forked child process, which sends back the counts: the fake process
+group, its device mesh and the wrappers never touch the caller. (In-process, a caller that later
+ran a backward could no longer fork workers that run one: autograd refused them as a bad fork,
+measured with the test harness.) A process that already has a process group (a real run)
+cannot dry-run.
 """
 
+import multiprocessing
+import os
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +33,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from ov_train.config import Recipe
-from ov_train.errors import RecipeError
+from ov_train.errors import RecipeError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,44 @@ def _local_numel(module: nn.Module, *, recurse: bool = True) -> int:
 
 def measure_sharded_parameters(recipe: Recipe, world_size: int) -> ShardedParameters:
     """Rank 0's parameter shards when `recipe` runs on `world_size` ranks (see the module
-    docstring); RecipeError for a layout `parallelize` refuses (degrees, heads vs tp, ...)."""
+    docstring); the error `parallelize` raises for a layout it refuses (RecipeError for degrees,
+    heads vs tp, ...)."""
+    if dist.is_initialized():
+        raise RecipeError("a dry run needs a process without a process group")
+    recipe.parallel.degrees(world_size)  # the degrees' error before anything starts
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_dry_run_child, args=(send, recipe, world_size))
+    child.start()
+    send.close()
+    try:
+        outcome, value = receive.recv()
+    except EOFError:
+        outcome, value = "died", None
+    finally:
+        receive.close()
+        child.join()
+    if outcome == "died":
+        raise TrainingError(f"the dry run's process died (exit code {child.exitcode})")
+    if outcome == "error":
+        raise value
+    return value
+
+
+def _dry_run_child(send, recipe: Recipe, world_size: int) -> None:
+    code = 1
+    try:
+        try:
+            send.send(("counts", _measure(recipe, world_size)))
+        except (RecipeError, TrainingError) as error:
+            send.send(("error", error))
+        code = 0
+    finally:
+        send.close()
+        os._exit(code)  # never the caller's exit handlers (pytest's, a CLI's)
+
+
+def _measure(recipe: Recipe, world_size: int) -> ShardedParameters:
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     from ov_model.model import LlavaOV
@@ -91,10 +133,7 @@ def measure_sharded_parameters(recipe: Recipe, world_size: int) -> ShardedParame
     from ov_train.optim import freeze
     from ov_train.parallel import parallelize
 
-    if dist.is_initialized():
-        raise RecipeError("a dry run needs a process without a process group")
     config = recipe_model_config(recipe)
-    recipe.parallel.degrees(world_size)  # the degrees' error before anything starts
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
     try:
         mesh = build_mesh(recipe.parallel, world_size, "cpu")

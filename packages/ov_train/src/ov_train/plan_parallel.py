@@ -29,9 +29,9 @@ row's tokens, m the micro-batches a data-parallel rank runs per step):
   (kv_heads / tp wide) in forward and recomputation and reduce-scatters their gradients in
   backward; the ring path sends k and v cp - 1 times in forward and recomputation, and in
   backward k and v cp - 1 times plus the fp32 dk and dv a full turn (cp times).
-- pipeline (pp): per micro-batch, each stage boundary on the rank sends the T x hidden state
-  forward (whole on every tp rank, as `distributed.pipeline` sends it) and its gradient
-  backward.
+- pipeline (pp): per micro-batch, each stage boundary on the rank sends the (T / tp under
+  sequence parallelism) x hidden state forward and its gradient backward, in fp32 when the
+  pipeline runs without FSDP2 (no data parallelism: `distributed.pipeline`).
 A collective whose group spans nodes counts as sent between nodes (a ring or tree collective
 runs at its slowest link): mesh dims are laid out tp innermost, then cp, dp_shard, dp_replicate,
 pp (`distributed.mesh`), so with 8 GPUs per node tp <= 8 stays on NVLink, FSDP2 over dp_shard x
@@ -197,10 +197,15 @@ def communication_per_step(
 
     pipeline = 0.0
     if layout.pp > 1:
-        boundary = hidden  # stages exchange the whole row's state (`distributed.pipeline`)
+        # stages exchange the row's state, a tp rank its share under sequence parallelism, in
+        # fp32 when FSDP2 is left out (autocast keeps the residual stream in fp32)
+        boundary = hidden / (layout.tp if layout.sequence_sharded else 1)
+        if not layout.wrapped:
+            boundary *= 4 / act
         sends = sum(stage != layout.virtual_stages - 1 for stage in stages)
         sends += sum(stage != 0 for stage in stages)
         pipeline = steps * sends * boundary
+
     # A mesh dim's group holds ranks `stride` apart (dims are laid out tp innermost, then cp,
     # dp_shard, dp_replicate, pp): it stays in a node when stride x size <= gpus_per_node.
     def spans(stride: int, size: int) -> bool:
@@ -332,11 +337,20 @@ def plan_parallel(
     shape = parallel.degrees(world_size)
     micro_batches = recipe.train.micro_batches_per_rank(shape.data_parallel)
     if parallel.pp > 1:  # what the pipeline refuses, with its messages
+        from ov_train.distributed.pipeline import SPLIT_BACKWARD_SCHEDULES
         from ov_train.distributed.pipeline_plan import check_micro_batches, stage_plans
 
         for pp_rank in range(parallel.pp):
             stage_plans(parallel, config, pp_rank)
         check_micro_batches(parallel, micro_batches)
+        sharded = shape.dp_replicate * shape.dp_shard * shape.cp > 1
+        if sharded and parallel.pp_schedule in SPLIT_BACKWARD_SCHEDULES:
+            raise RecipeError(
+                f"parallel.pp_schedule {parallel.pp_schedule} with data parallelism "
+                f"(dp_replicate x dp_shard x cp = {world_size // (shape.pp * shape.tp)}): the "
+                "pipeline refuses zero-bubble schedules under FSDP2; use 1F1B or "
+                "Interleaved1F1B"
+            )
     if workload is None:
         workload = Workload(micro_batch_tokens=recipe.train.micro_batch_tokens)
     elif workload.micro_batch_tokens != recipe.train.micro_batch_tokens:
