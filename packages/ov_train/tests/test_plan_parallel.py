@@ -333,7 +333,12 @@ def test_command_errors_are_one_line_without_traceback():
     assert result.exit_code != 0
     assert "Traceback" not in result.output
     assert "parallel" in result.output
-    assert _invoke().exit_code != 0  # no recipe, no --release-stage1-5
+    missing = _invoke()
+    assert missing.exit_code != 0
+    assert "give a RECIPE" in missing.output
+    both = _invoke("stage2-4b", "--release-stage1-5")
+    assert both.exit_code != 0
+    assert "drop RECIPE (stage2-4b)" in both.output
 
 
 def test_estimate_memory_is_the_plans_memory_without_model_parallelism():

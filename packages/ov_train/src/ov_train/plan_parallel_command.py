@@ -178,6 +178,11 @@ def plan_parallel_command(
 
         release = None
         if release_stage1_5:
+            if recipe is not None:
+                raise RecipeError(
+                    f"--release-stage1-5 plans {RELEASE_STAGE1_5.recipe}; drop RECIPE "
+                    f"({recipe}) or the flag"
+                )
             release = RELEASE_STAGE1_5
             recipe, gpus = release.recipe, (release.gpus,)
             overrides = release.overrides + overrides
