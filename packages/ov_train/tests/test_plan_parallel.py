@@ -157,6 +157,31 @@ def test_interleaving_holds_megatrons_extra_share_on_rank_0():
     assert layout.in_flight(pp - 1) < layout.in_flight(0)
 
 
+def test_interleaved_peak_follows_the_schedule_order_and_the_heavier_chunk():
+    layout = Layout(
+        world_size=2,
+        pp=2,
+        pp_schedule="Interleaved1F1B",
+        pp_stages_per_rank=2,
+        micro_batches=4,
+    )
+    # equal chunks: the warm-up's 4 forwards and the first steady one
+    assert layout.in_flight_stages(0) == {0: 3, 2: 2}
+    # a heavy first chunk (the ViT): later, chunk 0's forwards outrun its backwards
+    assert layout.in_flight_stages(0, {0: 10.0, 2: 1.0}) == {0: 4, 2: 1}
+    assert layout.in_flight_stages(1) == {1: 2, 3: 1}
+
+
+def test_a_pipeline_without_data_parallelism_is_estimated_unwrapped():
+    alone = Layout(world_size=2, pp=2, micro_batches=2)
+    assert not alone.wrapped
+    assert Layout(world_size=4, pp=2, dp_shard=2, micro_batches=2).wrapped
+    first = estimate_memory(EIGHT_B, WORKLOAD, alone, pp_rank=0)
+    rank = first.rank_parameters
+    assert first.parameters == 4 * rank.total  # fp32, not sharded
+    assert first.gathered == 2 * (rank.total - parameter_counts(EIGHT_B).embedding)
+
+
 # ------------------------------------------------------------------ communication and compute
 def test_fsdp_traffic_is_two_gathers_and_one_reduce_scatter_per_micro_batch():
     layout = Layout(world_size=8, dp_shard=8, micro_batches=3)

@@ -266,7 +266,7 @@ class RankPlan:
         """The formula's parameter values on this rank: its modules over the FSDP2 shards."""
         rank = self.memory.rank_parameters
         layout = self.memory.layout
-        return rank.total / (layout.fsdp_shards if layout.world_size > 1 else 1)
+        return rank.total / (layout.fsdp_shards if layout.wrapped else 1)
 
 
 @dataclass(frozen=True, kw_only=True)
