@@ -376,6 +376,9 @@ def load_checkpoint(
             optim_state_dict={"state": tensors["optimizer"], "param_groups": groups},
         )
     scheduler.load_state_dict(trainer_state["scheduler"])
+    for group, rate in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+        if not group["params"]:  # kept out of the optimizer's state: the schedule's rate
+            group["lr"] = rate
     rng = _read_json(path / rank_file(world.rank))["rng"] if saved_size == world.size else None
     return ResumeState(trainer_state["step"], trainer_state["data"], rng, saved_size)
 

@@ -274,6 +274,7 @@ def _checkpoint_worker(rank, recipe, rows, run_dir, one_process_checkpoint, from
         "resumed_model": {n: t.clone() for n, t in model_state.items()},
         "resumed_optimizer": optimizer_state["state"],
         "from_files": from_files,
+        "rates": {group["name"]: group["lr"] for group in optimizer.param_groups},
     }
 
 
@@ -285,6 +286,7 @@ def _one_process_state(recipe, checkpoint):
     load_checkpoint(
         checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, world=SingleProcess()
     )
+    model.rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
     return model, get_state_dict(model, optimizer)
 
 
@@ -325,7 +327,9 @@ def test_pipeline_checkpoints_load_without_a_pipeline_and_back_and_export(
     for name, parameter in model.named_parameters():
         assert torch.equal(parameter, trained[name]), name
     # one process -> pp = 2: each rank holds its stages' states, bitwise the checkpoint's
-    _, (want_model, want_optimizer) = _one_process_state(one, reference.last_checkpoint)
+    resumed_one, (want_model, want_optimizer) = _one_process_state(one, reference.last_checkpoint)
+    # every rank keeps the whole model's groups (rank 1 without a ViT parameter) at their rates
+    assert all(run["rates"] == resumed_one.rates for run in results)
     resumed = {n: t for run in results for n, t in run["resumed_model"].items()}
     moments = {n: s for run in results for n, s in run["resumed_optimizer"].items()}
     assert resumed.keys() == want_model.keys()
