@@ -225,9 +225,17 @@ def test_every_schedule_trains_like_one_process(dist, make_recipe, make_batches)
         },
     }
     refused = None if V_ON_GLOO else recipes.pop("zbv")
-    bf16 = {"1f1b_bf16": _recipe(make_recipe, "parallel.pp=2", "train.dtype=bf16")}
-    results = dist.run_workers(_schedules_worker, 2, recipes | bf16, step_batches, refused)
+    others = {
+        "1f1b_bf16": _recipe(make_recipe, "parallel.pp=2", "train.dtype=bf16"),
+        # Stage 1: only the projector (stage 0) trains; stage 1 still sends input gradients
+        "stage1": _recipe(make_recipe, "parallel.pp=2", base="stage1-tiny"),
+    }
+    results = dist.run_workers(_schedules_worker, 2, recipes | others, step_batches, refused)
     reference = _reference(dist, _recipe(make_recipe), step_batches)
+    stage1 = _reference(dist, _recipe(make_recipe, base="stage1-tiny"), step_batches)
+    _assert_same_training(_joined([r["stage1"] for r in results]), stage1)
+    projector_groups = {"projector.decay", "projector.no_decay"}  # also on rank 1, empty there
+    assert set(results[1]["stage1"]["learning_rates"][0]) == projector_groups
     # one data rank: no FSDP2 casts the parameters, the schedule runs under bf16 autocast
     _assert_bf16_training(_joined([r["1f1b_bf16"] for r in results]), reference)
     assert [r["1f1b"]["stages"] for r in results] == [[0], [1]]
