@@ -329,11 +329,6 @@ def plan_parallel(
     config = recipe_model_config(recipe)
     parallel = recipe.parallel
     check_layout(parallel, config, world_size)
-    if config.text.intermediate_size % parallel.tp:
-        raise RecipeError(
-            f"parallel.tp = {parallel.tp}: the model's MLP width "
-            f"{config.text.intermediate_size} is not divisible by it"
-        )
     shape = parallel.degrees(world_size)
     micro_batches = recipe.train.micro_batches_per_rank(shape.data_parallel)
     if parallel.pp > 1:  # what the pipeline refuses, with its messages
