@@ -136,9 +136,15 @@ def _print_table(recipe, world_size: int, gpu_memory_gib: float, **workload) -> 
         f"{recipe.name}: {counts.total / 1e9:.2f}B parameters, trains "
         f"{','.join(recipe.model.trainable)}, dtype {recipe.train.dtype}"
     )
+    model_parallel = "".join(
+        f" x {name} {degree}"
+        for name, degree in (("cp", layout.cp), ("tp", layout.tp), ("pp", layout.pp))
+        if degree > 1
+    )
     click.echo(
-        f"{world_size} GPUs: dp_replicate {layout.dp_replicate} x dp_shard {layout.dp_shard}, "
-        f"reshard_after_forward {str(layout.reshard_after_forward).lower()}"
+        f"{world_size} GPUs: dp_replicate {layout.dp_replicate} x dp_shard {layout.dp_shard}"
+        f"{model_parallel}, reshard_after_forward {str(layout.reshard_after_forward).lower()}"
+        + (" (pipeline rank 0; `ov-train plan-parallel` shows every rank)" if layout.pp > 1 else "")
     )
     supervised = data.supervised_fraction
     click.echo(
