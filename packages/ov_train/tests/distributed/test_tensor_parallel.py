@@ -103,13 +103,14 @@ def step_batches(
     return steps
 
 
-def _recipe(make_recipe, *overrides, global_batch: int = MICRO_BATCHES):
+def _recipe(make_recipe, *overrides, global_batch: int = MICRO_BATCHES, base: str = "stage2-tiny"):
     return make_recipe(
         "parallel.timeout_s=60",
         "train.clip_grad_norm=0",
         "train.dtype=fp32",
         f"train.grad_accumulation={global_batch}",
         *overrides,
+        base=base,
     )
 
 
@@ -318,6 +319,8 @@ def test_tensor_and_sequence_parallel_train_like_one_process(dist, make_recipe, 
             "parallel.activation_checkpointing=full",
         ),
         "tp_sp_bf16": _recipe(make_recipe, *tp, "train.dtype=bf16"),
+        # Stage 1: only the projector trains, the tp-sharded LLM stays frozen
+        "tp_stage1": _recipe(make_recipe, *tp, base="stage1-tiny"),
     }
     checkpoint_recipes = (recipes["tp_sp_ac"], _recipe(make_recipe, "parallel.dp_shard=2"))
     results = dist.run_workers(
@@ -337,11 +340,15 @@ def test_tensor_and_sequence_parallel_train_like_one_process(dist, make_recipe, 
 
     # training through train_step, against one process on the same global batch
     reference = _reference(dist, _recipe(make_recipe), batches)
+    stage1_reference = _reference(dist, _recipe(make_recipe, base="stage1-tiny"), batches)
     for result in results:
         runs = result["runs"]
         _assert_same_training(runs["tp"], reference)
         _assert_same_training(runs["tp_sp_ac"], reference)
         _assert_tp_layouts(runs["tp_sp_ac"]["layouts"])
+        stage1 = runs["tp_stage1"]
+        _assert_same_training(stage1, stage1_reference)
+        assert {name.split(".")[0] for name in stage1["gradients"][0]} == {"projector"}
         bf16 = runs["tp_sp_bf16"]
         assert bf16["losses"] != reference["losses"]  # the forward did run in bf16
         assert bf16["losses"] == pytest.approx(reference["losses"], rel=2e-2)

@@ -72,6 +72,7 @@ def apply_tensor_parallel(
     if tp == 1:
         return model
     check_divisible(model.config.text, tp)
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
     language_model = model.language_model
     # A pipeline stage's module holds some of these (None: another stage's); only the stage
     # that embeds receives whole rows to split, the others receive this rank's rows.
@@ -96,6 +97,11 @@ def apply_tensor_parallel(
             )
     if model.lm_head is not None:
         parallelize_module(model.lm_head, tp_mesh, ColwiseParallel())
+    # parallelize_module puts new Parameters (DTensors) in place, trainable by default: a frozen
+    # module (the LLM in Stage 1) must stay frozen
+    for name, parameter in model.named_parameters():
+        if name in frozen:
+            parameter.requires_grad_(False)
     _reduce_partial_gradients(language_model)
     model.loss_function = VocabParallelCrossEntropy(tp_mesh, sequence_parallel=sequence_parallel)
     return model
@@ -165,8 +171,10 @@ def _reduce_partial_gradients(module: nn.Module) -> None:
     """Make every Replicate parameter of `module` receive a Replicate gradient: a norm applied
     to a shard (of tokens, of heads) gives its weight a Partial gradient (each rank's part)."""
     for parameter in module.parameters():
-        if isinstance(parameter, DTensor) and all(
-            isinstance(p, Replicate) for p in parameter.placements
+        if (
+            parameter.requires_grad
+            and isinstance(parameter, DTensor)
+            and all(isinstance(p, Replicate) for p in parameter.placements)
         ):
             parameter.register_hook(_replicate_gradient)
 
