@@ -375,6 +375,16 @@ def test_pipeline_with_fsdp_and_with_tensor_parallel_trains_like_one_process(
             micro_batches=8,
         ),
         "tp_sp": probe,
+        # zero bubble under FSDP2: the gathered parameters must stay for its weight pass
+        "fsdp_zero_bubble": _recipe(
+            make_recipe,
+            "parallel.pp=2",
+            "parallel.dp_shard=2",
+            "parallel.pp_schedule=InterleavedZeroBubble",
+            "parallel.pp_stages_per_rank=2",
+            "parallel.reshard_after_forward=false",
+            micro_batches=8,
+        ),
         "fsdp_bf16": _recipe(
             make_recipe, "parallel.pp=2", "parallel.dp_shard=2", "train.dtype=bf16", micro_batches=8
         ),
@@ -396,7 +406,7 @@ def test_pipeline_with_fsdp_and_with_tensor_parallel_trains_like_one_process(
     for run in results:
         assert run["fsdp"]["meshes"] == ["('dp_shard',)"]  # FSDP2 over the data-parallel ranks
         assert run["tp_sp"]["meshes"] == ["('tp',)"]  # no FSDP2 over one data-parallel rank
-        assert "use 1F1B or Interleaved1F1B" in run["refused"]
+        assert "needs parallel.reshard_after_forward = false" in run["refused"]
 
 
 # ------------------------------------------------------------- `ov-train run`, 2 processes

@@ -9,9 +9,11 @@
 2. gives each stage module the same chain as a whole model (`parallelize`: tensor parallel,
    activation checkpointing, FSDP2 over the data-parallel mesh), so PP composes with FSDP and TP
    as torchtitan does it: one FSDP root per stage. With a data-parallel degree of 1 there is
-   nothing to shard and FSDP2 is left out (bf16 then runs under autocast): the zero-bubble
-   schedules need that, since their separate weight-gradient pass misses FSDP2's unsharded
-   parameters (wrong gradients, measured), so they are refused with data parallelism;
+   nothing to shard and FSDP2 is left out (bf16 then runs under autocast). The zero-bubble
+   schedules split backward into an input-gradient pass and a later weight-gradient pass over
+   the parameters the module holds when the first starts: with FSDP2 resharding after forward
+   those are the sharded ones, not the gathered ones the graph used, and the weight gradients
+   come out wrong (measured), so they need `reshard_after_forward = false` under FSDP2;
 3. wraps each in a `PipelineStage` with explicit input and output examples. torch's shape
    inference would run the stage on dummy data it cannot pack (the peer then waits forever);
    the shapes are static instead: the first stage takes (1, T) token ids, every other stage the
@@ -161,12 +163,14 @@ def build_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
     optimizer_groups = [group["name"] for group in parameter_groups(model, recipe)]
     channel = MicroBatchChannel(model.config, row_tokens, world.device)
     shard = world.fsdp_mesh.size() > 1
-    if shard and parallel.pp_schedule in SPLIT_BACKWARD_SCHEDULES:
+    split_backward = parallel.pp_schedule in SPLIT_BACKWARD_SCHEDULES
+    if shard and split_backward and parallel.reshard_after_forward:
         raise RecipeError(
-            f"parallel.pp_schedule {parallel.pp_schedule} with data parallelism: zero-bubble "
-            "schedules compute weight gradients in a separate pass that misses FSDP2's "
-            "unsharded parameters (wrong gradients, measured on torch 2.15); use 1F1B or "
-            "Interleaved1F1B, or a layout whose data-parallel degree is 1"
+            f"parallel.pp_schedule {parallel.pp_schedule} with FSDP2 needs "
+            "parallel.reshard_after_forward = false: zero-bubble schedules take the stage's "
+            "parameters for their separate weight-gradient pass when its input-gradient pass "
+            "starts, and parameters resharded after forward are not the ones the graph used "
+            "(wrong weight gradients, measured); or use 1F1B / Interleaved1F1B"
         )
     group = world.mesh["pp"].get_group()
     check_schedule_supported(parallel.pp_schedule, dist.get_backend(group))
