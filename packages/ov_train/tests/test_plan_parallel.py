@@ -263,13 +263,25 @@ def test_days_follow_from_flops_tokens_gpus_and_mfu():
                 "parallel.pp_stages_per_rank=2",
             ),
             4,
-            "zero-bubble schedules under FSDP2",
+            "InterleavedZeroBubble with FSDP2 needs parallel.reshard_after_forward = false",
         ),
     ],
 )
 def test_bad_layouts_are_refused_naming_the_problem(overrides, gpus, message):
     with pytest.raises(RecipeError, match=message):
         plan_parallel(_recipe("stage1_5-8b", *overrides), gpus, measure=False)
+
+
+def test_a_zero_bubble_schedule_under_fsdp_plans_when_it_keeps_parameters_gathered():
+    overrides = (
+        "parallel.pp=2",
+        "parallel.pp_schedule=InterleavedZeroBubble",
+        "parallel.pp_stages_per_rank=2",
+        "parallel.reshard_after_forward=false",
+    )
+    plan = plan_parallel(_recipe("stage1_5-8b", *overrides), 4, measure=False)
+    assert plan.shape == (2, 1, 2, 1, 1)
+    assert len(plan.ranks) == 2  # one per pipeline rank
 
 
 def test_layout_errors_name_the_degrees():

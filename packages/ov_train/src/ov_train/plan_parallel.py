@@ -332,20 +332,14 @@ def plan_parallel(
     shape = parallel.degrees(world_size)
     micro_batches = recipe.train.micro_batches_per_rank(shape.data_parallel)
     if parallel.pp > 1:  # what the pipeline refuses, with its messages
-        from ov_train.distributed.pipeline import SPLIT_BACKWARD_SCHEDULES
+        from ov_train.distributed.pipeline import check_schedule_with_fsdp
         from ov_train.distributed.pipeline_plan import check_micro_batches, stage_plans
 
         for pp_rank in range(parallel.pp):
             stage_plans(parallel, config, pp_rank)
         check_micro_batches(parallel, micro_batches)
         sharded = shape.dp_replicate * shape.dp_shard * shape.cp > 1
-        if sharded and parallel.pp_schedule in SPLIT_BACKWARD_SCHEDULES:
-            raise RecipeError(
-                f"parallel.pp_schedule {parallel.pp_schedule} with data parallelism "
-                f"(dp_replicate x dp_shard x cp = {world_size // (shape.pp * shape.tp)}): the "
-                "pipeline refuses zero-bubble schedules under FSDP2; use 1F1B or "
-                "Interleaved1F1B"
-            )
+        check_schedule_with_fsdp(parallel, sharded=sharded)
     if workload is None:
         workload = Workload(micro_batch_tokens=recipe.train.micro_batch_tokens)
     elif workload.micro_batch_tokens != recipe.train.micro_batch_tokens:

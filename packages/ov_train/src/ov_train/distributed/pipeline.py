@@ -51,7 +51,7 @@ from torch.torch_version import TorchVersion
 
 from ov_model.model import LlavaOV
 from ov_model.packing import PackedBatch
-from ov_train.config import Recipe
+from ov_train.config import ParallelConfig, Recipe
 from ov_train.distributed.parallelize import fsdp_param_dtype, parallelize
 from ov_train.distributed.pipeline_plan import (
     V_SCHEDULES,
@@ -150,6 +150,20 @@ class Pipeline:
         return self.channel.loss_sum()
 
 
+def check_schedule_with_fsdp(parallel: ParallelConfig, *, sharded: bool) -> None:
+    """RecipeError for a zero-bubble schedule under FSDP2 (`sharded`: the data-parallel mesh
+    has more than one rank) that reshards after forward."""
+    split_backward = parallel.pp_schedule in SPLIT_BACKWARD_SCHEDULES
+    if sharded and split_backward and parallel.reshard_after_forward:
+        raise RecipeError(
+            f"parallel.pp_schedule {parallel.pp_schedule} with FSDP2 needs "
+            "parallel.reshard_after_forward = false: zero-bubble schedules take the stage's "
+            "parameters for their separate weight-gradient pass when its input-gradient pass "
+            "starts, and parameters resharded after forward are not the ones the graph used "
+            "(wrong weight gradients, measured); or use 1F1B / Interleaved1F1B"
+        )
+
+
 def build_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
     """This rank's stages of `model` (frozen as the recipe says, on `world.device`),
     parallelized, and the recipe's schedule (see the module docstring)."""
@@ -163,15 +177,7 @@ def build_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
     optimizer_groups = [group["name"] for group in parameter_groups(model, recipe)]
     channel = MicroBatchChannel(model.config, row_tokens, world.device)
     shard = world.fsdp_mesh.size() > 1
-    split_backward = parallel.pp_schedule in SPLIT_BACKWARD_SCHEDULES
-    if shard and split_backward and parallel.reshard_after_forward:
-        raise RecipeError(
-            f"parallel.pp_schedule {parallel.pp_schedule} with FSDP2 needs "
-            "parallel.reshard_after_forward = false: zero-bubble schedules take the stage's "
-            "parameters for their separate weight-gradient pass when its input-gradient pass "
-            "starts, and parameters resharded after forward are not the ones the graph used "
-            "(wrong weight gradients, measured); or use 1F1B / Interleaved1F1B"
-        )
+    check_schedule_with_fsdp(parallel, sharded=shard)
     group = world.mesh["pp"].get_group()
     check_schedule_supported(parallel.pp_schedule, dist.get_backend(group))
     modules = [StageModule(model, plan, channel) for plan in plans]
