@@ -12,64 +12,23 @@ by its config alone, so the 8B estimate answers at once on a laptop.
 import click
 
 from ov_train.commands import CONTEXT, _user_errors
-
-_ROWS = (
-    ("parameters (fp32, sharded)", lambda e: e.parameters),
-    ("gradients (fp32, sharded)", lambda e: e.gradients),
-    ("optimizer (AdamW, sharded)", lambda e: e.optimizer),
-    ("gathered bf16 units + grad buffers", lambda e: e.gathered),
-    ("activations: vision", lambda e: e.activations.vision),
-    ("activations: projector", lambda e: e.activations.projector),
-    ("activations: language model", lambda e: e.activations.language_model),
-    ("activations: loss head rows", lambda e: e.activations.head),
-    ("transient (loss chunk or one layer)", lambda e: e.activations.transient),
-    ("allowance (2 GiB + 10%)", lambda e: e.allowance),
-    ("total per GPU", lambda e: e.total),
+from ov_train.planning_cli import (
+    MEMORY_ROWS,
+    echo_table,
+    recipe_sizing_options,
+    workload_options,
 )
 
 
 @click.command("estimate-memory", context_settings=CONTEXT)
 @click.argument("recipe")
-@click.option(
-    "--gpus",
-    "gpus",
-    type=click.IntRange(min=1),
-    multiple=True,
-    default=(8,),
-    help="World size (GPUs); repeat for one table per size, e.g. --gpus 8 --gpus 128.",
+@recipe_sizing_options(
+    output="table",
+    set_example="--set parallel.dp_replicate=2 --set train.micro_batch_tokens=16384",
 )
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Change one recipe value, e.g. --set parallel.dp_replicate=2 --set "
-    "train.micro_batch_tokens=16384 (repeatable).",
-)
-@click.option(
-    "--gpu-memory-gib",
-    type=click.FloatRange(min=0, min_open=True),
-    default=80.0,
-    help="Memory of one GPU in GiB, for the `fits` row (an 80GB A800/A100/H100 has 80 GiB).",
-)
-@click.option(
-    "--image-fraction",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    help="Share of a micro-batch's tokens that are image tokens (4 ViT patches each).",
-)
-@click.option(
-    "--tokens-per-image",
-    type=click.IntRange(min=1),
-    default=1024,
-    help="Mean LLM tokens per image (one ViT class token per image).",
-)
-@click.option(
-    "--supervised-fraction",
-    type=click.FloatRange(0, 1),
-    default=None,
-    show_default="every text token",
-    help="Share of tokens with a supervised target (rows kept by the loss head).",
+@workload_options(
+    tokens_per_image_note="one ViT class token per image",
+    supervised_note="rows kept by the loss head",
 )
 def estimate_memory_command(
     recipe: str,
@@ -124,7 +83,8 @@ def _print_table(recipe, world_size: int, gpu_memory_gib: float, **workload) -> 
         names[mode] + ("*" if mode == own else "") for mode in ACTIVATION_CHECKPOINTING
     ]
     rows = [
-        [label] + [f"{value(e) / GIB:.1f}" for e in estimates.values()] for label, value in _ROWS
+        [label] + [f"{value(e) / GIB:.1f}" for e in estimates.values()]
+        for label, value in MEMORY_ROWS
     ]
     rows.append(
         [f"fits {gpu_memory_gib:g} GiB"]
@@ -153,10 +113,5 @@ def _print_table(recipe, world_size: int, gpu_memory_gib: float, **workload) -> 
         f"{data.supervised_tokens} supervised"
         + (" (every text token)" if supervised is None else "")
     )
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        cells = [row[0].ljust(widths[0])] + [
-            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
-        ]
-        click.echo("  ".join(cells))
+    echo_table(header, rows)
     click.echo("* the recipe's parallel.activation_checkpointing")

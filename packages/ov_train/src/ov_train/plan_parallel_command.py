@@ -19,6 +19,12 @@ from dataclasses import dataclass
 import click
 
 from ov_train.commands import CONTEXT, _user_errors
+from ov_train.planning_cli import (
+    MEMORY_ROWS,
+    echo_table,
+    recipe_sizing_options,
+    workload_options,
+)
 
 
 @dataclass(frozen=True)
@@ -47,19 +53,6 @@ RELEASE_STAGE1_5 = ReleaseRun(
     ),
 )
 
-_MEMORY_ROWS = (
-    ("parameters (fp32, sharded)", lambda e: e.parameters),
-    ("gradients (fp32, sharded)", lambda e: e.gradients),
-    ("optimizer (AdamW, sharded)", lambda e: e.optimizer),
-    ("gathered bf16 units + grad buffers", lambda e: e.gathered),
-    ("activations: vision", lambda e: e.activations.vision),
-    ("activations: projector", lambda e: e.activations.projector),
-    ("activations: language model", lambda e: e.activations.language_model),
-    ("activations: loss head rows", lambda e: e.activations.head),
-    ("transient (loss chunk or one layer)", lambda e: e.activations.transient),
-    ("allowance (2 GiB + 10%)", lambda e: e.allowance),
-    ("total per GPU", lambda e: e.total),
-)
 _COMMUNICATION_ROWS = (
     ("FSDP all-gather (bf16)", "fsdp_all_gather"),
     ("FSDP reduce-scatter (fp32)", "fsdp_reduce_scatter"),
@@ -74,27 +67,9 @@ _COMMUNICATION_ROWS = (
 
 @click.command("plan-parallel", context_settings=CONTEXT)
 @click.argument("recipe", required=False)
-@click.option(
-    "--gpus",
-    "gpus",
-    type=click.IntRange(min=1),
-    multiple=True,
-    default=(8,),
-    help="World size (GPUs); repeat for one plan per size, e.g. --gpus 8 --gpus 128.",
-)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Change one recipe value, e.g. --set parallel.tp=2 --set parallel.pp=2 --set "
-    "train.grad_accumulation=512 (repeatable).",
-)
-@click.option(
-    "--gpu-memory-gib",
-    type=click.FloatRange(min=0, min_open=True),
-    default=80.0,
-    help="Memory of one GPU in GiB, for the `fits` row (an 80GB A800/A100/H100 has 80 GiB).",
+@recipe_sizing_options(
+    output="plan",
+    set_example="--set parallel.tp=2 --set parallel.pp=2 --set train.grad_accumulation=512",
 )
 @click.option(
     "--peak-tflops",
@@ -121,24 +96,9 @@ _COMMUNICATION_ROWS = (
     show_default="64e9, the release's total over its stages",
     help="Packed tokens to train on, for the days row.",
 )
-@click.option(
-    "--image-fraction",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    help="Share of a micro-batch's tokens that are image tokens (4 ViT patches each).",
-)
-@click.option(
-    "--tokens-per-image",
-    type=click.IntRange(min=1),
-    default=1024,
-    help="Mean LLM tokens per image (one image per packed sample, square grids).",
-)
-@click.option(
-    "--supervised-fraction",
-    type=click.FloatRange(0, 1),
-    default=None,
-    show_default="every text token",
-    help="Share of tokens with a supervised target (rows the loss head computes).",
+@workload_options(
+    tokens_per_image_note="one image per packed sample, square grids",
+    supervised_note="rows the loss head computes",
 )
 @click.option(
     "--dry-run/--no-dry-run",
@@ -268,7 +228,7 @@ def _print_plans(plans, tokens: float) -> None:
         lambda p, r: "-" if r.sharded_parameters is None else f"{r.sharded_parameters / 1e6:.1f}",
     )
     section("memory, GiB")
-    for label, value in _MEMORY_ROWS:
+    for label, value in MEMORY_ROWS:
         row(f"  {label}", lambda p, r, value=value: f"{value(r.memory) / GIB:.1f}")
     row("  micro-batches in flight", lambda p, r: f"{r.memory.activations.in_flight:g}")
     gib = plans[0].hardware.gpu_memory_gib
@@ -289,9 +249,4 @@ def _print_plans(plans, tokens: float) -> None:
         lambda p, r: f"{r.communication.between_nodes / GIB / p.step_seconds:.1f}",
     )
     row(f"  days for {tokens / 1e9:g}B tokens", lambda p, r: f"{p.days(tokens):.2f}")
-    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
-    for line in [header, *rows]:
-        cells = [line[0].ljust(widths[0])] + [
-            cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)
-        ]
-        click.echo("  ".join(cells).rstrip())
+    echo_table(header, rows)
