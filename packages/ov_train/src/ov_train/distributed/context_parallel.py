@@ -26,13 +26,14 @@ path and the default) or "ring" (K/V rotated around the cp ranks, the scalable p
 """
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
 from ov_model.packed_metadata import PackedMetadata
+from ov_train.config import CP_ATTENTION
 from ov_train.distributed.cp_attention import (
     AttentionPlan,
     RowPieces,
@@ -42,7 +43,7 @@ from ov_train.distributed.cp_attention import (
 from ov_train.errors import TrainingError
 
 CPAttention = Literal["allgather", "ring"]
-CP_ATTENTION_MODES: tuple[str, ...] = get_args(CPAttention)
+"""`ParallelConfig.cp_attention`'s values (`config.CP_ATTENTION`)."""
 
 
 def zigzag_pieces(row_length: int, size: int) -> RowPieces:
@@ -101,10 +102,9 @@ class ContextParallelSplit:
     (`ov_model.sequence_split.SequenceSplit`)."""
 
     def __init__(self, group, rank: int, size: int, mode: CPAttention = "allgather") -> None:
-        if mode not in CP_ATTENTION_MODES:
+        if mode not in CP_ATTENTION:
             raise TrainingError(
-                f"unknown context parallel attention {mode!r}; choose one of "
-                f"{list(CP_ATTENTION_MODES)}"
+                f"unknown context parallel attention {mode!r}; choose one of {list(CP_ATTENTION)}"
             )
         self.group, self.rank, self.size, self.mode = group, rank, size, mode
 
