@@ -22,13 +22,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor
 
 from ov_model.packing import PackedBatch, pad_row
+from ov_train.commands import run_command
 from ov_train.memory_loader import PackedMicroBatch
+from ov_train.metrics_log import read_metrics
 from ov_train.optim import build_optimizer, freeze
 from ov_train.parallel import World, forward_autocast, init_world, parallelize
 from ov_train.schedule import build_scheduler
@@ -204,3 +207,45 @@ def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     x = torch.cat([a[name].double().flatten() for name in sorted(a)])
     y = torch.cat([b[name].double().flatten() for name in sorted(a)])
     return float(x @ y / (x.norm() * y.norm()))
+
+
+# ----------------------------------------------------------------- `ov-train run` on processes
+def run_args(
+    shards, run_dir, model_dir, *overrides: str, steps: int = 2, micro_batch_tokens: int = 1
+) -> list[str]:
+    """`ov-train run stage2-tiny` arguments for a short deterministic fp32 CPU run of `steps`
+    steps of 2 micro-batches on `shards`, writing `run_dir`, plus `overrides` (`KEY=VALUE`,
+    e.g. the layout); `micro_batch_tokens=1` puts one bin in each micro-batch."""
+    settings = [
+        f"model.path={model_dir}",
+        f"train.steps={steps}",
+        "train.grad_accumulation=2",
+        f"train.micro_batch_tokens={micro_batch_tokens}",
+        "train.deterministic=true",
+        "train.dtype=fp32",
+        "checkpoint.every=100",
+        "data.num_workers=0",
+        "parallel.timeout_s=60",
+        "logging.progress_bar=false",
+        "logging.plot=false",
+        *overrides,
+    ]
+    sets = [part for setting in settings for part in ("--set", setting)]
+    return ["stage2-tiny", "--data", str(shards), "--out", str(run_dir), *sets]
+
+
+def run_cli(rank: int, args: list[str]) -> None:
+    """Worker: `ov-train run args` in this process (its rank comes from the environment)."""
+    run_command.main(args, standalone_mode=False)
+
+
+def loss_trace(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) of each line of a run's metrics.jsonl."""
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+def assert_same_loss_trace(run_dir: Path, reference_dir: Path, *, steps: int, rel: float) -> None:
+    """Both runs logged steps 1..`steps` once each, with losses equal up to `rel`."""
+    want, got = loss_trace(reference_dir), loss_trace(run_dir)
+    assert [step for step, _ in got] == [step for step, _ in want] == list(range(1, steps + 1))
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=rel)

@@ -362,31 +362,6 @@ def test_fsdp2_times_cp2_on_four_processes_trains_like_one_process(dist, make_re
 
 
 # --------------------------------------------------------------------- ov-train run, processes
-def _run_args(shards, run_dir, model_dir, *extra: str) -> list[str]:
-    overrides = [
-        f"model.path={model_dir}",
-        f"train.steps={STEPS}",
-        "train.grad_accumulation=2",
-        "train.micro_batch_tokens=1",  # one bin per micro-batch
-        "train.deterministic=true",
-        "train.dtype=fp32",
-        "checkpoint.every=100",
-        "data.num_workers=0",
-        "parallel.timeout_s=60",
-        "logging.progress_bar=false",
-        "logging.plot=false",
-        *extra,
-    ]
-    sets = [part for override in overrides for part in ("--set", override)]
-    return ["stage2-tiny", "--data", str(shards), "--out", str(run_dir), *sets]
-
-
-def _cli_worker(rank, args):
-    from ov_train.commands import run_command
-
-    run_command.main(args, standalone_mode=False)
-
-
 @pytest.mark.dist
 def test_a_two_process_ring_cp_run_has_the_loss_trace_of_one_process(
     dist, packed_shards, tiny_model_dir, tmp_path
@@ -394,17 +369,12 @@ def test_a_two_process_ring_cp_run_has_the_loss_trace_of_one_process(
     """`ov-train run` end to end: the loader pads every row to a multiple of 4 and both cp
     ranks read the same micro-batches; metrics.jsonl's losses equal one process's."""
     from ov_train.commands import run_command
-    from ov_train.metrics_log import read_metrics
 
     one, two = tmp_path / "one", tmp_path / "cp2"
-    run_command.main(_run_args(packed_shards, one, tiny_model_dir), standalone_mode=False)
+    run_command.main(dist.run_args(packed_shards, one, tiny_model_dir), standalone_mode=False)
     cp = ("parallel.cp=2", "parallel.dp_shard=1", "parallel.cp_attention=ring")
     dist.run_workers(
-        _cli_worker, 2, _run_args(packed_shards, two, tiny_model_dir, *cp), timeout_s=180
+        dist.run_cli, 2, dist.run_args(packed_shards, two, tiny_model_dir, *cp), timeout_s=180
     )
     assert "cp = 2" in (two / "recipe.toml").read_text()
-    want, got = (
-        [(r["step"], r["loss"]) for r in read_metrics(run / "metrics.jsonl")] for run in (one, two)
-    )
-    assert [step for step, _ in got] == [step for step, _ in want] == list(range(1, STEPS + 1))
-    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-5)
+    dist.assert_same_loss_trace(two, one, steps=STEPS, rel=1e-5)

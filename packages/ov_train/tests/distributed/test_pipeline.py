@@ -23,7 +23,6 @@ from ov_train.distributed.pipeline import build_pipeline
 from ov_train.errors import RecipeError
 from ov_train.export import export_checkpoint
 from ov_train.memory_loader import InMemoryLoader, PackedMicroBatch
-from ov_train.metrics_log import read_metrics
 from ov_train.model_loading import build_training_pipeline
 from ov_train.optim import build_optimizer, freeze
 from ov_train.parallel import SingleProcess, init_world
@@ -410,40 +409,18 @@ def test_pipeline_with_fsdp_and_with_tensor_parallel_trains_like_one_process(
 
 
 # ------------------------------------------------------------- `ov-train run`, 2 processes
-def _cli_args(shards, run_dir, tiny_model_dir, *extra: str) -> list[str]:
-    overrides = [
-        f"model.path={tiny_model_dir}",
-        "train.steps=2",
-        "train.grad_accumulation=2",
-        "train.micro_batch_tokens=256",  # the bins' capacity: rows padded to 257 with pp
-        "train.dtype=fp32",
-        "checkpoint.every=100",
-        "data.num_workers=0",
-        "parallel.timeout_s=60",
-        "logging.progress_bar=false",
-        "logging.plot=false",
-        *extra,
-    ]
-    sets = [part for override in overrides for part in ("--set", override)]
-    return ["stage2-tiny", "--data", str(shards), "--out", str(run_dir), *sets]
-
-
-def _cli_worker(rank, args):
-    run_command.main(args, standalone_mode=False)
-
-
 def test_a_two_stage_ov_train_run_has_the_loss_trace_of_one_process(
     dist, packed_shards, tiny_model_dir, tmp_path
 ):
     one, two = tmp_path / "one", tmp_path / "pp2"
-    run_command.main(_cli_args(packed_shards, one, tiny_model_dir), standalone_mode=False)
+    # micro_batch_tokens 256: the bins' capacity, rows padded to 257 with pp
+    args = dist.run_args(packed_shards, one, tiny_model_dir, micro_batch_tokens=256)
+    run_command.main(args, standalone_mode=False)
     pp = ("parallel.pp=2", "parallel.dp_shard=1")
-    dist.run_workers(_cli_worker, 2, _cli_args(packed_shards, two, tiny_model_dir, *pp))
+    two_args = dist.run_args(packed_shards, two, tiny_model_dir, *pp, micro_batch_tokens=256)
+    dist.run_workers(dist.run_cli, 2, two_args)
     assert "pp = 2" in (two / "recipe.toml").read_text()
-    want = [(r["step"], r["loss"]) for r in read_metrics(one / "metrics.jsonl")]
-    got = [(r["step"], r["loss"]) for r in read_metrics(two / "metrics.jsonl")]
-    assert [step for step, _ in got] == [step for step, _ in want] == [1, 2]
-    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-6)
+    dist.assert_same_loss_trace(two, one, steps=2, rel=1e-6)
     # the run's checkpoint holds the whole model (both stages' tensors)
     assert export_checkpoint(two / "checkpoints", tmp_path / "hf").is_dir()
     exported = LlavaOV.from_pretrained(tmp_path / "hf")
