@@ -10,7 +10,10 @@ every failed rank's traceback. A peer left waiting on a collective fails with th
 process-group timeout (the tests use 60 s); `run_workers` kills what is still alive after its
 own deadline.
 
-Loaded by this folder's conftest (fixture `dist`), so test modules need no import path.
+It also holds what several test modules share: `train` (a model through the real `train_step`,
+its whole gradients captured), the reference run on one process and `assert_same_training`,
+padded rows, and `ov-train run` on processes with its loss trace. Loaded by this folder's
+conftest (fixture `dist`), so test modules need no import path.
 """
 
 import os
@@ -33,7 +36,7 @@ from ov_train.commands import run_command
 from ov_train.memory_loader import PackedMicroBatch
 from ov_train.metrics_log import read_metrics
 from ov_train.optim import build_optimizer, freeze
-from ov_train.parallel import World, forward_autocast, init_world, parallelize
+from ov_train.parallel import SingleProcess, World, forward_autocast, init_world, parallelize
 from ov_train.schedule import build_scheduler
 from ov_train.source import StepPlan
 from ov_train.train_step import train_step
@@ -165,15 +168,31 @@ def train(
         for name, p in model.named_parameters()
     }
     return {
-        "losses": [r.loss for r in results],
-        "grad_norms": [r.grad_norm for r in results],
-        "supervised": [r.supervised_tokens for r in results],
-        "learning_rates": [r.learning_rates for r in results],
+        **step_records(results),
         "gradients": gradients,
         "parameters": parameters,
         "layouts": layouts,
         "model": model,
     }
+
+
+def step_records(results) -> dict[str, list]:
+    """The per-step numbers of `train_step` / `pipeline_step` results, a list each: losses,
+    gradient norms, supervised tokens and learning rates."""
+    return {
+        "losses": [r.loss for r in results],
+        "grad_norms": [r.grad_norm for r in results],
+        "supervised": [r.supervised_tokens for r in results],
+        "learning_rates": [r.learning_rates for r in results],
+    }
+
+
+def train_one_process(model_factory, recipe, step_batches: list[list]) -> dict[str, Any]:
+    """`train` on one process over every micro-batch of `step_batches`: the reference a
+    parallel layout must reproduce (the model left out)."""
+    result = train(model_factory, recipe, step_batches, SingleProcess())
+    del result["model"]
+    return result
 
 
 def train_distributed(model_factory, recipe, step_batches: list[list]) -> dict[str, Any]:
@@ -200,6 +219,37 @@ def padded_row(samples, config, *, multiple_of: int = 1, length: int | None = No
         length=length,
     )
     return PackedMicroBatch(batch)
+
+
+def assert_same_training(
+    run: dict[str, Any],
+    reference: dict[str, Any],
+    *,
+    rtol: float = 1e-5,
+    learning_rates: bool = True,
+    parameters: bool = True,
+) -> None:
+    """`run` (a `train` result) trained like `reference`: the same supervised tokens, losses
+    within rel 1e-6, gradient norms within `rtol` and each step's whole gradients within `rtol`
+    (and `rtol` of each tensor's largest entry); with `learning_rates`, the same learning rates
+    per group; with `parameters`, the same parameters after the last step (rtol 1e-4, atol
+    1e-6)."""
+    assert run["supervised"] == reference["supervised"]
+    if learning_rates:
+        assert run["learning_rates"] == reference["learning_rates"]  # the same named groups
+    assert run["losses"] == pytest.approx(reference["losses"], rel=1e-6)
+    assert run["grad_norms"] == pytest.approx(reference["grad_norms"], rel=rtol)
+    for got, want in zip(run["gradients"], reference["gradients"], strict=True):
+        assert got.keys() == want.keys()
+        for name, value in want.items():
+            scale = value.abs().max().item()
+            torch.testing.assert_close(
+                got[name], value, rtol=rtol, atol=rtol * scale, msg=lambda m, n=name: f"{n}: {m}"
+            )
+    if parameters:
+        assert run["parameters"].keys() == reference["parameters"].keys()
+        for name, value in reference["parameters"].items():
+            torch.testing.assert_close(run["parameters"][name], value, rtol=1e-4, atol=1e-6)
 
 
 def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -13,7 +13,7 @@ from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
 import ov_train.distributed.fsdp as fsdp
 from ov_model import PRESETS, LlavaOV
-from ov_train.parallel import DistributedWorld, SingleProcess, clip_gradients, init_world
+from ov_train.parallel import DistributedWorld, clip_gradients, init_world
 
 pytestmark = pytest.mark.dist
 
@@ -38,28 +38,6 @@ def _recipe(make_recipe, *overrides, ranks: int = 2, base: str = "stage2-tiny"):
         *overrides,
         base=base,
     )
-
-
-def _reference(dist, recipe, step_batches):
-    result = dist.train(tiny_model, recipe, step_batches, SingleProcess())
-    del result["model"]
-    return result
-
-
-def _assert_same_training(run, reference, *, rtol=1e-5):
-    assert run["supervised"] == reference["supervised"]
-    assert run["learning_rates"] == reference["learning_rates"]  # the same named groups
-    assert run["losses"] == pytest.approx(reference["losses"], rel=1e-6)
-    assert run["grad_norms"] == pytest.approx(reference["grad_norms"], rel=rtol)
-    for got, want in zip(run["gradients"], reference["gradients"], strict=True):
-        assert got.keys() == want.keys()
-        for name, value in want.items():
-            scale = value.abs().max().item()
-            torch.testing.assert_close(
-                got[name], value, rtol=rtol, atol=rtol * scale, msg=lambda m, n=name: f"{n}: {m}"
-            )
-    for name, value in reference["parameters"].items():
-        torch.testing.assert_close(run["parameters"][name], value, rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------------- layouts, 2 processes
@@ -151,9 +129,9 @@ def test_replicate_fsdp_checkpointing_clipping_and_bf16_train_like_one_process(
         for got, parameter in zip(result["facts"]["clipped"], plain, strict=True):
             torch.testing.assert_close(got, parameter.grad, rtol=1e-6, atol=1e-7)
 
-    reference = _reference(dist, _recipe(make_recipe, ranks=1), step_batches)
-    clipped = _reference(
-        dist, _recipe(make_recipe, f"train.clip_grad_norm={CLIP}", ranks=1), step_batches
+    reference = dist.train_one_process(tiny_model, _recipe(make_recipe, ranks=1), step_batches)
+    clipped = dist.train_one_process(
+        tiny_model, _recipe(make_recipe, f"train.clip_grad_norm={CLIP}", ranks=1), step_batches
     )
     assert min(clipped["grad_norms"]) > 10 * CLIP
     for rank in (0, 1):
@@ -164,8 +142,8 @@ def test_replicate_fsdp_checkpointing_clipping_and_bf16_train_like_one_process(
             "('dp_replicate', 'dp_shard')(Replicate(), Shard(dim=0))"
         }
         for name in ("replicate", "fsdp", "fsdp_ac_full", "fsdp_ac_selective", "fsdp_no_reshard"):
-            _assert_same_training(runs[name], reference)
-        _assert_same_training(runs["fsdp_clip"], clipped)
+            dist.assert_same_training(runs[name], reference)
+        dist.assert_same_training(runs["fsdp_clip"], clipped)
 
         # the default mean over 2 ranks halves every gradient: summing is what makes them equal
         averaged = runs["fsdp_averaging"]["gradients"][0]
@@ -218,7 +196,9 @@ def test_a_text_only_rank_in_stage1_and_stage2_trains_like_one_process(dist, mak
 
     initial = dict(tiny_model().named_parameters())
     references = {
-        stage: _reference(dist, _recipe(make_recipe, ranks=1, base=base), step_batches)
+        stage: dist.train_one_process(
+            tiny_model, _recipe(make_recipe, ranks=1, base=base), step_batches
+        )
         for stage, base in stages.items()
     }
     for rank in (0, 1):  # frozen units in bf16: gathered in bf16, never reduced
@@ -231,7 +211,7 @@ def test_a_text_only_rank_in_stage1_and_stage2_trains_like_one_process(dist, mak
         reference = references[stage]
         for rank in (0, 1):
             run = results[rank][stage]
-            _assert_same_training(run, reference)
+            dist.assert_same_training(run, reference)
             assert all(layout != "plain" for layout in run["layouts"].values())
             if stage == "stage1":
                 # only the projector trains; the frozen ViT and LLM are sharded and unchanged
@@ -257,12 +237,14 @@ def test_hsdp_on_four_processes_trains_like_one_process(dist, make_recipe, make_
     step_batches = [make_batches(4 * PER_RANK, 3, seed=step) for step in range(STEPS)]
     recipe = _recipe(make_recipe, "parallel.dp_replicate=2", ranks=4)  # dp_shard -1: 2
     results = dist.run_workers(_hsdp_worker, 4, dist, recipe, step_batches)
-    reference = _reference(
-        dist, _recipe(make_recipe, f"train.grad_accumulation={4 * PER_RANK}", ranks=1), step_batches
+    reference = dist.train_one_process(
+        tiny_model,
+        _recipe(make_recipe, f"train.grad_accumulation={4 * PER_RANK}", ranks=1),
+        step_batches,
     )
     for run in results:
         assert tuple(run["mesh"]) == (1, 2, 2, 1, 1)  # pp, dp_replicate, dp_shard, cp, tp
         assert set(run["layouts"].values()) == {
             "('dp_replicate', 'dp_shard')(Replicate(), Shard(dim=0))"
         }
-        _assert_same_training(run, reference)
+        dist.assert_same_training(run, reference)

@@ -75,11 +75,7 @@ def _static_rows(make_batches, recipe, count: int, seed: int) -> list[PackedMicr
     return rows
 
 
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-
-
-def train_pipelined(recipe, step_batches) -> dict:
+def train_pipelined(dist, recipe, step_batches) -> dict:
     """Build the pipeline of this worker's world and train `step_batches` (every step's global
     micro-batches; this rank takes its data-parallel share) through `pipeline_step`."""
     world = init_world(recipe.parallel, "cpu")
@@ -94,7 +90,7 @@ def train_pipelined(recipe, step_batches) -> dict:
     def capture(opt, args, kwargs):
         gradients.append(
             {
-                names[id(p)]: _full(p.grad).detach().clone()
+                names[id(p)]: dist.full_tensor(p.grad).detach().clone()
                 for group in opt.param_groups
                 for p in group["params"]
                 if p.grad is not None
@@ -102,28 +98,24 @@ def train_pipelined(recipe, step_batches) -> dict:
         )
 
     optimizer.register_step_pre_hook(capture)
-    results = []
-    for step, batches in enumerate(step_batches, 1):
-        mine = batches[world.data_rank :: world.data_size]
-        results.append(
-            pipeline_step(
-                pipeline,
-                optimizer,
-                scheduler,
-                StepPlan.of(mine),
-                world=world,
-                device=world.device,
-                clip_grad_norm=recipe.train.clip_grad_norm,
-                step=step,
-            )
+    results = [
+        pipeline_step(
+            pipeline,
+            optimizer,
+            scheduler,
+            StepPlan.of(mine),
+            world=world,
+            device=world.device,
+            clip_grad_norm=recipe.train.clip_grad_norm,
+            step=step,
         )
+        for step, mine in enumerate(dist.rank_share(step_batches, world), 1)
+    ]
+    parameters = pipeline.model.named_parameters()
     return {
-        "losses": [r.loss for r in results],
-        "grad_norms": [r.grad_norm for r in results],
-        "supervised": [r.supervised_tokens for r in results],
-        "learning_rates": [r.learning_rates for r in results],
+        **dist.step_records(results),
         "gradients": gradients,
-        "parameters": {n: _full(p.detach()).clone() for n, p in pipeline.model.named_parameters()},
+        "parameters": {n: dist.full_tensor(p.detach()).clone() for n, p in parameters},
         "stages": [module.plan.index for module in pipeline.stage_modules],
         "meshes": sorted(
             {
@@ -133,12 +125,6 @@ def train_pipelined(recipe, step_batches) -> dict:
             }
         ),
     }
-
-
-def _reference(dist, recipe, step_batches) -> dict:
-    result = dist.train(four_layer_model, recipe, step_batches, SingleProcess())
-    del result["model"]
-    return result
 
 
 def _joined(runs: list[dict]) -> dict:
@@ -157,23 +143,6 @@ def _joined(runs: list[dict]) -> dict:
     return joined
 
 
-def _assert_same_training(run, reference, *, rtol=1e-5):
-    assert run["supervised"] == reference["supervised"]
-    assert run["learning_rates"] == reference["learning_rates"]
-    assert run["losses"] == pytest.approx(reference["losses"], rel=1e-6)
-    assert run["grad_norms"] == pytest.approx(reference["grad_norms"], rel=rtol)
-    for got, want in zip(run["gradients"], reference["gradients"], strict=True):
-        assert got.keys() == want.keys()
-        for name, value in want.items():
-            scale = value.abs().max().item()
-            torch.testing.assert_close(
-                got[name], value, rtol=rtol, atol=rtol * scale, msg=lambda m, n=name: f"{n}: {m}"
-            )
-    assert run["parameters"].keys() == reference["parameters"].keys()
-    for name, value in reference["parameters"].items():
-        torch.testing.assert_close(run["parameters"][name], value, rtol=1e-4, atol=1e-6)
-
-
 def _assert_bf16_training(run, fp32_reference):
     """A bf16 run (the forward did run in bf16) close to the fp32 one of one process."""
     assert run["losses"] != fp32_reference["losses"]
@@ -187,8 +156,8 @@ def _assert_bf16_training(run, fp32_reference):
 
 
 # --------------------------------------------------------------------------- 2 processes
-def _schedules_worker(rank, recipes, step_batches, refused=None):
-    runs = {name: train_pipelined(recipe, step_batches) for name, recipe in recipes.items()}
+def _schedules_worker(rank, dist, recipes, step_batches, refused=None):
+    runs = {name: train_pipelined(dist, recipe, step_batches) for name, recipe in recipes.items()}
     if refused is not None:  # a recipe build_pipeline must refuse, with its message
         world = init_world(refused.parallel, "cpu")
         with pytest.raises(RecipeError) as error:
@@ -229,10 +198,12 @@ def test_every_schedule_trains_like_one_process(dist, make_recipe, make_batches)
         # Stage 1: only the projector (stage 0) trains; stage 1 still sends input gradients
         "stage1": _recipe(make_recipe, "parallel.pp=2", base="stage1-tiny"),
     }
-    results = dist.run_workers(_schedules_worker, 2, recipes | others, step_batches, refused)
-    reference = _reference(dist, _recipe(make_recipe), step_batches)
-    stage1 = _reference(dist, _recipe(make_recipe, base="stage1-tiny"), step_batches)
-    _assert_same_training(_joined([r["stage1"] for r in results]), stage1)
+    results = dist.run_workers(_schedules_worker, 2, dist, recipes | others, step_batches, refused)
+    reference = dist.train_one_process(four_layer_model, _recipe(make_recipe), step_batches)
+    stage1 = dist.train_one_process(
+        four_layer_model, _recipe(make_recipe, base="stage1-tiny"), step_batches
+    )
+    dist.assert_same_training(_joined([r["stage1"] for r in results]), stage1)
     projector_groups = {"projector.decay", "projector.no_decay"}  # also on rank 1, empty there
     assert set(results[1]["stage1"]["learning_rates"][0]) == projector_groups
     # one data rank: no FSDP2 casts the parameters, the schedule runs under bf16 autocast
@@ -245,7 +216,7 @@ def test_every_schedule_trains_like_one_process(dist, make_recipe, make_batches)
         assert all("needs torch >= 2.15" in r["refused"] for r in results)
     assert all(r[name]["meshes"] == [] for r in results for name in recipes)  # dp 1: no FSDP2
     for name in recipes:
-        _assert_same_training(_joined([r[name] for r in results]), reference)
+        dist.assert_same_training(_joined([r[name] for r in results]), reference)
     # rank 1 of the uneven split holds 3 of the 4 decoder layers and the head
     held = {n.split(".")[2] for n in results[1]["1f1b_uneven"]["parameters"] if ".layers." in n}
     assert held == {"1", "2", "3"}
@@ -396,10 +367,12 @@ def test_pipeline_with_fsdp_and_with_tensor_parallel_trains_like_one_process(
         "parallel.pp_stages_per_rank=2",
         micro_batches=8,
     )
-    results = dist.run_workers(_schedules_worker, 4, recipes, step_batches, zero_bubble_fsdp)
-    reference = _reference(dist, _recipe(make_recipe, micro_batches=8), step_batches)
+    results = dist.run_workers(_schedules_worker, 4, dist, recipes, step_batches, zero_bubble_fsdp)
+    reference = dist.train_one_process(
+        four_layer_model, _recipe(make_recipe, micro_batches=8), step_batches
+    )
     for name in recipes.keys() - {"fsdp_bf16"}:
-        _assert_same_training(_joined([r[name] for r in results]), reference)
+        dist.assert_same_training(_joined([r[name] for r in results]), reference)
     # FSDP2 gathers bf16 parameters: the states between stages travel in bf16
     _assert_bf16_training(_joined([r["fsdp_bf16"] for r in results]), reference)
     for run in results:

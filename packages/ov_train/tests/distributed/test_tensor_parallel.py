@@ -26,14 +26,13 @@ from torch.distributed.tensor import DTensor, Partial, Replicate
 
 from ov_model import PRESETS, LlavaOV
 from ov_model.loss import cross_entropy_sum
-from ov_model.packing import PackedBatch, pad_row
 from ov_train.checkpointing import load_checkpoint, save_checkpoint
 from ov_train.distributed.tensor_parallel import apply_tensor_parallel
 from ov_train.distributed.vocab_parallel_loss import VocabParallelCrossEntropy
 from ov_train.errors import TrainingError
 from ov_train.memory_loader import PackedMicroBatch
 from ov_train.optim import build_optimizer, freeze
-from ov_train.parallel import SingleProcess, forward_autocast, init_world, parallelize
+from ov_train.parallel import forward_autocast, init_world, parallelize
 from ov_train.schedule import build_scheduler
 from ov_train.source import StepPlan, model_inputs
 from ov_train.train_step import train_step
@@ -76,30 +75,22 @@ def _record_heads(module, args):
     return x, cos, sin, recording
 
 
-def padded(samples, multiple_of: int = TP) -> PackedMicroBatch:
-    """`samples` in one row padded to a multiple of `multiple_of` tokens (and given a padding
-    image when it has none), as the data path pads for sequence parallelism."""
-    config = PRESETS["tiny"]
-    batch = pad_row(
-        PackedBatch.from_samples(list(samples)),
-        image_token_id=config.image_token_id,
-        pad_token_id=0,
-        patch_dim=config.vision.patch_dim,
-        merge_size=config.merge_size,
-        multiple_of=multiple_of,
-    )
-    return PackedMicroBatch(batch)
-
-
 def step_batches(
-    samples, micro_batches: int = MICRO_BATCHES, multiple_of: int = TP
+    dist, samples, micro_batches: int = MICRO_BATCHES, multiple_of: int = TP
 ) -> list[list[PackedMicroBatch]]:
     """STEPS steps of `micro_batches` rows of 3 samples, every row padded to a multiple of
-    `multiple_of`; odd unpadded lengths among them, so the padding is exercised."""
+    `multiple_of` (and given a padding image when it has none), as the data path pads for
+    sequence parallelism; odd unpadded lengths among them, so the padding is exercised."""
+    config = PRESETS["tiny"]
     steps = []
     for step in range(STEPS):
         rows = samples.make_samples(3 * micro_batches, seed=step)
-        steps.append([padded(rows[i : i + 3], multiple_of) for i in range(0, len(rows), 3)])
+        steps.append(
+            [
+                dist.padded_row(rows[i : i + 3], config, multiple_of=multiple_of)
+                for i in range(0, len(rows), 3)
+            ]
+        )
     return steps
 
 
@@ -112,27 +103,6 @@ def _recipe(make_recipe, *overrides, global_batch: int = MICRO_BATCHES, base: st
         *overrides,
         base=base,
     )
-
-
-def _reference(dist, recipe, batches, factory=tiny_model):
-    result = dist.train(factory, recipe, batches, SingleProcess())
-    del result["model"]
-    return result
-
-
-def _assert_same_training(run, reference, *, rtol=1e-5):
-    assert run["supervised"] == reference["supervised"]
-    assert run["losses"] == pytest.approx(reference["losses"], rel=1e-6)
-    assert run["grad_norms"] == pytest.approx(reference["grad_norms"], rel=rtol)
-    for got, want in zip(run["gradients"], reference["gradients"], strict=True):
-        assert got.keys() == want.keys()
-        for name, value in want.items():
-            scale = value.abs().max().item()
-            torch.testing.assert_close(
-                got[name], value, rtol=rtol, atol=rtol * scale, msg=lambda m, n=name: f"{n}: {m}"
-            )
-    for name, value in reference["parameters"].items():
-        torch.testing.assert_close(run["parameters"][name], value, rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------- the vocabulary-parallel loss
@@ -207,9 +177,10 @@ def _replicated_gradients(world, batch) -> dict:
     return gradients
 
 
-def _unsplittable_row_error(world, samples) -> str:
+def _unsplittable_row_error(dist, world, samples) -> str:
     model = apply_tensor_parallel(tiny_model(), world.mesh["tp"], sequence_parallel=True)
-    rows = (padded(samples.make_samples(3, seed=seed), multiple_of=1) for seed in range(10, 30))
+    config = PRESETS["tiny"]
+    rows = (dist.padded_row(samples.make_samples(3, seed=seed), config) for seed in range(10, 30))
     batch = next(row for row in rows if row.batch.input_ids.numel() % TP == 1)
     with pytest.raises(TrainingError) as error:
         model(**model_inputs(batch.batch, world.device), return_logits=False)
@@ -297,7 +268,7 @@ def _two_process_worker(rank, dist, recipes, checkpoint_recipes, batches, sample
     world = init_world(recipes["tp"].parallel, "cpu")
     facts = {"loss": _vocab_parallel_loss(world.mesh["tp"], world.coordinate("tp"))}
     facts["replicated"] = _replicated_gradients(world, batches[0][0])
-    facts["unsplittable"] = _unsplittable_row_error(world, samples)
+    facts["unsplittable"] = _unsplittable_row_error(dist, world, samples)
     runs = {}
     for name, recipe in recipes.items():
         HEADS_SEEN.clear()
@@ -308,7 +279,7 @@ def _two_process_worker(rank, dist, recipes, checkpoint_recipes, batches, sample
 
 
 def test_tensor_and_sequence_parallel_train_like_one_process(dist, make_recipe, samples, tmp_path):
-    batches = step_batches(samples)
+    batches = step_batches(dist, samples)
     tp = ("parallel.tp=2", "parallel.dp_shard=1")
     recipes = {
         "tp": _recipe(make_recipe, *tp, "parallel.sequence_parallel=false"),
@@ -339,15 +310,17 @@ def test_tensor_and_sequence_parallel_train_like_one_process(dist, make_recipe, 
         _check_vocab_parallel_loss(result["facts"]["loss"], rank)
 
     # training through train_step, against one process on the same global batch
-    reference = _reference(dist, _recipe(make_recipe), batches)
-    stage1_reference = _reference(dist, _recipe(make_recipe, base="stage1-tiny"), batches)
+    reference = dist.train_one_process(tiny_model, _recipe(make_recipe), batches)
+    stage1_reference = dist.train_one_process(
+        tiny_model, _recipe(make_recipe, base="stage1-tiny"), batches
+    )
     for result in results:
         runs = result["runs"]
-        _assert_same_training(runs["tp"], reference)
-        _assert_same_training(runs["tp_sp_ac"], reference)
+        dist.assert_same_training(runs["tp"], reference, learning_rates=False)
+        dist.assert_same_training(runs["tp_sp_ac"], reference, learning_rates=False)
         _assert_tp_layouts(runs["tp_sp_ac"]["layouts"])
         stage1 = runs["tp_stage1"]
-        _assert_same_training(stage1, stage1_reference)
+        dist.assert_same_training(stage1, stage1_reference, learning_rates=False)
         assert {name.split(".")[0] for name in stage1["gradients"][0]} == {"projector"}
         bf16 = runs["tp_sp_bf16"]
         assert bf16["losses"] != reference["losses"]  # the forward did run in bf16
@@ -434,7 +407,7 @@ def test_fsdp_and_context_by_tensor_parallel_on_four_processes_train_like_one_pr
     dist, make_recipe, samples, tmp_path
 ):
     # rows split over cp = 2 (zigzag: 4 chunks), each cp share over tp = 2 (SP): a multiple of 4
-    batches = step_batches(samples, micro_batches=4, multiple_of=4)
+    batches = step_batches(dist, samples, micro_batches=4, multiple_of=4)
     recipes = {
         "fsdp_tp": _recipe(make_recipe, "parallel.dp_shard=2", "parallel.tp=2", global_batch=4),
         "cp_tp": _recipe(
@@ -444,13 +417,13 @@ def test_fsdp_and_context_by_tensor_parallel_on_four_processes_train_like_one_pr
     }
     results = dist.run_workers(_four_process_worker, 4, dist, recipes, batches, tmp_path)
     one = _recipe(make_recipe, global_batch=4)
-    reference = _reference(dist, one, batches)
-    tied = _reference(dist, one, batches, tied_model)
+    reference = dist.train_one_process(tiny_model, one, batches)
+    tied = dist.train_one_process(tied_model, one, batches)
     for result in results:
         run = result["run"]
-        _assert_same_training(run, reference)
-        _assert_same_training(result["tied"], tied)
-        _assert_same_training(result["context"], reference)
+        dist.assert_same_training(run, reference, learning_rates=False)
+        dist.assert_same_training(result["tied"], tied, learning_rates=False)
+        dist.assert_same_training(result["context"], reference, learning_rates=False)
         assert "lm_head.weight" not in result["tied"]["parameters"]
         _assert_tp_layouts(run["layouts"])
     _assert_loaded_exactly(results[0]["checkpoint"])
