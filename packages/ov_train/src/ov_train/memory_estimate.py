@@ -174,13 +174,8 @@ class ParameterCounts:
 
     def of_module(self, module: str) -> int:
         """Parameters of one trainable unit of `ov_train.config.MODULES`."""
-        if module == "vision":
-            return self.vision
-        if module == "projector":
-            return self.projector
-        if module == "llm":
-            return self.language_model + self.lm_head
-        raise RecipeError(f"unknown module {module!r}; modules are {list(MODULES)}")
+        llm = self.language_model + self.lm_head
+        return _unit_parameters(module, vision=self.vision, projector=self.projector, llm=llm)
 
     def largest_unit(self, modules: Iterable[str]) -> int:
         """The largest FSDP unit below the root among those of `modules`."""
@@ -190,6 +185,18 @@ class ParameterCounts:
             "llm": (self.decoder_layer,),
         }
         return max((size for m in modules for size in units[m]), default=0)
+
+
+def _unit_parameters(module: str, *, vision: int, projector: int, llm: int) -> int:
+    """The parameters of trainable unit `module` of `ov_train.config.MODULES`, given each
+    unit's; RecipeError for a name that is not one of them."""
+    if module == "vision":
+        return vision
+    if module == "projector":
+        return projector
+    if module == "llm":
+        return llm
+    raise RecipeError(f"unknown module {module!r}; modules are {list(MODULES)}")
 
 
 def _vision_block_parameters(vision: RiceViTConfig) -> int:
@@ -276,13 +283,8 @@ class RankParameters:
 
     def of_module(self, module: str) -> int:
         """This rank's parameters of one trainable unit of `ov_train.config.MODULES`."""
-        if module == "vision":
-            return self.vision
-        if module == "projector":
-            return self.projector
-        if module == "llm":
-            return self.layers * self.decoder_layer + self.root
-        raise RecipeError(f"unknown module {module!r}; modules are {list(MODULES)}")
+        llm = self.layers * self.decoder_layer + self.root
+        return _unit_parameters(module, vision=self.vision, projector=self.projector, llm=llm)
 
     def largest_unit(self, modules: Iterable[str]) -> int:
         """The largest FSDP unit below the root among those of `modules` on this rank."""

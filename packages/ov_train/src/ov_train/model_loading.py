@@ -55,22 +55,13 @@ def build_training_model(
     """The run's model on `world.device`, frozen as the recipe says and parallelized, in train
     mode, with its config (see the module docstring). `model` replaces what `recipe.model`
     would build."""
-    config = recipe.model
-    if model is None and config.path is not None:
-        folder = Path(config.path)
-        model_config = LlavaOVConfig.from_file(folder / CONFIG_FILE)
-        with torch.device("meta"):
-            model = LlavaOV(model_config)
-        wrapped = _prepare(model, recipe, world)
+    model, folder = _starting_model(recipe, world, model)
+    model_config = model.config
+    wrapped = _prepare(model, recipe, world)
+    if folder is not None:
         wrapped.to_empty(device=world.device)
         load_hf_weights(wrapped, folder)
-        return wrapped.train(), model_config
-    if model is None:
-        from ov_model.config import PRESETS
-
-        model = LlavaOV(PRESETS[config.preset])
-    model.to(world.device)
-    return _prepare(model, recipe, world).train(), model.config
+    return wrapped.train(), model_config
 
 
 def build_training_pipeline(
@@ -80,28 +71,37 @@ def build_training_pipeline(
     (`distributed.pipeline`), built on the meta device and filled with only their tensors from
     `model.path`'s files (or moved from the preset or `model`), in train mode, with the
     model's config."""
+    model, folder = _starting_model(recipe, world, model)
+    model_config = model.config
+    pipeline = _prepare_pipeline(model, recipe, world)
+    if folder is not None:
+        for stage in pipeline.stage_modules:  # each FSDP2 root resets its own shards
+            stage.to_empty(device=world.device)
+        load_hf_weights(pipeline.model, folder, part=True)
+    for stage in pipeline.stage_modules:
+        stage.train()
+    pipeline.model.train()
+    return pipeline, model_config
+
+
+def _starting_model(
+    recipe: Recipe, world: World, model: LlavaOV | None
+) -> tuple[LlavaOV, Path | None]:
+    """The model to freeze and parallelize, and the folder its weights are still to be read
+    from: `model.path`'s config built on the meta device (with that folder), else `model` or
+    the preset drawn at random, moved to `world.device` (with None)."""
     config = recipe.model
     if model is None and config.path is not None:
         folder = Path(config.path)
         model_config = LlavaOVConfig.from_file(folder / CONFIG_FILE)
         with torch.device("meta"):
-            model = LlavaOV(model_config)
-        pipeline = _prepare_pipeline(model, recipe, world)
-        for stage in pipeline.stage_modules:  # each FSDP2 root resets its own shards
-            stage.to_empty(device=world.device)
-        load_hf_weights(pipeline.model, folder, part=True)
-    else:
-        if model is None:
-            from ov_model.config import PRESETS
+            return LlavaOV(model_config), folder
+    if model is None:
+        from ov_model.config import PRESETS
 
-            model = LlavaOV(PRESETS[config.preset])
-        model.to(world.device)
-        model_config = model.config
-        pipeline = _prepare_pipeline(model, recipe, world)
-    for stage in pipeline.stage_modules:
-        stage.train()
-    pipeline.model.train()
-    return pipeline, model_config
+        model = LlavaOV(PRESETS[config.preset])
+    model.to(world.device)
+    return model, None
 
 
 def _prepare_pipeline(model: LlavaOV, recipe: Recipe, world: World) -> Pipeline:
