@@ -22,7 +22,6 @@ With `--benchmark-disable` each case runs once with fewer steps and prints nothi
 
 import dataclasses
 import importlib.util
-import time
 from pathlib import Path
 
 import pytest
@@ -30,36 +29,30 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from ov_model import PRESETS, LlavaOV
-from ov_train.config_io import apply_overrides
 from ov_train.memory_loader import PackedMicroBatch
-from ov_train.optim import build_optimizer, freeze
-from ov_train.parallel import forward_autocast, init_world, parallelize
-from ov_train.recipes import RECIPES
-from ov_train.schedule import build_scheduler
-from ov_train.source import StepPlan
-from ov_train.train_step import train_step
+from ov_train.parallel import init_world
 
-_spec = importlib.util.spec_from_file_location(
-    "ov_train_dist_harness", Path(__file__).parents[1] / "tests" / "distributed" / "harness.py"
-)
-harness = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(harness)
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+HERE = Path(__file__).parent
+harness = _load("ov_train_dist_harness", HERE.parent / "tests" / "distributed" / "harness.py")
+bench = _load("ov_train_training_bench", HERE / "training_bench.py")
 
 pytestmark = pytest.mark.dist
 MICRO_BATCHES = 4  # per step, global
 
 
 def _recipe(world_size: int, *overrides: str):
-    return apply_overrides(
-        RECIPES["stage2-tiny"],
-        [
-            "logging.progress_bar=false",
-            "logging.plot=false",
-            "train.dtype=fp32",
-            "parallel.timeout_s=60",
-            f"train.grad_accumulation={MICRO_BATCHES // world_size}",
-            *overrides,
-        ],
+    return bench.recipe(
+        "parallel.timeout_s=60",
+        f"train.grad_accumulation={MICRO_BATCHES // world_size}",
+        *overrides,
     )
 
 
@@ -98,10 +91,7 @@ def tiny_model() -> LlavaOV:
 def wide_model() -> LlavaOV:
     """The tiny preset with a 768-wide, 8-layer decoder: 72M parameters, so the training state
     (1.1 GiB replicated) dominates a process's memory."""
-    torch.manual_seed(0)
-    config = PRESETS["tiny"]
-    text = dataclasses.replace(
-        config.text,
+    return bench.small_model(
         hidden_size=768,
         intermediate_size=3072,
         num_hidden_layers=8,
@@ -109,7 +99,6 @@ def wide_model() -> LlavaOV:
         num_attention_heads=12,
         num_key_value_heads=6,
     )
-    return LlavaOV(config.replace(text=text))
 
 
 def _local_bytes(tensor: torch.Tensor) -> int:
@@ -117,52 +106,25 @@ def _local_bytes(tensor: torch.Tensor) -> int:
     return local.numel() * local.element_size()
 
 
-def _memory_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _worker(rank, model_factory, recipe, step_batches):
     """Train `step_batches` (this rank's share); seconds per step after the first, tokens per
     step (all ranks) and the bytes of state this rank held at the optimizer step."""
     world = init_world(recipe.parallel, "cpu")
     world.barrier()  # the process group's buffers are in place before the baseline
-    start_anonymous = _memory_kib("RssAnon")
-    model = model_factory().train()
-    freeze(model, recipe.model.trainable)
-    model = parallelize(model, recipe, world)
-    optimizer = build_optimizer(model, recipe)
-    scheduler = build_scheduler(optimizer, recipe)
+    start_anonymous = bench.memory_kib("RssAnon")
+    model, optimizer, scheduler = bench.training_state(model_factory, recipe, world)
     held = {}
 
     def measure(opt, args, kwargs):
         params = [p for g in opt.param_groups for p in g["params"]]
         held["parameters"] = sum(_local_bytes(p) for p in model.parameters())
         held["gradients"] = sum(_local_bytes(p.grad) for p in params if p.grad is not None)
-        held["anonymous_kib"] = max(held.get("anonymous_kib", 0), _memory_kib("RssAnon"))
+        held["anonymous_kib"] = max(held.get("anonymous_kib", 0), bench.memory_kib("RssAnon"))
 
     optimizer.register_step_pre_hook(measure)
-    times, tokens = [], 0
-    for step, batches in enumerate(harness.rank_share(step_batches, world), 1):
-        world.barrier()
-        begin = time.perf_counter()
-        result = train_step(
-            model,
-            optimizer,
-            scheduler,
-            StepPlan.of(batches),
-            world=world,
-            device=world.device,
-            autocast=forward_autocast(recipe, world),
-            clip_grad_norm=recipe.train.clip_grad_norm,
-            step=step,
-        )
-        world.barrier()
-        times.append(time.perf_counter() - begin)
-        tokens = result.tokens
-    held["anonymous_kib"] = max(held["anonymous_kib"], _memory_kib("RssAnon"))
+    mine = harness.rank_share(step_batches, world)
+    seconds, result = bench.timed_steps(model, optimizer, scheduler, recipe, world, mine)
+    held["anonymous_kib"] = max(held["anonymous_kib"], bench.memory_kib("RssAnon"))
     held["optimizer"] = sum(
         _local_bytes(value)
         for state in optimizer.state.values()
@@ -171,11 +133,11 @@ def _worker(rank, model_factory, recipe, step_batches):
     )
     anonymous_growth = held.pop("anonymous_kib") - start_anonymous
     return {
-        "seconds_per_step": min(times[1:]) if len(times) > 1 else times[0],
-        "tokens_per_step": tokens,
+        "seconds_per_step": seconds,
+        "tokens_per_step": result.tokens,
         "held": held,
         "anonymous_growth_kib": anonymous_growth,
-        "peak_rss_kib": _memory_kib("VmHWM"),
+        "peak_rss_kib": bench.memory_kib("VmHWM"),
     }
 
 

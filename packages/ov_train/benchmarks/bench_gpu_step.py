@@ -103,6 +103,24 @@ def padded_inputs(samples: list[Sample]) -> dict[str, torch.Tensor]:
     }
 
 
+def on_device(inputs: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype):
+    """`inputs` moved to `device`, the floating-point ones (pixels) cast to `dtype`."""
+    return {
+        k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+        for k, v in inputs.items()
+    }
+
+
+def step_flops(config: LlavaOVConfig, samples: list[Sample], supervised_tokens: int) -> float:
+    """Model FLOPs of one training step (forward + backward) on `samples`."""
+    return training_flops(
+        config,
+        sample_lengths=[len(s.input_ids) for s in samples],
+        image_grids=[s.grid for s in samples],
+        supervised_tokens=supervised_tokens,
+    ).total
+
+
 @dataclass(frozen=True)
 class StepResult:
     layout: str
@@ -161,19 +179,11 @@ def run_step_benchmark(
     supervised = int(
         (shifted_targets(packed["labels"], packed["cu_seqlens"]) != IGNORE_INDEX).sum()
     )
-    flops = training_flops(
-        config,
-        sample_lengths=[len(s.input_ids) for s in samples],
-        image_grids=[s.grid for s in samples],
-        supervised_tokens=supervised,
-    ).total
+    flops = step_flops(config, samples, supervised)
     real = sum(len(s.input_ids) for s in samples)
     results = []
     for layout, inputs in (("packed", packed), ("padded", padded_inputs(samples))):
-        inputs = {
-            k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
-            for k, v in inputs.items()
-        }
+        inputs = on_device(inputs, device, dtype)
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)

@@ -52,12 +52,10 @@ swung with the neighbours' load: allgather 0.40x / 0.83x / 1.63x, ring 0.47x / 0
 (load averages about 6, 4 and 3).
 """
 
-import contextlib
 import dataclasses
 import importlib.util
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -65,15 +63,8 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from ov_model import PRESETS, LlavaOV
-from ov_model.packing import IGNORE_INDEX, PackedBatch, pad_row
-from ov_train.config_io import apply_overrides
-from ov_train.memory_loader import PackedMicroBatch
-from ov_train.optim import build_optimizer, freeze
-from ov_train.parallel import forward_autocast, init_world, parallelize
-from ov_train.recipes import RECIPES
-from ov_train.schedule import build_scheduler
-from ov_train.source import StepPlan
-from ov_train.train_step import train_step
+from ov_model.packing import IGNORE_INDEX
+from ov_train.parallel import init_world
 
 
 def _load(name: str, path: Path):
@@ -85,6 +76,7 @@ def _load(name: str, path: Path):
 
 HERE = Path(__file__).parent
 harness = _load("ov_train_dist_harness", HERE.parent / "tests" / "distributed" / "harness.py")
+bench = _load("ov_train_training_bench", HERE / "training_bench.py")
 
 pytestmark = pytest.mark.dist
 
@@ -93,10 +85,7 @@ pytestmark = pytest.mark.dist
 def tp_model() -> LlavaOV:
     """The tiny preset's ViT with a 256-wide, 4-layer decoder (8 heads, 4 kv heads, vocabulary
     4096): small enough for a CPU step, wide enough for tp = 2 to split real matmuls."""
-    torch.manual_seed(0)
-    config = PRESETS["tiny"]
-    text = dataclasses.replace(
-        config.text,
+    return bench.small_model(
         vocab_size=4096,
         hidden_size=256,
         intermediate_size=1024,
@@ -105,7 +94,6 @@ def tp_model() -> LlavaOV:
         num_key_value_heads=4,
         head_dim=32,
     )
-    return LlavaOV(config.replace(text=text))
 
 
 def long_row(samples: int, text_tokens: int, *, multiple_of: int, seed: int = 0):
@@ -125,37 +113,18 @@ def long_row(samples: int, text_tokens: int, *, multiple_of: int, seed: int = 0)
             "Sample", ["input_ids", "labels", "pixel_values", "image_grid_thw"]
         )(ids, labels, pixels, torch.tensor([[1, 8, 8]]))
         rows.append(sample)
-    batch = pad_row(
-        PackedBatch.from_samples(rows),
-        image_token_id=config.image_token_id,
-        pad_token_id=0,
-        patch_dim=config.vision.patch_dim,
-        merge_size=config.merge_size,
-        multiple_of=multiple_of,
+    return harness.padded_row(rows, config, multiple_of=multiple_of)
+
+
+def _recipe(*layout: str):
+    """One row per step, on a layout of one data-parallel rank (`layout`: tp or cp settings)."""
+    return bench.recipe(
+        "train.grad_accumulation=1", "parallel.timeout_s=120", *layout, "parallel.dp_shard=1"
     )
-    return PackedMicroBatch(batch)
 
 
 def _tp_recipe(tp: int):
-    return apply_overrides(
-        RECIPES["stage2-tiny"],
-        [
-            "logging.progress_bar=false",
-            "logging.plot=false",
-            "train.dtype=fp32",
-            "train.grad_accumulation=1",
-            "parallel.timeout_s=120",
-            f"parallel.tp={tp}",
-            "parallel.dp_shard=1",
-        ],
-    )
-
-
-def _memory_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    return _recipe(f"parallel.tp={tp}")
 
 
 def _storage(tensor: torch.Tensor):
@@ -200,40 +169,20 @@ def _tp_worker(rank, recipe, batch, steps):
     tokens per step, saved activation bytes, parameter bytes and peak RSS growth (this rank)."""
     world = init_world(recipe.parallel, "cpu")
     world.barrier()
-    start_kib = _memory_kib("VmRSS")
-    model = tp_model().train()
-    freeze(model, recipe.model.trainable)
-    model = parallelize(model, recipe, world)
-    optimizer = build_optimizer(model, recipe)
-    scheduler = build_scheduler(optimizer, recipe)
+    start_kib = bench.memory_kib("VmRSS")
+    model, optimizer, scheduler = bench.training_state(tp_model, recipe, world)
     parameter_bytes = sum(_local_bytes(p) for p in model.parameters())
     saved = SavedActivations(list(model.parameters()))
-    times, tokens = [], 0
-    for step in range(1, steps + 1):
-        world.barrier()
-        begin = time.perf_counter()
-        with saved if step == 1 else contextlib.nullcontext():
-            result = train_step(
-                model,
-                optimizer,
-                scheduler,
-                StepPlan.of([batch]),
-                world=world,
-                device=world.device,
-                autocast=forward_autocast(recipe, world),
-                clip_grad_norm=recipe.train.clip_grad_norm,
-                step=step,
-            )
-        world.barrier()
-        times.append(time.perf_counter() - begin)
-        tokens = result.tokens
+    seconds, result = bench.timed_steps(
+        model, optimizer, scheduler, recipe, world, [[batch]] * steps, first_step=saved
+    )
     return {
-        "seconds_per_step": min(times[1:]) if len(times) > 1 else times[0],
-        "tokens_per_step": tokens,
+        "seconds_per_step": seconds,
+        "tokens_per_step": result.tokens,
         "loss": result.loss,
         "activation_bytes": saved.bytes,
         "parameter_bytes": parameter_bytes,
-        "peak_rss_growth_kib": _memory_kib("VmHWM") - start_kib,
+        "peak_rss_growth_kib": bench.memory_kib("VmHWM") - start_kib,
     }
 
 
@@ -289,34 +238,16 @@ def _gpu_tp_worker(rank, tp: int, rounds: int):
     from torch.distributed.device_mesh import init_device_mesh
 
     from ov_train.distributed.tensor_parallel import apply_tensor_parallel
-    from ov_train.flops import training_flops
 
     gpu_step = _load("ov_train_bench_gpu_step", HERE / "bench_gpu_step.py")
     device = torch.device("cuda", rank)
     torch.cuda.set_device(device)
     if tp > 1:
         dist.init_process_group("nccl", device_id=device)
-    base = PRESETS["4b"]
-    config = base.replace(text=dataclasses.replace(base.text, num_hidden_layers=8))
-    samples = gpu_step.make_samples(config, gpu_step.GPU_GRIDS, gpu_step.GPU_TEXTS)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlavaOV(config)
-    model = model.to(torch.bfloat16).train()
+    model, inputs, flops = _gpu_model_and_row(gpu_step, device, copies=1)
     if tp > 1:
         mesh = init_device_mesh("cuda", (tp,), mesh_dim_names=("tp",))
         model = apply_tensor_parallel(model, mesh, sequence_parallel=True)
-    inputs = {
-        k: v.to(device=device, dtype=torch.bfloat16 if v.is_floating_point() else v.dtype)
-        for k, v in gpu_step.packed_inputs(samples).items()
-    }
-    supervised = sum(int((s.labels != IGNORE_INDEX).sum()) - 1 for s in samples)
-    flops = training_flops(
-        config,
-        sample_lengths=[len(s.input_ids) for s in samples],
-        image_grids=[s.grid for s in samples],
-        supervised_tokens=supervised,
-    ).total
     torch.cuda.reset_peak_memory_stats(device)
     seconds, loss = gpu_step.time_step(model, inputs, device, rounds=rounds, warmup=1)
     return {
@@ -326,6 +257,24 @@ def _gpu_tp_worker(rank, tp: int, rounds: int):
         "tokens": int(inputs["input_ids"].numel()),
         "peak": torch.cuda.max_memory_allocated(device),
     }
+
+
+def _gpu_model_and_row(gpu_step, device: torch.device, copies: int):
+    """On `device`: the 4B-shaped model cut to 8 decoder layers in bf16 (train mode, seed 0)
+    and one packed row of `copies` x the samples of `bench_gpu_step` (8192 tokens each), with
+    the row's model FLOPs."""
+    base = PRESETS["4b"]
+    config = base.replace(text=dataclasses.replace(base.text, num_hidden_layers=8))
+    samples = gpu_step.make_samples(
+        config, gpu_step.GPU_GRIDS * copies, gpu_step.GPU_TEXTS * copies
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlavaOV(config)
+    model = model.to(torch.bfloat16).train()
+    inputs = gpu_step.on_device(gpu_step.packed_inputs(samples), device, torch.bfloat16)
+    supervised = sum(int((s.labels != IGNORE_INDEX).sum()) - 1 for s in samples)
+    return model, inputs, gpu_step.step_flops(config, samples, supervised)
 
 
 def _visible_gpus() -> int:
@@ -359,19 +308,7 @@ CP_MODES = ("allgather", "ring")
 
 
 def _cp_recipe(cp: int, mode: str = "allgather"):
-    return apply_overrides(
-        RECIPES["stage2-tiny"],
-        [
-            "logging.progress_bar=false",
-            "logging.plot=false",
-            "train.dtype=fp32",
-            "train.grad_accumulation=1",
-            "parallel.timeout_s=120",
-            f"parallel.cp={cp}",
-            f"parallel.cp_attention={mode}",
-            "parallel.dp_shard=1",
-        ],
-    )
+    return _recipe(f"parallel.cp={cp}", f"parallel.cp_attention={mode}")
 
 
 class GatheredParametersLeftOut(SavedActivations):
@@ -394,34 +331,14 @@ def _cp_worker(rank, recipe, batch, steps):
     tokens per step, the loss and the activation bytes saved for backward (this rank)."""
     world = init_world(recipe.parallel, "cpu")
     world.barrier()
-    model = tp_model().train()
-    freeze(model, recipe.model.trainable)
-    model = parallelize(model, recipe, world)
-    optimizer = build_optimizer(model, recipe)
-    scheduler = build_scheduler(optimizer, recipe)
+    model, optimizer, scheduler = bench.training_state(tp_model, recipe, world)
     saved = GatheredParametersLeftOut(model)
-    times, tokens = [], 0
-    for step in range(1, steps + 1):
-        world.barrier()
-        begin = time.perf_counter()
-        with saved if step == 1 else contextlib.nullcontext():
-            result = train_step(
-                model,
-                optimizer,
-                scheduler,
-                StepPlan.of([batch]),
-                world=world,
-                device=world.device,
-                autocast=forward_autocast(recipe, world),
-                clip_grad_norm=recipe.train.clip_grad_norm,
-                step=step,
-            )
-        world.barrier()
-        times.append(time.perf_counter() - begin)
-        tokens = result.tokens
+    seconds, result = bench.timed_steps(
+        model, optimizer, scheduler, recipe, world, [[batch]] * steps, first_step=saved
+    )
     return {
-        "seconds_per_step": min(times[1:]) if len(times) > 1 else times[0],
-        "tokens_per_step": tokens,
+        "seconds_per_step": seconds,
+        "tokens_per_step": result.tokens,
         "loss": result.loss,
         "activation_bytes": saved.bytes,
     }
@@ -488,30 +405,12 @@ def _gpu_cp_worker(rank, cp: int, mode: str, rounds: int):
 
     from ov_train.distributed import cp_attention
     from ov_train.distributed.context_parallel import ContextParallelSplit
-    from ov_train.flops import training_flops
 
     gpu_step = _load("ov_train_bench_gpu_step", HERE / "bench_gpu_step.py")
     device = torch.device("cuda", rank)
     torch.cuda.set_device(device)
     dist.init_process_group("nccl", device_id=device)  # cp = 1 too: a group of one
-    base = PRESETS["4b"]
-    config = base.replace(text=dataclasses.replace(base.text, num_hidden_layers=8))
-    samples = gpu_step.make_samples(config, gpu_step.GPU_GRIDS * cp, gpu_step.GPU_TEXTS * cp)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlavaOV(config)
-    model = model.to(torch.bfloat16).train()
-    inputs = {
-        k: v.to(device=device, dtype=torch.bfloat16 if v.is_floating_point() else v.dtype)
-        for k, v in gpu_step.packed_inputs(samples).items()
-    }
-    supervised = sum(int((s.labels != IGNORE_INDEX).sum()) - 1 for s in samples)
-    flops = training_flops(
-        config,
-        sample_lengths=[len(s.input_ids) for s in samples],
-        image_grids=[s.grid for s in samples],
-        supervised_tokens=supervised,
-    ).total
+    model, inputs, flops = _gpu_model_and_row(gpu_step, device, copies=cp)
     result = {"flops": flops, "tokens": int(inputs["input_ids"].numel())}
     if cp == 1:
         result["unsplit_seconds"], result["unsplit_loss"] = gpu_step.time_step(
