@@ -24,7 +24,9 @@ ran at 0.80x the tokens/s of one process (gloo all-gathers per layer over loopba
 on the cores); per rank it saved 0.56x the activations (500 -> 281 MiB: the replicated ViT, the
 whole-row inputs of the q/k/v and gate/up matmuls that DTensor keeps for backward, and the
 gathered hidden states of the loss are not split), held 0.52x the parameters and grew its
-peak RSS 0.59x.
+peak RSS 0.59x. On the idle machine (load 0.5, one run of this file for both halves): tokens/s
+1.19x (two processes have two cores where one process has one thread), activations 0.56x,
+parameters 0.52x, peak RSS growth 0.64x.
 
 ## Context parallel (the CP half)
 - CPU: the same model and row shape (padded to a multiple of 2 x cp = 4) on one process, and on
@@ -49,7 +51,8 @@ Measured (CPU, 2 cores shared with other jobs, torch 2.15, the command above, th
 the 4240-token row, cp = 2 saved 0.51x (allgather) and 0.49x (ring) of one process's
 activations per rank every time (500 -> 253 / 245 MiB); the tokens/s ratio to one process
 swung with the neighbours' load: allgather 0.40x / 0.83x / 1.63x, ring 0.47x / 0.75x / 1.20x
-(load averages about 6, 4 and 3).
+(load averages about 6, 4 and 3). On the idle machine, in the same run as the TP half:
+allgather 1.21x, ring 1.36x tokens/s; activations 0.51x and 0.49x.
 """
 
 import dataclasses
