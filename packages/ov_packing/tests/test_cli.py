@@ -72,7 +72,7 @@ def test_bad_input_is_a_one_line_error_naming_file_and_line(tmp_path):
     lengths = tmp_path / "bad.jsonl"
     lengths.write_text('{"id": "a", "tokens": 5}\n{"id": "b", "tokens": -1}\n')
     result = CliRunner().invoke(main, ["plan", str(lengths), "--capacity", "8", "-o", "x"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "bad.jsonl:2" in result.output
     assert "Traceback" not in result.output
 

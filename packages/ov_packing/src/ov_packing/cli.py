@@ -2,7 +2,8 @@
 
 Every onevision CLI is a click group configured the same way: `-h/--help` on every command,
 defaults shown in the help text, `--version` on the group. Bad input ends the command with a
-one-line error naming the file, line or sample (exit status 1), never a traceback.
+one-line error naming the file, line or sample (exit status 2; 1 for a plan that fails
+`verify`), never a traceback.
 """
 
 import sys
@@ -13,9 +14,11 @@ import click
 import msgspec
 
 from ov_packing import __version__
-from ov_packing.errors import PackingError
+from ov_packing.errors import PackingError, PlanVerificationError
 
 _CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
+# Bin budgets are int32 in the C++ core and the plan file; larger values fail at the flag.
+_INT32_COUNT = click.IntRange(1, 2**31 - 1)
 
 
 class _Group(click.Group):
@@ -24,8 +27,12 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except PackingError as error:
+        except PlanVerificationError as error:  # a broken plan, not a bad invocation
             raise click.ClickException(str(error)) from error
+        except PackingError as error:
+            usage_error = click.ClickException(str(error))
+            usage_error.exit_code = 2
+            raise usage_error from error
 
 
 def _say(message: str) -> None:
@@ -41,16 +48,16 @@ def main() -> None:
 
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--capacity", type=click.IntRange(min=1), required=True, help="Tokens per bin.")
+@click.option("--capacity", type=_INT32_COUNT, required=True, help="Tokens per bin.")
 @click.option(
     "--patch-capacity",
-    type=click.IntRange(min=1),
+    type=_INT32_COUNT,
     default=None,
     help="ViT patches per bin (needs per-sample patch counts in the input). Default: unbounded.",
 )
 @click.option(
     "--max-per-bin",
-    type=click.IntRange(min=1),
+    type=_INT32_COUNT,
     default=None,
     help="Samples per bin. Default: unbounded.",
 )
@@ -229,7 +236,7 @@ def write(
 @click.option("-n", "--count", type=click.IntRange(min=0), default=100_000, help="Samples.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Random seed.")
 @click.option(
-    "--capacity", type=click.IntRange(min=10), default=8192, help="Shapes `uniform` lengths."
+    "--capacity", type=click.IntRange(10, 2**31 - 1), default=8192, help="Shapes `uniform` lengths."
 )
 @click.option(
     "-o",

@@ -449,7 +449,7 @@ def write_lengths(path: str | Path, lengths: SampleLengths, format: str | None =
 
     With `format=None` the format comes from the suffix (`.jsonl`, `.txt`, `.npy`, each optionally
     followed by `.zst`). Samples without ids are written as `str(i)`. The same input always gives
-    the same bytes. Raises ValueError for an unknown format, patch counts in the text format
+    the same bytes. Raises InputFormatError for an unknown format, patch counts in the text format
     (it has no place for them), or ids the format cannot read back (duplicate, empty, or for text
     containing a newline or starting with whitespace).
     """
@@ -457,14 +457,14 @@ def write_lengths(path: str | Path, lengths: SampleLengths, format: str | None =
     if format is None:
         format = _suffix_format(path)
         if format is None:
-            raise ValueError(
+            raise InputFormatError(
                 f"{path}: cannot infer the format from the name; use a .jsonl, .txt or .npy "
                 "suffix (optionally followed by .zst) or pass format="
             )
     if format not in FORMATS:
-        raise ValueError(f"unknown lengths format {format!r}; expected one of {FORMATS}")
+        raise InputFormatError(f"unknown lengths format {format!r}; expected one of {FORMATS}")
     if format == "text" and lengths.patches is not None:
-        raise ValueError("the text format has no place for patch counts; use jsonl or npy")
+        raise InputFormatError("the text format has no place for patch counts; use jsonl or npy")
     ids = lengths.ids if lengths.ids is not None else [str(i) for i in range(len(lengths))]
     if format == "npy":
         data = _encode_npy(lengths)
@@ -476,22 +476,26 @@ def write_lengths(path: str | Path, lengths: SampleLengths, format: str | None =
             data = "".join(map("{}:{}\n".format, ids, lengths.tokens.tolist())).encode()
     if path.name.endswith(".zst"):
         data = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
+    if not path.parent.is_dir():
+        raise InputFormatError(f"{path}: folder {path.parent} does not exist")
     path.write_bytes(data)
 
 
 def _check_writable_ids(ids: list[str], text: bool) -> None:
     for index, sample_id in enumerate(ids):
         if not sample_id:
-            raise ValueError(f"sample {index} has an empty id")
+            raise InputFormatError(f"sample {index} has an empty id")
         if text and ("\n" in sample_id or sample_id[0] in _ASCII_WHITESPACE):
-            raise ValueError(
+            raise InputFormatError(
                 f"sample {index} id {_shorten(sample_id)} cannot be written as text "
                 "(it contains a newline or starts with whitespace)"
             )
     duplicate = _first_duplicate(ids)
     if duplicate is not None:
         first, second = duplicate
-        raise ValueError(f"samples {first} and {second} have the same id {_shorten(ids[first])}")
+        raise InputFormatError(
+            f"samples {first} and {second} have the same id {_shorten(ids[first])}"
+        )
 
 
 def _encode_jsonl(ids: list[str], lengths: SampleLengths) -> bytes:

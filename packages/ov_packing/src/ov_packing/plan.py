@@ -196,6 +196,8 @@ class PackPlan:
     def save(self, path: str | Path) -> None:
         """Write the plan to `path` (atomically: a temporary file renamed into place)."""
         path = Path(path)
+        if not path.parent.is_dir():
+            raise PlanFileError(f"{path}: folder {path.parent} does not exist")
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_bytes(self.to_bytes())
         temporary.replace(path)
