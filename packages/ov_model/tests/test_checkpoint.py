@@ -1,6 +1,7 @@
 """HF checkpoint IO: bit-identical round trips, sharding, tying, and loud errors."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -102,3 +103,26 @@ def test_older_in_memory_prefixes_are_accepted(fixture_dir, tmp_path):
 def test_dtype_argument_casts_on_load(fixture_dir):
     model = LlavaOV.from_pretrained(fixture_dir, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request):
+    """The process umask set to the parameter for the test, restored after."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def test_model_folders_are_readable_by_the_group_as_the_umask_allows(tmp_path, make_model, umask):
+    from ov_model.tiny import create_tiny_model
+
+    make_model(1).save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    create_tiny_model(tmp_path / "tiny", ["a red circle and a blue square"] * 20, seed=0)
+    written = [*(tmp_path / "sharded").iterdir(), *(tmp_path / "tiny").iterdir()]
+    assert {"model.safetensors", "tokenizer.json", "model.safetensors.index.json"} <= {
+        p.name for p in written
+    }
+    assert {p.name: p.stat().st_mode & 0o777 for p in written} == {
+        p.name: 0o666 & ~umask for p in written
+    }
+    assert {(tmp_path / f).stat().st_mode & 0o777 for f in ("sharded", "tiny")} == {0o777 & ~umask}

@@ -224,3 +224,30 @@ def test_a_format_1_checkpoint_of_one_process_still_resumes(trained, tmp_path):
         load_checkpoint(
             folder, model=model2, optimizer=optimizer2, scheduler=scheduler2, world=WORLD
         )
+
+
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request):
+    """The process umask set to the parameter for the test, restored after."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def test_checkpoints_and_exports_are_readable_by_the_group_as_the_umask_allows(
+    trained, tmp_path, umask
+):
+    from ov_train.export import export_checkpoint
+
+    recipe, model, optimizer, scheduler = trained
+    checkpoint = _save(tmp_path / "checkpoints", 2, model, optimizer, scheduler, recipe)
+    export_checkpoint(checkpoint, tmp_path / "hf", max_shard_size="100KB")
+    roots = [tmp_path / "checkpoints", tmp_path / "hf"]
+    written = [path for root in roots for path in (root, *root.rglob("*"))]
+    assert {"trainer_state.json", ".metadata", "model.safetensors.index.json"} <= {
+        p.name for p in written
+    }
+    expected = {"folder": 0o777 & ~umask, "file": 0o666 & ~umask}
+    assert {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in written} == {
+        str(p.relative_to(tmp_path)): expected["folder" if p.is_dir() else "file"] for p in written
+    }

@@ -1,6 +1,7 @@
 """Checkpoint IO: both layouts, sharding, bit-identical round trips, and precise errors."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -244,3 +245,24 @@ def test_llava_ov_to_mlcd_and_back_is_bit_identical(tmp_path):
     assert inspect_checkpoint(tmp_path / "mlcd").layout == "mlcd"
     RiceViT.from_pretrained(tmp_path / "mlcd").save_pretrained(tmp_path / "ov", "llava-ov")
     assert_bitwise_equal(stored_tensors(tmp_path / "ov"), encoder_part_of_llava_ov())
+
+
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request):
+    """The process umask set to the parameter for the test, restored after."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def test_saved_files_and_folders_follow_the_umask_not_0600(tmp_path, tiny_model, umask):
+    tiny_model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    tiny_model.save_pretrained(tmp_path / "single")
+    written = sorted((tmp_path / "sharded").iterdir()) + sorted((tmp_path / "single").iterdir())
+    assert len(written) > 4
+    assert {p.name: p.stat().st_mode & 0o777 for p in written} == {
+        p.name: 0o666 & ~umask for p in written
+    }
+    assert {(tmp_path / f).stat().st_mode & 0o777 for f in ("sharded", "single")} == {
+        0o777 & ~umask
+    }

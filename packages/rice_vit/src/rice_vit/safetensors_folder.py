@@ -6,9 +6,15 @@ Shared by rice_vit's encoder checkpoints and ov_model's full-model checkpoints. 
 is read (no pickle); tensors keep their stored dtype and bytes, so reading and writing again is
 bit-identical. Shards fill greedily in sorted name order up to `max_shard_size` (a tensor larger
 than the limit gets a shard of its own).
+
+Weight files follow the process umask like every other file of the folder (0644 under the usual
+022): safetensors >= 0.8 writes through a temporary file that is always 0600 and renames it into
+place (safetensors issue #782), which would leave checkpoints readable by their owner only, so
+`save_safetensors_file` sets the mode a plain `open()` would have given.
 """
 
 import json
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +28,7 @@ from rice_vit.errors import CheckpointError
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors$")
+_PROC_UMASK = re.compile(r"^Umask:\s*([0-7]+)\s*$", re.MULTILINE)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\s*$", re.IGNORECASE)
 _UNITS = {
     "B": 1,
@@ -109,6 +116,30 @@ def read_tensors(
     return tensors
 
 
+def process_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (`/proc/self/status`);
+    elsewhere set and restored, to 0o077 meanwhile so a file another thread creates in that
+    instant is more private, never less."""
+    try:
+        shown = _PROC_UMASK.search(Path("/proc/self/status").read_text(encoding="ascii"))
+    except OSError:  # no procfs (macOS)
+        shown = None
+    if shown is not None:
+        return int(shown[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def save_safetensors_file(
+    tensors: dict[str, torch.Tensor], file: Path, *, metadata: dict[str, str] | None = None
+) -> None:
+    """`safetensors.torch.save_file` (atomic: a temporary file renamed into place), leaving `file`
+    with the mode a new file gets from `open()` under the process umask instead of 0600."""
+    save_file(tensors, file, metadata=metadata)
+    os.chmod(file, 0o666 & ~process_umask())
+
+
 def write_tensors(
     folder: Path, tensors: dict[str, torch.Tensor], *, max_shard_size: int | str = "5GB"
 ) -> list[Path]:
@@ -133,13 +164,13 @@ def write_tensors(
         shard_bytes += size
     metadata = {"format": "pt"}
     if len(shards) == 1:
-        save_file(shards[0], folder / SINGLE_FILE, metadata=metadata)
+        save_safetensors_file(shards[0], folder / SINGLE_FILE, metadata=metadata)
         return [folder / SINGLE_FILE]
     written: list[Path] = []
     weight_map: dict[str, str] = {}
     for number, shard in enumerate(shards, start=1):
         file = folder / f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, file, metadata=metadata)
+        save_safetensors_file(shard, file, metadata=metadata)
         written.append(file)
         weight_map |= dict.fromkeys(shard, file.name)
     total = sum(t.numel() * t.element_size() for t in tensors.values())
