@@ -1,11 +1,16 @@
 """jsonl: a custom benchmark file, its per-line metrics, and line-numbered errors."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
 from ov_eval.errors import DatasetError
+from ov_eval.runner import task_data_dir
 from ov_eval.tasks import get_task
+
+README = Path(__file__).parents[2] / "README.md"
 
 
 def write_jsonl(directory, lines, name="samples.jsonl"):
@@ -92,6 +97,10 @@ def test_a_jsonl_file_path_also_works_and_limit_applies(tmp_path):
             "line 2: answer 'C' is neither an option letter",
         ),
         (
+            {"question": "q", "answers": ["a"], "options": ["x"] * 27, "metric": "exact_match"},
+            "line 2: 27 options; at most 26",
+        ),
+        (
             {"question": "q", "answers": ["a"], "metric": "vqa_accuracy"},
             "line 2: vqa_accuracy needs",
         ),
@@ -115,3 +124,51 @@ def test_malformed_lines_are_reported_with_file_and_line(tmp_path, line, message
 def test_a_missing_file_is_reported(tmp_path):
     with pytest.raises(DatasetError, match=r"samples\.jsonl: cannot read"):
         get_task("jsonl").load(tmp_path)
+
+
+def readme_format_section() -> tuple[str, list[tuple[str, str]]]:
+    """The README's jsonl section and its fenced blocks, as (info string, text) in order."""
+    readme = README.read_text(encoding="utf-8")
+    start = readme.index("### Your own benchmark: the `jsonl` task")
+    section = readme[start : readme.index("\n## ", start)]
+    return section, re.findall(r"^```(\w+)\n(.*?)^```$", section, re.DOTALL | re.MULTILINE)
+
+
+def test_the_readme_example_loads_as_documented(tmp_path, make_png):
+    section, blocks = readme_format_section()
+    (_, example), (_, prompt) = blocks[0], blocks[1]
+    folder = tmp_path / "data" / "jsonl"
+    (folder / "images").mkdir(parents=True)
+    (folder / "samples.jsonl").write_text(example, encoding="utf-8")
+    for line in filter(None, map(str.strip, example.splitlines())):
+        fields = json.loads(line)
+        for image in fields.get("images") or [fields.get("image")] * ("image" in fields):
+            (folder / image).write_bytes(make_png())
+    task = get_task("jsonl")
+    samples = task.load(task_data_dir(tmp_path / "data", task))
+    documented_ids = re.findall(r"`([^`]+)`", re.search(r"sample ids are (.*?) \(", section)[1])
+    assert [sample.id for sample in samples] == documented_ids
+    by_id = {sample.id: sample for sample in samples}
+    assert by_id["30"].answers == ("B",)
+    assert len(by_id["30"].images) == 2
+    assert task.build_prompt(by_id["shape-1"]) == prompt.rstrip("\n")
+    assert {sample.metadata["metric"] for sample in samples} == {
+        "exact_match",
+        "choice",
+        "anls",
+        "relaxed_accuracy",
+        "vqa_accuracy",
+    }
+
+
+def test_the_readme_bad_line_gives_the_documented_error(tmp_path):
+    _, blocks = readme_format_section()
+    example, bad_line, error = blocks[0][1], blocks[2][1], blocks[3][1]
+    without_image = next(line for line in example.splitlines() if '"image' not in line and line)
+    folder = tmp_path / "data" / "jsonl"
+    folder.mkdir(parents=True)
+    (folder / "samples.jsonl").write_text(without_image + "\n" + bad_line, encoding="utf-8")
+    with pytest.raises(DatasetError) as raised:
+        get_task("jsonl").load(folder)
+    expected = error.strip().replace("data/jsonl/samples.jsonl", str(folder / "samples.jsonl"))
+    assert str(raised.value) == expected

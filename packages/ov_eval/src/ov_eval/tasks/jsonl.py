@@ -9,13 +9,14 @@ Each non-blank line is an object with:
   the options as "A. text" lines and the letter instruction (as AI2D/MMMU prompts do);
 - "answers" (non-empty list of strings, or one string, required);
 - "metric" (required): "exact_match" (against any answer; surrounding whitespace, case and
-  punctuation ignored), "anls", "relaxed_accuracy" (against the first answer), "vqa_accuracy"
-  (needs >= 2 answers), or "choice" (needs options; the answer is an option letter or an
-  option's text; the output is read with `extract_choice`);
+  punctuation ignored), "anls" (against any answer), "relaxed_accuracy" (against the first
+  answer), "vqa_accuracy" (needs >= 2 answers), or "choice" (needs options; the first answer is
+  an option letter or an option's text; the output is read with `extract_choice`);
 - "images" (list of paths) or "image" (one path), optional: images come before the text;
-- "options" (list of strings), optional: the option texts, labelled A, B, C...;
+- "options" (list of at most 26 strings), optional: the option texts, labelled A, B, C...;
 - "id" (string or integer), optional: defaults to the line number; must be unique.
-Unknown keys are an error (a misspelt "answer" would otherwise go unnoticed).
+Unknown keys are an error (a misspelt "answer" would otherwise go unnoticed). The package README
+documents the format for users, with an example that the tests load.
 
 Aggregation: `score`, the mean over all samples, plus `score/<metric>` for each metric used when
 the file mixes several. Generation: up to 128 new tokens.
@@ -56,6 +57,7 @@ class _Line(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _DECODER = msgspec.json.Decoder(_Line)
+_LETTERS = option_letters(26)
 
 
 class JsonlTask(Task):
@@ -116,6 +118,10 @@ class JsonlTask(Task):
         if line.images is not None and line.image is not None:
             raise DatasetError(f"{where}: give either 'image' or 'images', not both")
         options = tuple(line.options or ())
+        if len(options) > len(_LETTERS):
+            raise DatasetError(
+                f"{where}: {len(options)} options; at most {len(_LETTERS)} can be labelled A-Z"
+            )
         if line.metric == "choice":
             answers = [_as_letter(answers[0], options, where)]
         if line.metric == "vqa_accuracy" and len(answers) < 2:
