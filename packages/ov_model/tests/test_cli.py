@@ -3,6 +3,7 @@
 import pathlib
 import tomllib
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -79,3 +80,44 @@ def test_bad_checkpoint_is_a_one_line_error(tmp_path):
     assert result.exit_code == 1
     assert "model_type None is not 'llavaonevision1_5'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_chat_help_shows_device_with_its_default():
+    shown = " ".join(_run("chat", "--help").split())  # the help text wraps at the terminal width
+    assert "--device TEXT" in shown
+    assert "[default: cpu]" in shown.split("--device", 1)[1].split(" -h, --help", 1)[0]
+
+
+def test_chat_loads_the_model_on_the_device_given(tmp_path, monkeypatch):
+    from ov_model.model import LlavaOV
+    from ov_model.tiny import create_tiny_model
+
+    create_tiny_model(tmp_path / "tiny", ["a red circle on a blue square"] * 4)
+    devices = []
+    load = LlavaOV.from_pretrained.__func__
+
+    def recording(cls, path, dtype=None, *, device="cpu"):
+        devices.append(device)
+        return load(cls, path, dtype)  # on the CPU, whatever the device asked for
+
+    monkeypatch.setattr(LlavaOV, "from_pretrained", classmethod(recording))
+    model = str(tmp_path / "tiny")
+    _run("chat", "--model", model, "--max-new-tokens", "2", "--device", "meta", "hi")
+    _run("chat", "--model", model, "--max-new-tokens", "2", "hi")
+    assert devices == ["meta", "cpu"]
+
+
+def test_chat_refuses_a_device_torch_does_not_know_in_one_line(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    result = CliRunner().invoke(main, ["chat", "--model", str(tmp_path), "--device", "gpu", "hi"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--device'" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_chat_refuses_cuda_where_there_is_none_in_one_line(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    result = CliRunner().invoke(main, ["chat", "--model", str(tmp_path), "--device", "cuda", "hi"])
+    assert result.exit_code == 2
+    assert "no CUDA device is available" in result.output

@@ -36,6 +36,19 @@ def _torch_dtype(name: str):
     return None if _DTYPES[name] is None else getattr(torch, _DTYPES[name])
 
 
+def _torch_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--device checked before the model loads: a torch device string this machine has."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError as error:
+        raise click.BadParameter(str(error)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"{value!r}: no CUDA device is available on this machine")
+    return value
+
+
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
@@ -124,6 +137,9 @@ def convert(model_dir: Path, dtype: str, shard_size: str, out_dir: Path) -> None
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="Nucleus.")
 @click.option("--seed", type=int, default=0, help="Sampling seed.")
 @click.option("--dtype", type=click.Choice(sorted(_DTYPES)), default="keep", help="Run dtype.")
+@click.option(
+    "--device", default="cpu", callback=_torch_device, help="torch device: cpu, cuda, cuda:1..."
+)
 @click.argument("prompt")
 def chat(
     model_dir: Path,
@@ -134,6 +150,7 @@ def chat(
     top_p: float,
     seed: int,
     dtype: str,
+    device: str,
     prompt: str,
 ) -> None:
     """Answer PROMPT (about the --image files), streaming the tokens as they come."""
@@ -141,7 +158,7 @@ def chat(
     from ov_model.processor import OVProcessor
 
     processor = OVProcessor.from_pretrained(model_dir)
-    model = LlavaOV.from_pretrained(model_dir, dtype=_torch_dtype(dtype))
+    model = LlavaOV.from_pretrained(model_dir, dtype=_torch_dtype(dtype), device=device)
     content = "".join("<image>\n" for _ in images) + prompt
     conversation = [{"from": "human", "value": content}]
     sample = processor.prompt(conversation, images=list(images) or None)
@@ -163,7 +180,7 @@ def chat(
 
     model.generate(
         [sample.input_ids],
-        pixel_values=sample.pixel_values,
+        pixel_values=None if sample.pixel_values is None else sample.pixel_values.to(device),
         image_grid_thw=sample.image_grid_thw,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
