@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -266,3 +267,12 @@ def test_saved_files_and_folders_follow_the_umask_not_0600(tmp_path, tiny_model,
     assert {(tmp_path / f).stat().st_mode & 0o777 for f in ("sharded", "single")} == {
         0o777 & ~umask
     }
+
+
+def test_the_umask_is_read_the_same_without_procfs(monkeypatch, umask):
+    from rice_vit import safetensors_folder
+
+    assert safetensors_folder.process_umask() == umask
+    monkeypatch.setattr(safetensors_folder, "_PROC_UMASK", re.compile("(?!)"))  # matches nothing
+    assert safetensors_folder.process_umask() == umask
+    assert os.umask(umask) == umask  # and it is left as it was
