@@ -35,7 +35,7 @@ def test_recipes_name_prints_a_toml_file_of_the_recipe():
     assert result.exit_code == 0, result.output
     assert recipe_from_dict(tomllib.loads(result.output)) == RECIPES["stage1_5-8b"]
     unknown = _invoke(recipes_command, "stage9-8b")
-    assert unknown.exit_code == 1
+    assert unknown.exit_code == 2
     assert "neither a registered recipe nor a TOML file" in unknown.output
 
 
@@ -52,10 +52,10 @@ def test_run_show_prints_the_recipe_with_overrides_and_data(tmp_path):
 
 def test_run_reports_recipe_errors_in_one_line_naming_the_key():
     result = _invoke(run_command, "stage2-tiny", "--set", "optim.lrr=1")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.output.strip() == "Error: unknown key optim.lrr; did you mean optim.lr?"
     missing = _invoke(run_command, "stage2-tiny")
-    assert missing.exit_code == 1
+    assert missing.exit_code == 2
     assert "model.path is required" in missing.output
 
 
@@ -107,7 +107,7 @@ def test_run_trains_on_prepared_shards_then_export_loads(tmp_path, tiny_model_di
     assert again.exit_code == 0, again.output
     assert "steps:           2 -> 3" in again.output
     refused = _invoke(run_command, *args, "--no-resume")
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2
     assert "already has checkpoints" in refused.output
     exported = _invoke(export_command, run_dir, "--out", tmp_path / "hf")
     assert exported.exit_code == 0, exported.output

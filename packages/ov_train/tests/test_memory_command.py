@@ -76,7 +76,7 @@ def test_errors_are_one_line_without_a_traceback():
         ("stage2-8b", "--set", "parallel.nope=1"),
     ):
         result = _invoke(*args)
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 2, result.output
         assert result.output.startswith("Error: ")
         assert len(result.output.strip().splitlines()) == 1
         assert "Traceback" not in result.output

@@ -27,16 +27,28 @@ CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Show the package's input errors (all ValueError subclasses) as click errors."""
+    """Show the package's input errors (all ValueError subclasses) as one-line click errors with
+    exit status 2, the status of a bad invocation."""
     from ov_model.errors import OVModelError
     from ov_model.processor_errors import ProcessorError
+    from ov_packing.errors import PackingError
     from ov_train.data.errors import DataError
     from ov_train.errors import OVTrainError
+    from rice_vit.errors import RiceViTError
 
     try:
         yield
-    except (OVTrainError, OVModelError, ProcessorError, DataError) as error:
-        raise click.ClickException(str(error)) from error
+    except (
+        OVTrainError,
+        OVModelError,
+        ProcessorError,
+        DataError,
+        PackingError,
+        RiceViTError,
+    ) as error:
+        usage_error = click.ClickException(str(error))
+        usage_error.exit_code = 2
+        raise usage_error from error
 
 
 def _show_notices(rank: int = 0, size: int = 1) -> None:

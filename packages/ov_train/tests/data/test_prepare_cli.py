@@ -68,7 +68,7 @@ def test_errors_are_one_line_and_usage_is_checked(tmp_path, raw_corpus, tiny_mod
     llava = raw_corpus.inputs[0]
     base = ["--processor", str(tiny_model_dir), "--out", str(out)]
     result = CliRunner().invoke(prepare_command, [*base, "--llava", str(llava.path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Error: " in result.output
     assert "not empty" in result.output
     result = CliRunner().invoke(prepare_command, base)

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from ov_train.commands import _user_errors
 from ov_train.data.ingest_llava import LlavaSource
 from ov_train.data.ingest_parquet import ParquetSource
 from ov_train.data.ingest_webdataset import WebDatasetSource
@@ -152,25 +153,22 @@ def _click_type(annotation: Any, name: str) -> Any:
 def prepare_command(**options: Any) -> None:
     """Measure raw data (LLaVA JSON + images, webdataset tars, HF parquet) with the model's
     processor, pack it and write packed shards, a manifest and a report into OUT."""
-    from ov_model.errors import OVModelError
     from ov_model.processor import OVProcessor
-    from ov_packing.errors import PackingError
-    from ov_train.data.errors import DataError
     from ov_train.data.prepare import prepare
     from ov_train.data.report import REPORT_MD
     from ov_train.data.selection import balanced_dir_selector, ids_file_selector
 
-    inputs = _inputs(options)
     select = None
     if options["select_ids"] is not None and options["balanced"] is not None:
         raise click.UsageError("give --select-ids or --balanced, not both")
     if (options["balanced"] is None) != (options["balance_keys"] is None):
         raise click.UsageError("--balanced and --balance-keys go together")
-    if options["select_ids"] is not None:
-        select = ids_file_selector(options["select_ids"])
-    elif options["balanced"] is not None:
-        select = balanced_dir_selector(options["balanced"], options["balance_keys"])
-    try:
+    with _user_errors():
+        inputs = _inputs(options)
+        if options["select_ids"] is not None:
+            select = ids_file_selector(options["select_ids"])
+        elif options["balanced"] is not None:
+            select = balanced_dir_selector(options["balanced"], options["balance_keys"])
         config = PrepareConfig(
             inputs=inputs,
             out_dir=options["out_dir"],
@@ -186,8 +184,6 @@ def prepare_command(**options: Any) -> None:
             max_pixels=options["max_pixels"],
         )
         result = prepare(config, processor, select=select)
-    except (DataError, PackingError, OVModelError) as error:
-        raise click.ClickException(str(error)) from error
     counts = result.report.counts
     click.echo(
         f"{counts.rows:,} samples: {counts.packed:,} packed ({counts.packed_copies:,} copies), "

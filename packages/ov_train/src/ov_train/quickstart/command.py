@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from ov_train.commands import _user_errors
 from ov_train.quickstart.corpus import QUESTION_TYPES
 
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
@@ -82,18 +83,19 @@ def quickstart_command(
     in a few minutes; prints the results table and where the plot and HF checkpoint are."""
     from ov_train.quickstart.pipeline import QuickstartConfig, run_quickstart
 
-    summary = run_quickstart(
-        QuickstartConfig(
-            out=out,
-            images=images,
-            eval_per_type=eval_per_type,
-            seed=seed,
-            stage1_steps=stage1_steps,
-            stage1_5_steps=stage1_5_steps,
-            stage2_steps=stage2_steps,
-            progress=progress,
+    with _user_errors():
+        summary = run_quickstart(
+            QuickstartConfig(
+                out=out,
+                images=images,
+                eval_per_type=eval_per_type,
+                seed=seed,
+                stage1_steps=stage1_steps,
+                stage1_5_steps=stage1_5_steps,
+                stage2_steps=stage2_steps,
+                progress=progress,
+            )
         )
-    )
     click.echo()
     for name, data in summary.data.items():
         click.echo(_padding_line(name, data))

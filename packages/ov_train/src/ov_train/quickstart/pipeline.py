@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ov_train.config_io import apply_overrides
+from ov_train.errors import OVTrainError
 from ov_train.parallel import SingleProcess
 from ov_train.quickstart import corpus
 from ov_train.recipes import RECIPES
 
 
-class QuickstartError(ValueError):
+class QuickstartError(OVTrainError):
     """The quickstart cannot run as asked (the message says why)."""
 
 
