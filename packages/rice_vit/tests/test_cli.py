@@ -92,14 +92,26 @@ def test_embed_mean_and_cls_pooling_write_one_vector_per_image(tmp_path):
     assert mean_file["embeddings"].shape == (3, 64)
 
 
-def test_embed_stops_on_a_corrupt_image_naming_it(tmp_path):
-    broken = tmp_path / "broken.png"
+def test_embed_skips_a_corrupt_image_naming_it_and_embeds_the_rest(tmp_path):
+    from safetensors import safe_open
+
+    broken, out = tmp_path / "broken.png", tmp_path / "o.safetensors"
     broken.write_bytes(IMAGES[0].read_bytes()[:60])
-    result = CliRunner().invoke(
-        main, ["embed", "--model", str(LLAVA_OV), str(broken), "--out", str(tmp_path / "o")]
+    args = ["embed", "--model", str(LLAVA_OV), "--pool", "mean", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, str(IMAGES[0]), str(broken), str(IMAGES[1])])
+    assert result.exit_code == 0, result.output
+    assert f"skipped: {broken}: " in result.output
+    assert "for 2 images (1 skipped: see above)" in result.output
+    with safe_open(out, "pt") as handle:
+        metadata = handle.metadata()
+        assert handle.get_tensor("embeddings").shape[0] == 2
+    assert json.loads(metadata["images"]) == [str(IMAGES[0]), str(IMAGES[1])]
+    assert json.loads(metadata["skipped"]) == [str(broken)]
+    only_broken = CliRunner().invoke(main, [*args, str(broken)])
+    assert only_broken.exit_code == 2
+    assert only_broken.output.strip().splitlines()[-1] == (
+        "Error: none of the 1 images could be embedded"
     )
-    assert result.exit_code == 1
-    assert f"Error: {broken}: " in result.output
 
 
 def test_convert_between_layouts_and_refuse_to_overwrite_without_the_flag(tmp_path):
@@ -120,7 +132,7 @@ def test_convert_between_layouts_and_refuse_to_overwrite_without_the_flag(tmp_pa
         back |= load_file(shard)
     assert sorted(back) == sorted(n for n in original if "post_layernorm" not in n)
     refused = CliRunner().invoke(main, ["convert", str(MLCD), str(tmp_path / "ov"), "--to", "mlcd"])
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2
     assert "--overwrite" in refused.output
     run("convert", MLCD, tmp_path / "ov", "--to", "mlcd", "--overwrite", "--dtype", "bfloat16")
     assert "bfloat16" in run("info", tmp_path / "ov")

@@ -3,10 +3,12 @@
 Every onevision CLI is a click group configured the same way: `-h/--help` on every command,
 defaults shown in the help text, `--version` on the group. Heavy imports (torch) happen inside
 the commands so that `--help` answers instantly. Bad input (a corrupt image, a checkpoint that
-does not match its config) ends the command with a one-line error naming the file, exit status 1.
+does not match its config) ends the command with a one-line error naming the file, exit status 2;
+`embed` skips and counts an image it cannot read and goes on.
 """
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -26,7 +28,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except RiceViTError as error:
-            raise click.ClickException(str(error)) from error
+            usage_error = click.ClickException(str(error))
+            usage_error.exit_code = 2  # the status of a bad invocation
+            raise usage_error from error
 
 
 @click.group(name="rice-vit", cls=_Group, context_settings=_CONTEXT)
@@ -133,11 +137,16 @@ def embed(
     min_pixels: int | None,
     max_pixels: int | None,
 ) -> None:
-    """Encode IMAGES at native resolution and write their features to --out."""
+    """Encode IMAGES at native resolution and write their features to --out.
+
+    An image that cannot be read is skipped with a one-line note; the file's metadata lists the
+    embedded images (`images`, in row order) and the skipped ones (`skipped`).
+    """
     import torch
     from safetensors.torch import save_file
     from tqdm import tqdm
 
+    from rice_vit.errors import ImageError
     from rice_vit.model import RiceViT
     from rice_vit.processor import PREPROCESSOR_CONFIG_FILE, ImageProcessor
 
@@ -165,27 +174,39 @@ def embed(
         results.append(features.cpu())
         grids.extend(grid_thw)
 
+    embedded: list[Path] = []
+    skipped: list[Path] = []
     with tqdm(images, desc="embed", unit="img", disable=None) as progress:
         for path in progress:
-            rows, grid = processor.process_one(path)
+            try:
+                rows, grid = processor.process_one(path)
+            except ImageError as error:  # one bad image must not cost the others
+                progress.write(f"skipped: {error}", file=sys.stderr)
+                skipped.append(path)
+                continue
+            embedded.append(path)
             if batch and sum(r.shape[0] for r, _ in batch) + rows.shape[0] > max_batch_patches:
                 run(batch)
                 batch = []
             batch.append((torch.from_numpy(rows), grid))
         if batch:
             run(batch)
+    if not embedded:
+        raise ImageError(f"none of the {len(images)} images could be embedded")
     name = "patch_features" if pool == "none" else "embeddings"
     tensors = {name: torch.cat(results), "grid_thw": torch.tensor(grids, dtype=torch.int64)}
     metadata = {
         "format": "pt",
-        "images": json.dumps([str(path) for path in images]),
+        "images": json.dumps([str(path) for path in embedded]),
+        "skipped": json.dumps([str(path) for path in skipped]),
         "model": str(model_path),
         "pool": pool,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, out, metadata=metadata)
     shape = tuple(tensors[name].shape)
-    click.echo(f"wrote {out}: {name} {shape} for {len(grids)} images", err=True)
+    skipped_note = f" ({len(skipped)} skipped: see above)" if skipped else ""
+    click.echo(f"wrote {out}: {name} {shape} for {len(grids)} images{skipped_note}", err=True)
 
 
 @main.command()
