@@ -97,7 +97,7 @@ def test_report_prints_markdown_or_writes_a_file(tmp_path):
 
 def test_report_errors_are_one_line(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert (
         result.output == f"Error: {tmp_path}: no results.json (not an ov-eval results directory)\n"
     )

@@ -118,7 +118,7 @@ def test_cli_run_writes_results_and_report(tiny_model, benchmark_dir, tmp_path):
 def test_unknown_task_is_a_one_line_error(tiny_model, benchmark_dir, tmp_path):
     args = ["run", "--model", str(tiny_model), "--tasks", "nope", "--data-dir", str(benchmark_dir)]
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown task 'nope'" in result.output
 
 

@@ -77,7 +77,7 @@ def test_info_convert_and_chat_on_a_tiny_checkpoint(tmp_path):
 def test_bad_checkpoint_is_a_one_line_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     result = CliRunner().invoke(main, ["info", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "model_type None is not 'llavaonevision1_5'" in result.output
     assert "Traceback" not in result.output
 

@@ -3,7 +3,7 @@
 Every onevision CLI is a click group configured the same way: `-h/--help` on every command,
 defaults shown in the help text, `--version` on the group. Heavy imports (torch) happen inside
 the commands so that `--help` answers instantly. Bad input ends the command with a one-line error
-naming the file, row or value (exit status 1), never a traceback. Progress bars go to stderr.
+naming the file, row or value (exit status 2), never a traceback. Progress bars go to stderr.
 
 A run from scratch:
 
@@ -25,6 +25,13 @@ _PATH = click.Path(path_type=Path)
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
+def _usage_error(error: Exception) -> click.ClickException:
+    """`error` as a one-line click error with exit status 2, the status of a bad invocation."""
+    clean = click.ClickException(str(error))
+    clean.exit_code = 2
+    return clean
+
+
 class _Group(click.Group):
     """Turns ov_concepts' input errors into clean CLI errors."""
 
@@ -32,7 +39,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ConceptsError as error:
-            raise click.ClickException(str(error)) from error
+            raise _usage_error(error) from error
 
 
 def _say(message: str) -> None:

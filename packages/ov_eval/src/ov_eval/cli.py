@@ -3,7 +3,7 @@
 Every onevision CLI is a click group configured the same way: `-h/--help` on every command,
 defaults shown in the help text, `--version` on the group. Heavy imports (pyarrow, Pillow, the
 task modules) happen inside the commands so that `--help` answers instantly. Bad input ends the
-command with a one-line error naming the file, row or task (exit status 1), never a traceback.
+command with a one-line error naming the file, row or task (exit status 2), never a traceback.
 
 Commands: `list` (the benchmarks and their pinned prompts), `run` (a checkpoint over tasks,
 resumable) and `report` (a results directory as Markdown).
@@ -19,6 +19,13 @@ from ov_eval.errors import EvalError
 _CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 
+def _usage_error(error: Exception) -> click.ClickException:
+    """`error` as a one-line click error with exit status 2, the status of a bad invocation."""
+    clean = click.ClickException(str(error))
+    clean.exit_code = 2
+    return clean
+
+
 class _Group(click.Group):
     """Turns ov_eval's (and the model loader's) input errors into clean CLI errors."""
 
@@ -26,10 +33,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except EvalError as error:
-            raise click.ClickException(str(error)) from error
+            raise _usage_error(error) from error
         except ValueError as error:  # ov_model / rice_vit errors subclass ValueError
             if type(error).__module__.startswith(("ov_model", "rice_vit")):
-                raise click.ClickException(str(error)) from error
+                raise _usage_error(error) from error
             raise
 
 

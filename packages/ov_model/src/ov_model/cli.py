@@ -17,6 +17,13 @@ _CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "keep": None}
 
 
+def _usage_error(error: Exception) -> click.ClickException:
+    """`error` as a one-line click error with exit status 2, the status of a bad invocation."""
+    clean = click.ClickException(str(error))
+    clean.exit_code = 2
+    return clean
+
+
 class _Group(click.Group):
     """Turns ov_model's and rice_vit's errors into clean CLI errors."""
 
@@ -27,7 +34,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (OVModelError, RiceViTError) as error:
-            raise click.ClickException(str(error)) from error
+            raise _usage_error(error) from error
 
 
 def _torch_dtype(name: str):
@@ -115,7 +122,7 @@ def convert(model_dir: Path, dtype: str, shard_size: str, out_dir: Path) -> None
     from ov_model.model import LlavaOV
 
     if out_dir.resolve() == model_dir.resolve():
-        raise click.ClickException("--out must differ from the input folder")
+        raise click.BadParameter("must differ from the input folder", param_hint="--out")
     model = LlavaOV.from_pretrained(model_dir, dtype=_torch_dtype(dtype))
     model.save_pretrained(out_dir, max_shard_size=shard_size)
     copied = copy_tokenizer_files(model_dir, out_dir)
