@@ -93,6 +93,12 @@ CASES = [
         "run stage1-tiny --set model.path={tiny_model} --data {not_shards} --out {root}/run",
         "not_shards",
     ),
+    (
+        "train-prepare-capacity-beyond-int32",
+        ov_train,
+        "prepare --processor {empty} --llava {lengths} --capacity 9999999999 --out {root}/prep",
+        "capacity",
+    ),
     ("train-quickstart-used-out", ov_train, "quickstart --out {used_out}", "used_out"),
     (
         "vit-embed-only-bad-images",

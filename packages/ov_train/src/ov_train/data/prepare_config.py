@@ -74,7 +74,10 @@ class PrepareConfig:
         object.__setattr__(self, "inputs", inputs)
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         for name in ("max_length", "capacity", "patch_capacity", "max_per_bin"):
-            _check_positive(name, getattr(self, name), optional=name != "max_length")
+            # bin budgets are int32 in ov_packing's core and plan file
+            _check_positive(
+                name, getattr(self, name), optional=name != "max_length", limit=2**31 - 1
+            )
         _check_positive("workers", self.workers, optional=False)
         for name in ("max_bins_per_shard", "max_shard_bytes"):
             _check_positive(name, getattr(self, name), optional=True)
@@ -97,9 +100,11 @@ class PrepareConfig:
         return self.max_length if self.capacity is None else self.capacity
 
 
-def _check_positive(name: str, value: Any, *, optional: bool) -> None:
+def _check_positive(name: str, value: Any, *, optional: bool, limit: int | None = None) -> None:
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         allowed = "a positive integer or None" if optional else "a positive integer"
         raise PrepareError(f"PrepareConfig.{name} must be {allowed}, got {value!r}")
+    if limit is not None and value > limit:
+        raise PrepareError(f"PrepareConfig.{name} must be at most {limit:,}, got {value:,}")
