@@ -3,7 +3,7 @@
 Every onevision CLI is a click group configured the same way: `-h/--help` on every command,
 defaults shown in the help text, `--version` on the group. Heavy imports (torch) happen inside
 the commands so that `--help` answers instantly. Errors about bad checkpoints or inputs end the
-command with a one-line message (exit status 1), not a traceback.
+command with a one-line message (exit status 2), not a traceback.
 """
 
 import sys
