@@ -69,6 +69,9 @@ def test_embed_batches_by_patches_and_equals_encoding_each_image_alone(tmp_path)
         metadata = handle.metadata()
     assert json.loads(metadata["images"]) == [str(p) for p in IMAGES]
     assert metadata["pool"] == "none"
+    from rice_vit.safetensors_folder import process_umask
+
+    assert out.stat().st_mode & 0o777 == 0o666 & ~process_umask()  # not safetensors' 0600
 
 
 def test_embed_mean_and_cls_pooling_write_one_vector_per_image(tmp_path):

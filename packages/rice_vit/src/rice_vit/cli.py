@@ -143,12 +143,12 @@ def embed(
     embedded images (`images`, in row order) and the skipped ones (`skipped`).
     """
     import torch
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
     from rice_vit.errors import ImageError
     from rice_vit.model import RiceViT
     from rice_vit.processor import PREPROCESSOR_CONFIG_FILE, ImageProcessor
+    from rice_vit.safetensors_folder import save_safetensors_file
 
     overrides = {"min_pixels": min_pixels, "max_pixels": max_pixels}
     overrides = {key: value for key, value in overrides.items() if value is not None}
@@ -203,7 +203,7 @@ def embed(
         "pool": pool,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, out, metadata=metadata)
+    save_safetensors_file(tensors, out, metadata=metadata)  # umask's mode, not 0600
     shape = tuple(tensors[name].shape)
     skipped_note = f" ({len(skipped)} skipped: see above)" if skipped else ""
     click.echo(f"wrote {out}: {name} {shape} for {len(grids)} images{skipped_note}", err=True)
