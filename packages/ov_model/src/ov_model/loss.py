@@ -36,18 +36,23 @@ def cross_entropy_sum(
 ) -> torch.Tensor:
     """Sum of CE of `hidden[rows]` through the head against `targets` (one per row), in chunks.
     Reads nothing back from the device: the row count is the tensor's shape."""
-    count = int(rows.shape[0])
-    total = hidden.new_zeros((), dtype=torch.float32)
-    if count == 0:
+    if rows.shape[0] == 0:
         # Keep the graph connected so backward works (gradients are zero).
-        return total + 0.0 * hidden.sum().float()
-    selected = hidden[rows]
-    for start in range(0, count, chunk_size):
+        return hidden.new_zeros((), dtype=torch.float32) + 0.0 * hidden.sum().float()
+    return chunked_sum(_chunk_loss, hidden[rows], head_weight, targets, chunk_size)
+
+
+def chunked_sum(chunk_loss, selected, weight, targets, chunk_size: int, *extra) -> torch.Tensor:
+    """The fp32 sum of `chunk_loss(selected[part], weight, targets[part], *extra)` over chunks
+    of `chunk_size` rows; with gradients, each chunk is checkpointed, so its logits are
+    recomputed in backward instead of kept (the vocabulary-parallel loss shares this loop)."""
+    total = selected.new_zeros((), dtype=torch.float32)
+    track = torch.is_grad_enabled() and (selected.requires_grad or weight.requires_grad)
+    for start in range(0, int(selected.shape[0]), chunk_size):
         part = slice(start, start + chunk_size)
-        if torch.is_grad_enabled() and (selected.requires_grad or head_weight.requires_grad):
-            total = total + checkpoint(
-                _chunk_loss, selected[part], head_weight, targets[part], use_reentrant=False
-            )
+        args = (selected[part], weight, targets[part], *extra)
+        if track:
+            total = total + checkpoint(chunk_loss, *args, use_reentrant=False)
         else:
-            total = total + _chunk_loss(selected[part], head_weight, targets[part])
+            total = total + chunk_loss(*args)
     return total

@@ -127,10 +127,6 @@ class Pipeline:
     def has_first_stage(self) -> bool:
         return any(module.plan.is_first for module in self.stage_modules)
 
-    @property
-    def has_last_stage(self) -> bool:
-        return any(module.plan.is_last for module in self.stage_modules)
-
     def run(self, batches: Sequence[PackedBatch], total_supervised: int, *, step: int):
         """Forward and backward every micro-batch of the step through the schedule, each
         backpropagating its CE sum / `total_supervised`; returns this rank's CE sum (float64,
@@ -235,8 +231,8 @@ def check_schedule_supported(schedule: str, backend: str) -> None:
 def _hidden_example(
     tokens: int, model: LlavaOV, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    """A (tokens, hidden) state as stages send it; the examples require grad, as the states do
-    (else torch plans no gradient exchange for them)."""
+    """A (tokens, hidden) state as stages send it (the callers make it require grad, as the
+    states do: else torch plans no gradient exchange for them)."""
     return torch.empty(tokens, model.config.text.hidden_size, dtype=dtype, device=device)
 
 

@@ -277,7 +277,3 @@ class MicroBatchChannel:
         for index in sorted(self._losses):
             total += self._losses[index].double()
         return total
-
-    def supervised_counts(self) -> list[int]:
-        """Supervised targets of each micro-batch, from its metadata."""
-        return [inputs.metadata.num_supervised for inputs in self._inputs]

@@ -32,9 +32,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard
-from torch.utils.checkpoint import checkpoint
 
-from ov_model.loss import DEFAULT_CHUNK
+from ov_model.loss import DEFAULT_CHUNK, chunked_sum
 from ov_train.errors import TrainingError
 
 
@@ -138,23 +137,16 @@ class VocabParallelCrossEntropy:
         rank = self.mesh.get_local_rank()
         weight = self._local_shard(head_weight)
         vocab_start = rank * weight.shape[0]
-        count = int(rows.shape[0])
-        total = hidden.new_zeros((), dtype=torch.float32)
-        if count == 0:
+        if rows.shape[0] == 0:
             # The same on every tp rank (they hold the same row): no collective anywhere.
-            return total + 0.0 * hidden.sum().float() + 0.0 * weight.sum().float()
+            zero = hidden.new_zeros((), dtype=torch.float32)
+            return zero + 0.0 * hidden.sum().float() + 0.0 * weight.sum().float()
         if self.sequence_parallel:
             hidden = _GatherTokens.apply(hidden, group)
         selected = _SumGradient.apply(hidden[rows], group)
-        track = torch.is_grad_enabled() and (selected.requires_grad or weight.requires_grad)
-        for start in range(0, count, self.chunk_size):
-            part = slice(start, start + self.chunk_size)
-            args = (selected[part], weight, targets[part], vocab_start, group)
-            if track:
-                total = total + checkpoint(_chunk_loss, *args, use_reentrant=False)
-            else:
-                total = total + _chunk_loss(*args)
-        return total
+        return chunked_sum(
+            _chunk_loss, selected, weight, targets, self.chunk_size, vocab_start, group
+        )
 
     def _local_shard(self, head_weight: torch.Tensor) -> torch.Tensor:
         if not isinstance(head_weight, DTensor):
