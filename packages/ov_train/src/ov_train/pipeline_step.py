@@ -23,7 +23,12 @@ from ov_train.distributed.pipeline import Pipeline
 from ov_train.errors import TrainingError
 from ov_train.parallel import World
 from ov_train.source import StepPlan
-from ov_train.train_step import StepResult, finish_step, global_supervised_count
+from ov_train.train_step import (
+    StepResult,
+    check_has_image,
+    finish_step,
+    global_supervised_count,
+)
 
 
 def pipeline_step(
@@ -45,12 +50,7 @@ def pipeline_step(
         raise TrainingError(f"step {step}: no supervised token in any of its micro-batches")
     batches = [micro_batch.batch for micro_batch in micro_batches]
     for index, (batch, count) in enumerate(zip(batches, counts, strict=True)):
-        if world.size > 1 and batch.pixel_values is None:
-            raise TrainingError(
-                f"step {step}, micro-batch {index} on rank {world.rank} has no image: the first "
-                "stage runs the ViT's collectives for every micro-batch, so an image-less row "
-                "needs the padding image of ov_model.packing.pad_row"
-            )
+        check_has_image(batch, world, step=step, index=index)
         found = batch.num_supervised
         if found != count:
             raise TrainingError(

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ov_model.packing import PackedBatch
 from ov_train.errors import TrainingError
 from ov_train.optim import trainable_parameters
 from ov_train.parallel import World, clip_gradients, sync_replicas
@@ -89,12 +90,7 @@ def train_step(
     tokens = 0
     for index, (micro_batch, count) in enumerate(zip(micro_batches, counts, strict=True)):
         sync_replicas(model, last_micro_batch=index == len(counts) - 1)
-        if world.size > 1 and micro_batch.batch.pixel_values is None:
-            raise TrainingError(
-                f"step {step}, micro-batch {index} on rank {world.rank} has no image: under "
-                "data parallelism every rank runs the ViT's collectives for every micro-batch, "
-                "so an image-less row needs the padding image of ov_model.packing.pad_row"
-            )
+        check_has_image(micro_batch.batch, world, step=step, index=index)
         tokens += int(micro_batch.batch.input_ids.numel())
         with autocast():
             out = model(**model_inputs(micro_batch.batch, device), return_logits=False)
@@ -117,6 +113,17 @@ def train_step(
         clip_grad_norm=clip_grad_norm,
         step=step,
     )
+
+
+def check_has_image(batch: PackedBatch, world: World, *, step: int, index: int) -> None:
+    """TrainingError naming the step, micro-batch and rank when a row has no image under
+    several processes (see the module docstring: the ViT's collectives run on every rank)."""
+    if world.size > 1 and batch.pixel_values is None:
+        raise TrainingError(
+            f"step {step}, micro-batch {index} on rank {world.rank} has no image: with several "
+            "processes every rank runs the ViT's collectives for every micro-batch, so an "
+            "image-less row needs the padding image of ov_model.packing.pad_row"
+        )
 
 
 def holds_whole_batch(world: World) -> bool:
