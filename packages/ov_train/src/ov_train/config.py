@@ -197,6 +197,52 @@ class ScheduleConfig(Section):
         self._require(self.min_lr >= 0, "min_lr", "must be >= 0")
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The decoder's attention and MLP projections: LoRA's usual targets in a Qwen LLM."""
+LORA_BASE_DTYPES = ("fp32", "bf16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig(Section):
+    """Low-rank adapters (LoRA, via peft) instead of full fine-tuning for some module groups.
+
+    Groups named in `modules` learn only through adapters on the Linear layers whose names match
+    `targets`; their base weights are frozen (and may be stored in bf16). Every group in
+    `modules` must also be in `model.trainable`; trainable groups not in `modules` (typically
+    the projector) train fully as before.
+    """
+
+    SECTION: ClassVar[str] = "train.lora"
+    rank: int = 16
+    """Rank r of each adapter (A: r x in, B: out x r)."""
+    alpha: float = 32.0
+    """Scale numerator: the adapter's output is multiplied by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input during training."""
+    modules: tuple[str, ...] = ("llm",)
+    """Module groups (of vision, projector, llm) that get adapters."""
+    targets: tuple[str, ...] = LORA_TARGETS
+    """Linear layers that get an adapter, matched as peft does: a name matches when it equals
+    the pattern or ends with `.` + pattern (`q_proj` matches `...layers.0.self_attn.q_proj`)."""
+    base_dtype: str = "fp32"
+    """Storage dtype of the frozen base weights of the adapted groups (bf16 halves them)."""
+
+    def check(self) -> None:
+        self._require(self.rank >= 1, "rank", "must be >= 1")
+        self._require(self.alpha > 0, "alpha", "must be > 0")
+        self._require(0 <= self.dropout < 1, "dropout", "must lie in [0, 1)")
+        self._require(bool(self.modules), "modules", "must name at least one module group")
+        unknown = [m for m in self.modules if m not in MODULES]
+        self._require(not unknown, "modules", f"must name groups of {list(MODULES)}")
+        self._require(bool(self.targets), "targets", "must name at least one layer pattern")
+        self._require(all(self.targets), "targets", "must not contain an empty pattern")
+        self._require(
+            self.base_dtype in LORA_BASE_DTYPES,
+            "base_dtype",
+            f"must be one of {list(LORA_BASE_DTYPES)}",
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig(Section):
     """The step structure, precision policy and seed."""
