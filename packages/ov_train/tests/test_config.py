@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from ov_train.config import OptimConfig, Recipe, TrainConfig
+from ov_train.config import LoraConfig, OptimConfig, Recipe, TrainConfig
 from ov_train.config_io import (
     apply_overrides,
     load_recipe,
@@ -184,3 +184,59 @@ def test_grad_accumulation_is_the_global_batch_split_over_the_ranks():
     assert train.micro_batches_per_rank(8) == 28
     with pytest.raises(RecipeError, match=r"grad_accumulation \(224 .*not divisible by the 128"):
         train.micro_batches_per_rank(128)
+
+
+def test_lora_section_round_trips_through_a_toml_table(tmp_path):
+    recipe = apply_overrides(
+        RECIPES["stage2-tiny"], ["train.lora.rank=8", "train.lora.targets=q_proj,v_proj"]
+    )
+    assert recipe.train.lora == LoraConfig(rank=8, targets=("q_proj", "v_proj"))
+    text = recipe_to_toml(recipe)
+    assert "\n[train.lora]\nrank = 8\n" in text
+    assert load_recipe(save_recipe(recipe, tmp_path / "lora.toml")) == recipe
+    assert "[train.lora]" not in recipe_to_toml(RECIPES["stage2-tiny"])
+
+
+def test_lora_override_enables_with_defaults_and_none_clears_it():
+    assert RECIPES["stage2-tiny"].train.lora is None
+    enabled = apply_overrides(RECIPES["stage2-tiny"], ["train.lora.alpha=8"])
+    assert enabled.train.lora == LoraConfig(alpha=8.0)
+    cleared = apply_overrides(enabled, ["train.lora=none"])
+    assert cleared.train.lora is None
+
+
+def test_lora_table_in_a_toml_file_on_a_base_recipe(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('base = "stage2-tiny"\n[train.lora]\nrank = 4\nmodules = ["llm", "vision"]\n')
+    lora = load_recipe(path).train.lora
+    assert (lora.rank, lora.modules, lora.targets) == (4, ("llm", "vision"), LoraConfig().targets)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lora.rnak=8", "unknown key train.lora.rnak; did you mean train.lora.rank?"),
+        ("train.lora.rank=0", "train.lora.rank must be >= 1, got 0"),
+        ("train.lora.dropout=high", "train.lora.dropout must be a number, got 'high'"),
+        ("train.lora=8", "train.lora is a table"),
+        ("train.steps.x=1", "unknown key train.steps.x"),
+    ],
+)
+def test_bad_lora_overrides_name_the_dotted_key(override, message):
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        apply_overrides(RECIPES["stage2-tiny"], [override])
+
+
+def test_lora_modules_must_be_trainable(tmp_path):
+    frozen_llm = r"train\.lora\.modules names \['llm'\].*model\.trainable"
+    with pytest.raises(RecipeError, match=frozen_llm):
+        apply_overrides(RECIPES["stage1-tiny"], ["train.lora.rank=8"])
+    path = tmp_path / "frozen.toml"
+    path.write_text('base = "stage1-tiny"\n[train.lora]\nmodules = ["projector"]\n')
+    assert load_recipe(path).train.lora.modules == ("projector",)
+    path.write_text('base = "stage1-tiny"\n[train.lora]\nmodules = ["vision"]\n')
+    with pytest.raises(RecipeError, match=r"frozen\.toml: train\.lora\.modules names \['vision'\]"):
+        load_recipe(path)
+    path.write_text('base = "stage1-tiny"\n[train.lora]\nrnak = 2\n')
+    with pytest.raises(RecipeError, match=r"unknown key train\.lora\.rnak; did you mean"):
+        load_recipe(path)

@@ -78,6 +78,15 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")
 
 
+def section_type(annotation: Any) -> "type[Section] | None":
+    """The Section class an annotation holds (`LoraConfig` of `LoraConfig | None`), or None."""
+    options = typing.get_args(annotation) or (annotation,)
+    for option in options:
+        if isinstance(option, type) and issubclass(option, Section):
+            return option
+    return None
+
+
 class Section:
     """Shared construction-time behaviour: coerce every field to its type, then `check()`."""
 
@@ -87,9 +96,10 @@ class Section:
         hints = typing.get_type_hints(type(self))
         for item in fields(self):  # type: ignore[arg-type]
             value, hint = getattr(self, item.name), hints[item.name]
-            if isinstance(hint, type) and issubclass(hint, Section):
-                if not isinstance(value, hint):
-                    raise RecipeError(f"{self.key(item.name)} must be a {hint.__name__}")
+            section = section_type(hint)
+            if section is not None:
+                if not isinstance(value, section) and not (value is None and hint is not section):
+                    raise RecipeError(f"{self.key(item.name)} must be a {section.__name__}")
                 continue
             object.__setattr__(self, item.name, coerce(value, hint, self.key(item.name)))
         self.check()
@@ -266,6 +276,9 @@ class TrainConfig(Section):
     """auto (CUDA when available), cpu, cuda or cuda:N."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms: bitwise reproducible runs and resumes, slower."""
+    lora: LoraConfig | None = None
+    """Low-rank adapters for some module groups (TOML table `[train.lora]`); None: full
+    fine-tuning of every trainable module."""
 
     def micro_batches_per_rank(self, data_parallel_ranks: int) -> int:
         """Micro-batches each of `data_parallel_ranks` ranks runs per step; RecipeError when
@@ -506,6 +519,14 @@ class Recipe(Section):
     def check(self) -> None:
         self._require(bool(_NAME.match(self.name)), "name", "must be lower-case [a-z0-9_.-]")
         self._require(self.stage in STAGES, "stage", f"must be one of {list(STAGES)}")
+        lora = self.train.lora
+        if lora is not None and not set(lora.modules) <= set(self.model.trainable):
+            frozen = [m for m in lora.modules if m not in self.model.trainable]
+            raise RecipeError(
+                f"train.lora.modules names {frozen}, which model.trainable "
+                f"{list(self.model.trainable)} freezes; add them to model.trainable or drop "
+                "them from train.lora.modules"
+            )
         for module in self.model.trainable:
             lr = self.optim.lr_for(module)
             if self.schedule.min_lr > lr:

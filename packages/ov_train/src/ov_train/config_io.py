@@ -7,7 +7,9 @@ the file, since TOML has no null: reading a file back gives the same recipe.
 
 An override is parsed with the type of the field it sets, so `--set optim.lr=2e-5` is a float,
 `--set model.trainable=projector,llm` a tuple of names, `--set optim.betas=[0.9,0.999]` (or
-`0.9,0.999`) a pair of floats, `--set model.path=none` clears an optional value. Values are read
+`0.9,0.999`) a pair of floats, `--set model.path=none` clears an optional value. A nested
+table (`[train.lora]`) is reached with one more dot: `--set train.lora.rank=8` enables it with
+its defaults when it is unset, `--set train.lora=none` clears it. Values are read
 as TOML values first; a string field takes the text as it is unless it is quoted. Unknown keys
 are errors that suggest the closest valid key.
 
@@ -25,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ov_train.config import Recipe, Section, coerce
+from ov_train.config import Recipe, Section, coerce, section_type
 from ov_train.errors import RecipeError
 
 TOP_LEVEL = ("name", "stage", "description")
@@ -36,9 +38,16 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """The recipe as nested plain values (tuples become lists), `None` kept."""
     data: dict[str, Any] = {name: getattr(recipe, name) for name in TOP_LEVEL}
     for section in Recipe.SECTIONS:
-        values = dataclasses.asdict(getattr(recipe, section))
-        data[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        data[section] = _plain(dataclasses.asdict(getattr(recipe, section)))
     return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def recipe_from_dict(data: Mapping[str, Any], *, source: str = "recipe") -> Recipe:
@@ -61,10 +70,14 @@ def _with_base(data: Mapping[str, Any]) -> dict[str, Any]:
 
     if base_name not in RECIPES:
         raise RecipeError(f"base {base_name!r} is not a registered recipe; see `ov-train recipes`")
-    merged = recipe_to_dict(RECIPES[base_name])
-    for key, value in data.items():
-        if key in Recipe.SECTIONS and isinstance(value, Mapping):
-            merged[key] = {**merged[key], **value}
+    return _merge(recipe_to_dict(RECIPES[base_name]), data)
+
+
+def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), Mapping):
+            merged[key] = _merge(base[key], value)
         else:
             merged[key] = value
     return merged
@@ -91,6 +104,11 @@ def _construct(kind: type[Section], values: Mapping[str, Any], prefix: str) -> A
         )
         if required and item.name not in values:
             raise RecipeError(f"{prefix}{item.name} is required")
+    values = dict(values)
+    for name, hint in typing.get_type_hints(kind).items():
+        nested = section_type(hint)
+        if nested is not None and isinstance(values.get(name), Mapping):
+            values[name] = _construct(nested, values[name], prefix=f"{prefix}{name}.")
     return kind(**values)
 
 
@@ -114,9 +132,21 @@ def recipe_to_toml(recipe: Recipe) -> str:
     data = recipe_to_dict(recipe)
     lines = [f"{key} = {_toml_value(data[key])}" for key in TOP_LEVEL]
     for section in Recipe.SECTIONS:
-        lines += ["", f"[{section}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items() if v is not None]
+        lines += _toml_table(section, data[section])
     return "\n".join(lines) + "\n"
+
+
+def _toml_table(name: str, values: Mapping[str, Any]) -> list[str]:
+    lines = ["", f"[{name}]"]
+    lines += [
+        f"{k} = {_toml_value(v)}"
+        for k, v in values.items()
+        if v is not None and not isinstance(v, Mapping)
+    ]
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            lines += _toml_table(f"{name}.{key}", value)
+    return lines
 
 
 def _toml_value(value: Any) -> str:
@@ -205,10 +235,21 @@ def _locate(data: dict[str, Any], key: str) -> tuple[dict[str, Any], str, Any]:
         if close and name in data[close[0]]:
             raise RecipeError(f"unknown key {key}; did you mean {close[0]}.{name}?")
         raise RecipeError(f"unknown key {key}{_suggest(section, list(Recipe.SECTIONS), '')}")
-    hints = typing.get_type_hints(Recipe.SECTIONS[section])
-    if name not in data[section]:
-        raise RecipeError(f"unknown key {key}{_suggest(name, list(data[section]), section + '.')}")
-    return data[section], name, hints[name]
+    kind, target, prefix = Recipe.SECTIONS[section], data[section], f"{section}."
+    for depth, name in enumerate(parts[1:], start=2):
+        hints = typing.get_type_hints(kind)
+        valid = [f.name for f in dataclasses.fields(kind)]  # type: ignore[arg-type]
+        if name not in valid:
+            raise RecipeError(f"unknown key {key}{_suggest(name, valid, prefix)}")
+        if depth == len(parts):
+            return target, name, hints[name]
+        nested = section_type(hints[name])
+        if nested is None:
+            raise RecipeError(f"unknown key {key}: {prefix}{name} is not a table")
+        if target[name] is None:  # `train.lora.rank=8` enables LoRA with its defaults
+            target[name] = _plain(dataclasses.asdict(nested()))
+        kind, target, prefix = nested, target[name], f"{prefix}{name}."
+    raise AssertionError("unreachable")
 
 
 def parse_value(raw: str, annotation: Any, key: str) -> Any:
@@ -221,6 +262,10 @@ def parse_value(raw: str, annotation: Any, key: str) -> Any:
         if raw.lower() in NONE_WORDS:
             return None
         annotation = next(a for a in args if a is not type(None))
+    if section_type(annotation) is not None:
+        raise RecipeError(
+            f"{key} is a table: set its keys ({key}.KEY=VALUE) or clear it with {key}=none"
+        )
     if annotation is str:
         return _toml_or_text(raw) if raw[:1] in ('"', "'") else raw
     value = _toml_or_text(raw)
