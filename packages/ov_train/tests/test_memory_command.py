@@ -1,7 +1,6 @@
 """`ov-train estimate-memory`: the table it prints, overrides, several world sizes, errors."""
 
-import dataclasses
-
+import msgspec
 from click.testing import CliRunner
 
 from ov_train.cli import main
@@ -24,8 +23,8 @@ def test_table_prints_the_estimate_per_checkpointing_mode_and_whether_it_fits():
     assert result.exit_code == 0, result.output
     recipe = resolve_recipe("stage2-8b")
     for column, mode in enumerate(("none", "full", "selective")):
-        variant = dataclasses.replace(
-            recipe, parallel=dataclasses.replace(recipe.parallel, activation_checkpointing=mode)
+        variant = msgspec.structs.replace(
+            recipe, parallel=msgspec.structs.replace(recipe.parallel, activation_checkpointing=mode)
         )
         estimate = estimate_recipe_memory(variant, 8)
         assert _row(result.output, "total per GPU")[column] == f"{estimate.total / GIB:.1f}"

@@ -1,28 +1,31 @@
-"""The typed recipe of a training run: nested, frozen, keyword-only dataclasses.
+"""The typed recipe of a training run: nested, frozen, keyword-only msgspec structs.
 
 A `Recipe` is everything that decides what a run computes: the model to start from and which of
 its modules train, the data, AdamW, the learning-rate schedule, the step structure (steps,
-gradient accumulation, micro-batch token budget, clipping, seed, dtype policy), checkpointing and
-logging. Named recipes live in `recipes.py`; TOML files and `--set key=value` overrides are read
-by `config_io.py`. Where the run writes (its folder) and what data folder it reads on this machine
-are not part of it beyond `data.path`, so a recipe file can be shared between machines.
+gradient accumulation, micro-batch token budget, clipping, seed, dtype policy, LoRA),
+checkpointing and logging. Named recipes live in `recipes.py`; TOML files and `--set key=value`
+overrides are read by `config_io.py`. Where the run writes (its folder) and what data folder it
+reads on this machine are not part of it beyond `data.path`, so a recipe file can be shared
+between machines.
 
-Every section checks itself at construction: values are coerced to the declared type (an int
-where a float is declared becomes a float, a list where a tuple is declared a tuple, nothing
-else is converted) and range-checked, and an error names the dotted key (`optim.lr`). Coercion
-and checks live here, in one place, so a recipe built in Python, read from TOML or changed by an
-override is held to the same rules.
+Every section checks itself at construction: msgspec types each value (an int where a float is
+declared becomes a float, a list where a tuple is declared a tuple, nothing else is converted),
+then `check()` tests ranges, and an error names the dotted key (`optim.lr`). msgspec's messages
+are put in the recipe's words by `recipe_error`, in one place, so a recipe built in Python, read
+from TOML or changed by an override is held to the same rules and errors.
 
-Trade-off: the sections are frozen, so a change is `dataclasses.replace` or an override, never
-an assignment; in exchange a recipe can be shared, hashed and compared without defensive copies.
+Trade-off: the sections are frozen, so a change is `msgspec.structs.replace` or an override,
+never an assignment; in exchange a recipe can be shared, hashed and compared without defensive
+copies.
 """
 
+import difflib
 import math
 import re
-import types
 import typing
-from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
+
+import msgspec
 
 from ov_train.errors import RecipeError
 
@@ -36,46 +39,72 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def coerce(value: Any, annotation: Any, key: str) -> Any:
-    """`value` as the type `annotation` (bool, int, float, str, X | None, tuple[X, ...],
-    tuple[X, Y]); raises RecipeError naming `key` when it is not one."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None and len(options) < len(typing.get_args(annotation)):
-            return None
-        if len(options) != 1:
-            raise TypeError(f"unsupported annotation {annotation!r} for {key}")
-        return coerce(value, options[0], key)
-    if origin is tuple:
-        args = typing.get_args(annotation)
-        if not isinstance(value, list | tuple):
-            raise RecipeError(f"{key} must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise RecipeError(f"{key} must have {len(args)} entries, got {len(value)}: {value!r}")
-        pairs = enumerate(zip(value, args, strict=True))
-        return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in pairs)
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{key} must be true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{key} must be an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RecipeError(f"{key} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise RecipeError(f"{key} must be finite, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported annotation {annotation!r} for {key}")
+_EXPECTED = {
+    "float": "a number",
+    "int": "an integer",
+    "bool": "true or false",
+    "str": "a string",
+    "array": "a list",
+    "object": "a table of keys",
+}
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def recipe_error(
+    error: msgspec.ValidationError, value: Any, key: str = "", kind: Any = None
+) -> RecipeError:
+    """msgspec's validation `error` about `value` (a section, or the whole recipe when `key` is
+    empty) in the recipe's words: the dotted key, the rule and the offending value, and for an
+    unknown key the closest valid one (`kind`: the struct `value` was converted to)."""
+    found = _AT.match(str(error))
+    assert found is not None
+    message = found["message"]
+    for name, index in _STEP.findall(found["path"] or ""):
+        if name:
+            key, kind = f"{key}.{name}" if key else name, _field_type(kind, name)
+            value = value.get(name) if isinstance(value, dict) else None
+        else:
+            key, value = f"{key}[{index}]", value[int(index)]
+    if match := re.fullmatch(r"Expected `(\w+)(?: \| null)?`, got `\w+`", message):
+        return RecipeError(f"{key} must be {_EXPECTED[match[1]]}, got {value!r}")
+    if match := re.fullmatch(r"Expected `array` of length (\d+), got (\d+)", message):
+        return RecipeError(f"{key} must have {match[1]} entries, got {match[2]}: {value!r}")
+    prefix = f"{key}." if key else ""
+    if match := re.fullmatch(r"Object missing required field `(\w+)`", message):
+        return RecipeError(f"{prefix}{match[1]} is required")
+    if match := re.fullmatch(r"Object contains unknown field `(.+)`", message):
+        valid = [item.name for item in msgspec.structs.fields(section_type(kind))]
+        return RecipeError(f"unknown key {prefix}{match[1]}{suggest_key(match[1], valid, prefix)}")
+    return RecipeError(message)  # a check() of ours, which names its key already
+
+
+def suggest_key(key: str, valid: list[str], prefix: str) -> str:
+    """`; did you mean PREFIX.CLOSEST?` for an unknown `key`, else the list of valid keys."""
+    close = difflib.get_close_matches(key, valid, n=1)
+    if close:
+        return f"; did you mean {prefix}{close[0]}?"
+    return f"; valid keys: {', '.join(prefix + v for v in valid)}"
+
+
+def _field_type(kind: Any, name: str) -> Any:
+    section = section_type(kind)
+    fields = {item.name: item.type for item in msgspec.structs.fields(section)} if section else {}
+    return fields.get(name)
+
+
+def typed_value(value: Any, annotation: Any, key: str) -> Any:
+    """`value` as the type `annotation` (an int where a float is declared becomes a float, a
+    list where a tuple is declared a tuple, nothing else is converted; floats must be finite);
+    raises RecipeError naming `key` when it is not one."""
+    try:
+        typed = msgspec.convert(value, annotation, strict=True)
+    except msgspec.ValidationError as error:
+        raise recipe_error(error, value, key) from None
+    items = typed if isinstance(typed, tuple) else (typed,)
+    if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+        raise RecipeError(f"{key} must be finite, got {value!r}")
+    return typed
 
 
 def section_type(annotation: Any) -> "type[Section] | None":
@@ -87,21 +116,27 @@ def section_type(annotation: Any) -> "type[Section] | None":
     return None
 
 
-class Section:
-    """Shared construction-time behaviour: coerce every field to its type, then `check()`."""
+class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Shared construction-time behaviour: type every field (`typed_value`), then `check()`.
+
+    msgspec runs `__post_init__` for a struct built in Python, decoded by `msgspec.convert` or
+    copied by `msgspec.structs.replace`, so all three are held to the same rules.
+    """
 
     SECTION: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for item in fields(self):  # type: ignore[arg-type]
-            value, hint = getattr(self, item.name), hints[item.name]
-            section = section_type(hint)
-            if section is not None:
-                if not isinstance(value, section) and not (value is None and hint is not section):
-                    raise RecipeError(f"{self.key(item.name)} must be a {section.__name__}")
-                continue
-            object.__setattr__(self, item.name, coerce(value, hint, self.key(item.name)))
+        for item in msgspec.structs.fields(self):
+            value, key = getattr(self, item.name), self.key(item.name)
+            section = section_type(item.type)
+            if section is None:
+                typed = typed_value(value, item.type, key)
+                if typed is not value:
+                    msgspec.structs.force_setattr(self, item.name, typed)
+            elif not isinstance(value, section) and not (
+                value is None and item.type is not section
+            ):
+                raise RecipeError(f"{key} must be a {section.__name__}")
         self.check()
 
     def key(self, name: str) -> str:
@@ -109,15 +144,14 @@ class Section:
         return f"{self.SECTION}.{name}" if self.SECTION else name
 
     def check(self) -> None:
-        """Range checks after coercion (override in sections that have any)."""
+        """Range checks after typing (override in sections that have any)."""
 
     def _require(self, condition: bool, name: str, rule: str) -> None:
         if not condition:
             raise RecipeError(f"{self.key(name)} {rule}, got {getattr(self, name)!r}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig(Section):
+class ModelConfig(Section, kw_only=True):
     """The model to start from and which of its modules train."""
 
     SECTION: ClassVar[str] = "model"
@@ -145,8 +179,7 @@ class ModelConfig(Section):
         self._require(self.path is None or bool(self.path), "path", "must not be empty")
 
 
-@dataclass(frozen=True, kw_only=True)
-class DataConfig(Section):
+class DataConfig(Section, kw_only=True):
     """Where the packed training shards are (`ov-train prepare` output) and how they are read."""
 
     SECTION: ClassVar[str] = "data"
@@ -162,8 +195,7 @@ class DataConfig(Section):
         self._require(self.path is None or bool(self.path), "path", "must not be empty")
 
 
-@dataclass(frozen=True, kw_only=True)
-class OptimConfig(Section):
+class OptimConfig(Section, kw_only=True):
     """AdamW (decoupled weight decay) with a learning rate per module."""
 
     SECTION: ClassVar[str] = "optim"
@@ -193,8 +225,7 @@ class OptimConfig(Section):
         return self.lr if specific is None else specific
 
 
-@dataclass(frozen=True, kw_only=True)
-class ScheduleConfig(Section):
+class ScheduleConfig(Section, kw_only=True):
     """Linear warmup, then cosine decay from each module's peak to `min_lr` at the last step."""
 
     SECTION: ClassVar[str] = "schedule"
@@ -212,8 +243,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 LORA_BASE_DTYPES = ("fp32", "bf16")
 
 
-@dataclass(frozen=True, kw_only=True)
-class LoraConfig(Section):
+class LoraConfig(Section, kw_only=True):
     """Low-rank adapters (LoRA, via peft) instead of full fine-tuning for some module groups.
 
     Groups named in `modules` learn only through adapters on the Linear layers whose names match
@@ -253,8 +283,7 @@ class LoraConfig(Section):
         )
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig(Section):
+class TrainConfig(Section, kw_only=True):
     """The step structure, precision policy and seed."""
 
     SECTION: ClassVar[str] = "train"
@@ -322,8 +351,7 @@ class MeshShape(typing.NamedTuple):
         return self.dp_replicate * self.dp_shard
 
 
-@dataclass(frozen=True, kw_only=True)
-class ParallelConfig(Section):
+class ParallelConfig(Section, kw_only=True):
     """How the processes of a run share the work: the device mesh and memory savers.
 
     The mesh is (pp, dp_replicate, dp_shard, cp, tp), outermost first; the product of the
@@ -458,8 +486,7 @@ class ParallelConfig(Section):
         return MeshShape(self.pp, self.dp_replicate, shard, self.cp, self.tp)
 
 
-@dataclass(frozen=True, kw_only=True)
-class CheckpointConfig(Section):
+class CheckpointConfig(Section, kw_only=True):
     """When checkpoints are written and how many are kept."""
 
     SECTION: ClassVar[str] = "checkpoint"
@@ -476,8 +503,7 @@ class CheckpointConfig(Section):
         self._require(self.keep_last >= 1, "keep_last", "must be >= 1")
 
 
-@dataclass(frozen=True, kw_only=True)
-class LoggingConfig(Section):
+class LoggingConfig(Section, kw_only=True):
     """What a run reports besides `metrics.jsonl` (always written)."""
 
     SECTION: ClassVar[str] = "logging"
@@ -488,22 +514,21 @@ class LoggingConfig(Section):
     """Draw `loss.png` in the run folder at the end."""
 
 
-@dataclass(frozen=True, kw_only=True)
-class Recipe(Section):
+class Recipe(Section, kw_only=True):
     """A complete, validated training recipe (see the module docstring)."""
 
     name: str
     stage: str
     """1 (alignment), 1.5 (mid-training) or 2 (instruction tuning)."""
     description: str = ""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = msgspec.field(default_factory=ModelConfig)
+    data: DataConfig = msgspec.field(default_factory=DataConfig)
     optim: OptimConfig
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    schedule: ScheduleConfig = msgspec.field(default_factory=ScheduleConfig)
     train: TrainConfig
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    parallel: ParallelConfig = msgspec.field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
 
     SECTIONS: ClassVar[dict[str, type[Section]]] = {
         "model": ModelConfig,

@@ -13,13 +13,12 @@ its defaults when it is unset, `--set train.lora=none` clears it. Values are rea
 as TOML values first; a string field takes the text as it is unless it is quoted. Unknown keys
 are errors that suggest the closest valid key.
 
-We write TOML ourselves (a few dozen lines for our value types: bool, int, float, str, lists of
-them) rather than adding a dependency; reading uses the standard library's tomllib.
+Reading and checking are msgspec's (`msgspec.convert` into the `Recipe` structs, its errors put in
+the recipe's words by `config.recipe_error`); writing is tomli-w's, reading the standard
+library's tomllib.
 """
 
-import dataclasses
 import difflib
-import json
 import tomllib
 import types
 import typing
@@ -27,7 +26,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ov_train.config import Recipe, Section, coerce, section_type
+import msgspec
+import tomli_w
+
+from ov_train.config import Recipe, recipe_error, section_type, suggest_key, typed_value
 from ov_train.errors import RecipeError
 
 TOP_LEVEL = ("name", "stage", "description")
@@ -36,10 +38,7 @@ NONE_WORDS = ("none", "null")
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     """The recipe as nested plain values (tuples become lists), `None` kept."""
-    data: dict[str, Any] = {name: getattr(recipe, name) for name in TOP_LEVEL}
-    for section in Recipe.SECTIONS:
-        data[section] = _plain(dataclasses.asdict(getattr(recipe, section)))
-    return data
+    return _plain(msgspec.to_builtins(recipe))
 
 
 def _plain(value: Any) -> Any:
@@ -83,82 +82,25 @@ def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _build(data: Mapping[str, Any]) -> Recipe:
-    _check_keys(data, [*TOP_LEVEL, *Recipe.SECTIONS], prefix="")
-    sections = {}
-    for name, kind in Recipe.SECTIONS.items():
-        values = data.get(name, {})
-        if not isinstance(values, Mapping):
-            raise RecipeError(f"{name} must be a table of keys, got {values!r}")
-        sections[name] = _construct(kind, values, prefix=f"{name}.")
-    top = {k: data[k] for k in TOP_LEVEL if k in data}
-    return _construct(Recipe, {**top, **sections}, prefix="")
-
-
-def _construct(kind: type[Section], values: Mapping[str, Any], prefix: str) -> Any:
-    names = [f.name for f in dataclasses.fields(kind)]  # type: ignore[arg-type]
-    _check_keys(values, names, prefix)
-    for item in dataclasses.fields(kind):  # type: ignore[arg-type]
-        required = (
-            item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
-        )
-        if required and item.name not in values:
-            raise RecipeError(f"{prefix}{item.name} is required")
-    values = dict(values)
-    for name, hint in typing.get_type_hints(kind).items():
-        nested = section_type(hint)
-        if nested is not None and isinstance(values.get(name), Mapping):
-            values[name] = _construct(nested, values[name], prefix=f"{prefix}{name}.")
-    return kind(**values)
-
-
-def _check_keys(values: Mapping[str, Any], valid: Iterable[str], prefix: str) -> None:
-    valid = list(valid)
-    for key in values:
-        if key not in valid:
-            raise RecipeError(f"unknown key {prefix}{key}{_suggest(key, valid, prefix)}")
-
-
-def _suggest(key: str, valid: list[str], prefix: str) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    if close:
-        return f"; did you mean {prefix}{close[0]}?"
-    return f"; valid keys: {', '.join(prefix + v for v in valid)}"
+def _build(data: dict[str, Any]) -> Recipe:
+    try:
+        return msgspec.convert(data, Recipe, strict=True)
+    except msgspec.ValidationError as error:
+        raise recipe_error(error, data, kind=Recipe) from None
 
 
 # ---------------------------------------------------------------------------------- TOML files
 def recipe_to_toml(recipe: Recipe) -> str:
     """The recipe as TOML text (optional values that are unset are left out)."""
-    data = recipe_to_dict(recipe)
-    lines = [f"{key} = {_toml_value(data[key])}" for key in TOP_LEVEL]
-    for section in Recipe.SECTIONS:
-        lines += _toml_table(section, data[section])
-    return "\n".join(lines) + "\n"
+    return tomli_w.dumps(_without_none(recipe_to_dict(recipe)))
 
 
-def _toml_table(name: str, values: Mapping[str, Any]) -> list[str]:
-    lines = ["", f"[{name}]"]
-    lines += [
-        f"{k} = {_toml_value(v)}"
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: _without_none(v) if isinstance(v, dict) else v
         for k, v in values.items()
-        if v is not None and not isinstance(v, Mapping)
-    ]
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            lines += _toml_table(f"{name}.{key}", value)
-    return lines
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value).replace("\x7f", "\\u007f")
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
+        if v is not None
+    }
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> Path:
@@ -226,30 +168,33 @@ def _locate(data: dict[str, Any], key: str) -> tuple[dict[str, Any], str, Any]:
     if len(parts) == 1:
         if parts[0] not in TOP_LEVEL:
             raise RecipeError(
-                f"unknown key {key}{_suggest(parts[0], [*TOP_LEVEL, *Recipe.SECTIONS], '')}"
+                f"unknown key {key}{suggest_key(parts[0], [*TOP_LEVEL, *Recipe.SECTIONS], '')}"
             )
-        return data, parts[0], typing.get_type_hints(Recipe)[parts[0]]
+        return data, parts[0], _field_types(Recipe)[parts[0]]
     section, name = parts[0], ".".join(parts[1:])
     if section not in Recipe.SECTIONS:
         close = difflib.get_close_matches(section, list(Recipe.SECTIONS), n=1)
         if close and name in data[close[0]]:
             raise RecipeError(f"unknown key {key}; did you mean {close[0]}.{name}?")
-        raise RecipeError(f"unknown key {key}{_suggest(section, list(Recipe.SECTIONS), '')}")
+        raise RecipeError(f"unknown key {key}{suggest_key(section, list(Recipe.SECTIONS), '')}")
     kind, target, prefix = Recipe.SECTIONS[section], data[section], f"{section}."
     for depth, name in enumerate(parts[1:], start=2):
-        hints = typing.get_type_hints(kind)
-        valid = [f.name for f in dataclasses.fields(kind)]  # type: ignore[arg-type]
-        if name not in valid:
-            raise RecipeError(f"unknown key {key}{_suggest(name, valid, prefix)}")
+        hints = _field_types(kind)
+        if name not in hints:
+            raise RecipeError(f"unknown key {key}{suggest_key(name, list(hints), prefix)}")
         if depth == len(parts):
             return target, name, hints[name]
         nested = section_type(hints[name])
         if nested is None:
             raise RecipeError(f"unknown key {key}: {prefix}{name} is not a table")
         if target[name] is None:  # `train.lora.rank=8` enables LoRA with its defaults
-            target[name] = _plain(dataclasses.asdict(nested()))
+            target[name] = recipe_to_dict(nested())  # type: ignore[arg-type]
         kind, target, prefix = nested, target[name], f"{prefix}{name}."
     raise AssertionError("unreachable")
+
+
+def _field_types(kind: type[msgspec.Struct]) -> dict[str, Any]:
+    return {item.name: item.type for item in msgspec.structs.fields(kind)}
 
 
 def parse_value(raw: str, annotation: Any, key: str) -> Any:
@@ -278,7 +223,7 @@ def parse_value(raw: str, annotation: Any, key: str) -> Any:
             item if _item_type(kinds, index) is str else _toml_or_text(item)
             for index, item in enumerate(items)
         ]
-    return coerce(value, annotation, key)
+    return typed_value(value, annotation, key)
 
 
 def _item_type(kinds: tuple[Any, ...], index: int) -> Any:

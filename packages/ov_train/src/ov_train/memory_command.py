@@ -59,7 +59,7 @@ def estimate_memory_command(
 
 
 def _print_table(recipe, world_size: int, gpu_memory_gib: float, **workload) -> None:
-    import dataclasses
+    import msgspec
 
     from ov_train.config import ACTIVATION_CHECKPOINTING
     from ov_train.memory_estimate import (
@@ -71,8 +71,8 @@ def _print_table(recipe, world_size: int, gpu_memory_gib: float, **workload) -> 
 
     estimates = {}
     for mode in ACTIVATION_CHECKPOINTING:
-        parallel = dataclasses.replace(recipe.parallel, activation_checkpointing=mode)
-        variant = dataclasses.replace(recipe, parallel=parallel)
+        parallel = msgspec.structs.replace(recipe.parallel, activation_checkpointing=mode)
+        variant = msgspec.structs.replace(recipe, parallel=parallel)
         estimates[mode] = estimate_recipe_memory(variant, world_size, **workload)
     first = estimates["none"]
     layout, data = first.layout, first.workload
