@@ -13,7 +13,7 @@ from ov_train.data.errors import PrepareError
 from ov_train.data.ingest_llava import LlavaSource
 from ov_train.data.manifest import read_manifest
 from ov_train.data.prepare import prepare
-from ov_train.data.report import load_report
+from ov_train.data.report import TruncatedSample, load_report
 from ov_train.data.sample_record import SampleRecord
 from ov_train.data.selection import Selection, ids_file_selector
 
@@ -205,15 +205,63 @@ def test_truncation_keeps_long_samples_cut_to_max_length(tmp_path, processor, co
             ],
         }
     ]
+    rows.append(
+        {
+            "id": "short",
+            "conversations": [
+                {"from": "human", "value": "What is shown?"},
+                {"from": "gpt", "value": "A red square."},
+            ],
+        }
+    )
     (folder / "data.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    whole = processor.measure(rows[0]["conversations"], []).llm_tokens
+    assert whole > 160
     source = LlavaSource(folder / "data.jsonl")
     result = prepare(config_for((source,), tmp_path / "out", truncate=True), processor)
-    (row,) = read_manifest(result.manifest_path)
-    assert row.status == "packed"
-    assert row.llm_tokens == 160
-    ((record, _, tokens),) = _packed_records(result.shards_dir)
-    assert record.max_length == 160
-    assert tokens == 160
+    long_row, short_row = read_manifest(result.manifest_path)
+    assert long_row.status == short_row.status == "packed"
+    assert long_row.llm_tokens == 160
+    assert long_row.truncated_from == whole
+    assert short_row.truncated_from is None
+    records = {
+        record.id: (record, tokens) for record, _, tokens in _packed_records(result.shards_dir)
+    }
+    assert records["long"][0].max_length == 160
+    assert records["long"][1] == 160
+    report = result.report
+    assert report.counts.truncated == 1
+    assert report.truncated_samples == [
+        TruncatedSample("long", long_row.source, tokens_before=whole, tokens_after=160)
+    ]
+    assert load_report(result.out_dir).truncated_samples == report.truncated_samples
+    markdown = (result.out_dir / "report.md").read_text()
+    assert "## Truncated samples (1)" in markdown
+    assert f"| long | {long_row.source} | {whole:,} | 160 |" in markdown
+    assert "| truncated (packed, cut to max_length) | 1 |" in markdown
+
+
+def test_without_truncate_the_long_sample_is_too_long_and_nothing_is_truncated(
+    tmp_path, processor, config_for
+):
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    row = {
+        "id": "long",
+        "conversations": [
+            {"from": "human", "value": "What is shown?"},
+            {"from": "gpt", "value": "A red square. " * 80},
+        ],
+    }
+    (folder / "data.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "id": "b"}))
+    whole = processor.measure(row["conversations"], []).llm_tokens
+    config = config_for((LlavaSource(folder / "data.jsonl"),), tmp_path / "out")
+    with pytest.raises(PrepareError, match="no sample could be packed"):
+        prepare(config, processor)
+    report = load_report(tmp_path / "out")
+    assert report.counts.truncated == 0 and report.truncated_samples == []
+    assert report.counts.rejected_by_reason["too_long"] == 2
+    assert report.rejected_samples[0].detail == f"{whole} tokens > max_length 160"
 
 
 def test_refuses_a_non_empty_output_folder_before_reading(

@@ -82,3 +82,80 @@ def test_errors_are_one_line_and_usage_is_checked(tmp_path, raw_corpus, tiny_mod
     )
     assert result.exit_code == 2
     assert "not both" in result.output
+
+
+def test_recipe_gives_epochs_per_run_and_warns_on_a_capacity_that_does_not_divide_its_budget(
+    tmp_path, raw_corpus, tiny_model_dir
+):
+    from ov_train.config_io import apply_overrides, save_recipe
+    from ov_train.data.bin_table import load_bin_table
+    from ov_train.data.run_fit import run_fit
+    from ov_train.recipes import RECIPES
+
+    llava = raw_corpus.inputs[0]
+    base = [
+        *("--llava", str(llava.path), "--image-root", str(llava.image_root)),
+        *("--processor", str(tiny_model_dir), "--max-length", "160", "--no-progress"),
+    ]
+    result = CliRunner().invoke(
+        prepare_command, [*base, "--out", str(tmp_path / "a"), "--recipe", "stage1-tiny"]
+    )
+    assert result.exit_code == 0, result.output
+    report = load_report(tmp_path / "a")
+    table = load_bin_table(tmp_path / "a" / "shards")
+    expected = run_fit(
+        table.tokens,
+        report.counts.packed_copies,
+        capacity=160,
+        recipe_name="stage1-tiny",
+        steps=60,
+        grad_accumulation=2,
+        micro_batch_tokens=2048,
+        seed=0,
+    )
+    assert report.run_fit == expected.to_builtins()
+    assert report.run_fit["tokens"] == report.tokens.llm_tokens
+    assert expected.summary() in result.output
+    assert (
+        "Warning: stage1-tiny's train.micro_batch_tokens 2,048 is not a multiple of packing "
+        "capacity 160: a micro-batch holds at most 12 full bins (1,920 tokens), 128 tokens (6%) "
+        "of the budget unused; pack with --capacity 128"
+    ) in result.output
+    assert "## Fit to the recipe" in (tmp_path / "a" / "report.md").read_text()
+
+    matching = save_recipe(
+        apply_overrides(RECIPES["stage1-tiny"], ["train.micro_batch_tokens=1600"]),
+        tmp_path / "mine.toml",
+    )
+    result = CliRunner().invoke(
+        prepare_command, [*base, "--out", str(tmp_path / "b"), "--recipe", str(matching)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Warning" not in result.output
+    assert load_report(tmp_path / "b").run_fit["warnings"] == []
+    assert load_report(tmp_path / "b").run_fit["micro_batch_tokens"] == 1600
+
+
+def test_without_a_recipe_the_report_has_no_run_fit(tmp_path, raw_corpus, tiny_model_dir):
+    llava = raw_corpus.inputs[0]
+    arguments = [
+        *("--llava", str(llava.path), "--image-root", str(llava.image_root)),
+        *("--processor", str(tiny_model_dir), "--max-length", "160", "--no-progress"),
+        *("--out", str(tmp_path / "out")),
+    ]
+    result = CliRunner().invoke(prepare_command, arguments)
+    assert result.exit_code == 0, result.output
+    assert load_report(tmp_path / "out").run_fit is None
+    assert "epochs per run" not in result.output
+
+
+def test_an_unknown_recipe_is_one_error_line(tmp_path, raw_corpus, tiny_model_dir):
+    llava = raw_corpus.inputs[0]
+    arguments = [
+        *("--llava", str(llava.path), "--processor", str(tiny_model_dir)),
+        *("--out", str(tmp_path / "out"), "--recipe", "stage9-tiny"),
+    ]
+    result = CliRunner().invoke(prepare_command, arguments)
+    assert result.exit_code == 2
+    assert "stage9-tiny" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -13,6 +13,10 @@ One file per job:
 - `work_tars`, `sample_record`: normalised source tars and the per-sample JSON the shards carry;
 - `manifest`, `report`: the per-sample manifest and the run report;
 - `prepare_config`, `prepare`, `prepare_cli`: the pipeline, its settings and `ov-train prepare`;
+  the pipeline's steps: `measure_inputs` (ingest + measure + work tars), `pack_selected`
+  (selection copies + packing plan), `prepare_summary` (final manifest + report contents);
+  `prepare_output` (the output folder's layout, finding the shards in it), `run_fit` (the
+  packed data against a run of a recipe: capacity vs micro-batch budget, epochs per run);
 - `bin_table`, `bin_order`, `loader`: random access to packed bins (the bin table written with
   the shards), the global micro-batch stream and each rank's share of it, and the resumable
   micro-batch loader.
@@ -33,7 +37,9 @@ _EXPORTS = {
     "ParquetSource": "ov_train.data.ingest_parquet",
     "CAPTION_PROMPT": "ov_train.data.conversations",
     "PrepareConfig": "ov_train.data.prepare_config",
-    "PrepareResult": "ov_train.data.prepare",
+    "PrepareResult": "ov_train.data.prepare_output",
+    "resolve_shards_dir": "ov_train.data.prepare_output",
+    "RunFit": "ov_train.data.run_fit",
     "prepare": "ov_train.data.prepare",
     "Selection": "ov_train.data.selection",
     "SelectFn": "ov_train.data.selection",
@@ -68,6 +74,7 @@ __all__ = [
     "PrepareResult",
     "RawSample",
     "Reason",
+    "RunFit",
     "SelectFn",
     "Selection",
     "WebDatasetSource",
@@ -77,6 +84,7 @@ __all__ = [
     "load_report",
     "prepare",
     "read_manifest",
+    "resolve_shards_dir",
 ]
 
 if TYPE_CHECKING:
@@ -87,10 +95,12 @@ if TYPE_CHECKING:
     from ov_train.data.ingest_webdataset import WebDatasetSource
     from ov_train.data.loader import MicroBatch, PackedDataLoader
     from ov_train.data.manifest import ManifestRow, read_manifest
-    from ov_train.data.prepare import PrepareResult, prepare
+    from ov_train.data.prepare import prepare
     from ov_train.data.prepare_config import PrepareConfig
+    from ov_train.data.prepare_output import PrepareResult, resolve_shards_dir
     from ov_train.data.raw_sample import BadSample, RawSample, Reason
     from ov_train.data.report import PrepareReport, load_report
+    from ov_train.data.run_fit import RunFit
     from ov_train.data.selection import (
         SelectFn,
         Selection,

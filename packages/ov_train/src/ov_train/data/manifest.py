@@ -2,7 +2,7 @@
 
     {"id": "...", "source": "file#row", "status": "packed", "reason": null, "detail": null,
      "key": "s000000042", "copies": 1, "image_sizes": [[480, 640]], "text_tokens": 57,
-     "llm_tokens": 449, "vit_patches": 1568, "supervised_tokens": 21}
+     "llm_tokens": 449, "vit_patches": 1568, "supervised_tokens": 21, "truncated_from": null}
 
 - `status`: `packed` (in `copies` bins), `rejected` (`reason` and `detail` say why; a value of
   `raw_sample.Reason`), or `not_selected` (measured and fine, but the selection hook did not draw
@@ -10,7 +10,9 @@
 - `key`: the sample's key in the normalised source tars and the packed shards (the bin JSON's
   `id`), null if it was never accepted;
 - sizes are null for samples rejected before they could be measured; `image_sizes` are
-  (height, width) in pixels, `text_tokens` = `llm_tokens` minus image tokens.
+  (height, width) in pixels, `text_tokens` = `llm_tokens` minus image tokens;
+- `truncated_from`: for a sample cut to `max_length` (`prepare --truncate`), its LLM tokens
+  before the cut (the sizes are those after it); null for a sample packed whole.
 
 Rows are in input order (inputs in the order given, rows in file order), field order fixed, so
 the file is byte-identical across runs on the same inputs. An input that cannot be read from some
@@ -43,6 +45,7 @@ class ManifestRow(msgspec.Struct, frozen=True, kw_only=True):
     llm_tokens: int | None = None
     vit_patches: int | None = None
     supervised_tokens: int | None = None
+    truncated_from: int | None = None
 
 
 _ENCODER = msgspec.json.Encoder()

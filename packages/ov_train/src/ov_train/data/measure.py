@@ -9,7 +9,10 @@ it again, sample by sample).
 Over-length samples: by default a sample longer than `max_length` is rejected (`too_long`), as
 the original release did. With `truncate=True` it is cut to `max_length` by the processor's own
 policy (never inside an image, never down to no supervised token) and the loader cuts it the
-same way; only samples that cannot be cut are rejected.
+same way; only samples that cannot be cut are rejected. A cut sample records its length before
+the cut (`truncated_from`), so the report can list it: training on it drops the end of its
+answer. Every sample is measured whole first; only one longer than `max_length` is measured a
+second time, with the cut.
 
 Supervised targets: the trainer normalises a step's loss by its supervised next-token targets
 before building it, so `prepare` records each sample's count with the shards (the bin table
@@ -42,6 +45,8 @@ class MeasuredSample:
     sample: RawSample
     images: tuple[EncodedImage, ...]
     length: SampleLength
+    truncated_from: int | None = None
+    """LLM tokens before truncation, for a sample cut to `max_length`; None when whole."""
 
     @property
     def supervised_targets(self) -> int:
@@ -72,23 +77,22 @@ def measure_sample(
         except ImageProblem as problem:
             return BadSample(sample.id, sample.source, problem.reason, problem.detail)
     sizes = [(image.height, image.width) for image in images]
+    conversation = list(sample.conversation)
     try:
-        length = processor.measure(
-            list(sample.conversation),
-            sizes,
-            max_length if truncate else None,
-            sample_id=sample.id,
-        )
+        length = processor.measure(conversation, sizes, None, sample_id=sample.id)
+        if length.llm_tokens <= max_length:
+            return MeasuredSample(sample, tuple(images), length)
+        if truncate:
+            cut = processor.measure(conversation, sizes, max_length, sample_id=sample.id)
+            return MeasuredSample(sample, tuple(images), cut, truncated_from=length.llm_tokens)
     except SampleError as error:
         return BadSample(sample.id, sample.source, _reason(error), str(error))
-    if length.llm_tokens > max_length:
-        return BadSample(
-            sample.id,
-            sample.source,
-            Reason.TOO_LONG,
-            f"{length.llm_tokens} tokens > max_length {max_length}",
-        )
-    return MeasuredSample(sample, tuple(images), length)
+    return BadSample(
+        sample.id,
+        sample.source,
+        Reason.TOO_LONG,
+        f"{length.llm_tokens} tokens > max_length {max_length}",
+    )
 
 
 def _reason(error: SampleError) -> Reason:

@@ -19,6 +19,14 @@ from ov_train.data.ingest_llava import LlavaSource
 from ov_train.data.ingest_parquet import ParquetSource
 from ov_train.data.ingest_webdataset import WebDatasetSource
 from ov_train.data.prepare_config import InputSource, PrepareConfig
+from rice_vit.cli_conventions import (
+    AliasedOption,
+    claim_output,
+    max_shard_size_option,
+    out_option,
+    overwrite_option,
+    quiet_option,
+)
 
 _PATH = click.Path(path_type=Path)
 _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -26,12 +34,23 @@ _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _NOT_CONFIG_OPTIONS = ("inputs", "out_dir")
 _PARQUET_COLUMNS = ("image_column", "conversations_column", "caption_column", "id_column")
 _SHOWN_DEFAULTS = {"capacity": "max_length"}
+# Fields whose flag follows the spelling every onevision CLI shares (see cli_conventions):
+# `--max-shard-size 500MB` for max_shard_bytes, `-q/--quiet` for progress=False.
+_CONVENTION_OPTIONS = {
+    "max_shard_bytes": lambda: max_shard_size_option(
+        "Most bytes per shard tar.", default=None, hidden_aliases=("--max-shard-bytes",)
+    ),
+    "progress": quiet_option,
+}
 
 
 def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """One option per PrepareConfig field (other than the inputs and the output folder)."""
     for config_field in reversed(dataclasses.fields(PrepareConfig)):
         if config_field.name in _NOT_CONFIG_OPTIONS:
+            continue
+        if config_field.name in _CONVENTION_OPTIONS:
+            command = _CONVENTION_OPTIONS[config_field.name]()(command)
             continue
         flag = config_field.name.replace("_", "-")
         help_text = config_field.metadata["help"]
@@ -107,8 +126,11 @@ def _click_type(annotation: Any, name: str) -> Any:
 )
 @_parquet_options
 @click.option(
+    "--model",
     "--processor",
     "processor_dir",
+    cls=AliasedOption,
+    hidden_aliases=("--processor",),
     required=True,
     type=_EXISTING_DIR,
     help="Model or processor folder (tokenizer.json, preprocessor_config.json, chat template).",
@@ -127,7 +149,8 @@ def _click_type(annotation: Any, name: str) -> Any:
     show_default="the processor folder's",
     help="Override the processor's max_pixels.",
 )
-@click.option("--out", "out_dir", required=True, type=_PATH, help="Output folder (empty or new).")
+@out_option("Output folder (empty or new).", dest="out_dir")
+@overwrite_option()
 @_config_options
 @click.option(
     "--select-ids",
@@ -150,14 +173,26 @@ def _click_type(annotation: Any, name: str) -> Any:
     show_default="none",
     help="Sample id of each image row of the --balanced run, one per line.",
 )
+@click.option(
+    "--recipe",
+    default=None,
+    show_default="none",
+    metavar="NAME|FILE",
+    help="The recipe that will train on this data (a name from `ov-train recipes` or a TOML "
+    "file): warn when the capacity does not divide its train.micro_batch_tokens, and report "
+    "epochs per run.",
+)
 def prepare_command(**options: Any) -> None:
     """Measure raw data (LLaVA JSON + images, webdataset tars, HF parquet) with the model's
     processor, pack it and write packed shards, a manifest and a report into OUT."""
     from ov_model.processor import OVProcessor
     from ov_train.data.prepare import prepare
     from ov_train.data.report import REPORT_MD
+    from ov_train.data.run_fit import RunFit
     from ov_train.data.selection import balanced_dir_selector, ids_file_selector
 
+    options["max_shard_bytes"] = options.pop("max_shard_size")
+    options["progress"] = not options.pop("quiet")
     select = None
     if options["select_ids"] is not None and options["balanced"] is not None:
         raise click.UsageError("give --select-ids or --balanced, not both")
@@ -165,10 +200,16 @@ def prepare_command(**options: Any) -> None:
         raise click.UsageError("--balanced and --balance-keys go together")
     with _user_errors():
         inputs = _inputs(options)
+        claim_output(options["out_dir"], options["overwrite"], keep=_input_paths(options))
         if options["select_ids"] is not None:
             select = ids_file_selector(options["select_ids"])
         elif options["balanced"] is not None:
             select = balanced_dir_selector(options["balanced"], options["balance_keys"])
+        recipe = None
+        if options["recipe"] is not None:
+            from ov_train.config_io import resolve_recipe
+
+            recipe = resolve_recipe(options["recipe"])
         config = PrepareConfig(
             inputs=inputs,
             out_dir=options["out_dir"],
@@ -183,7 +224,7 @@ def prepare_command(**options: Any) -> None:
             min_pixels=options["min_pixels"],
             max_pixels=options["max_pixels"],
         )
-        result = prepare(config, processor, select=select)
+        result = prepare(config, processor, select=select, recipe=recipe)
     counts = result.report.counts
     click.echo(
         f"{counts.rows:,} samples: {counts.packed:,} packed ({counts.packed_copies:,} copies), "
@@ -192,12 +233,30 @@ def prepare_command(**options: Any) -> None:
     for reason, count in counts.rejected_by_reason.items():
         if count:
             click.echo(f"  {reason}: {count:,}")
+    if counts.truncated:
+        click.echo(
+            f"  truncated to --max-length (packed, listed in the report): {counts.truncated:,}"
+        )
     packing = result.report.packing or {}
     click.echo(
         f"{packing.get('bins', 0):,} bins, fill {100 * packing.get('fill_efficiency', 0):.2f}% "
         f"-> {result.shards_dir}"
     )
+    fit = result.report.run_fit
+    if fit is not None:
+        click.echo(RunFit(**fit).summary())
+        for warning in fit["warnings"]:
+            click.echo(f"Warning: {warning}", err=True)
     click.echo(f"report: {result.out_dir / REPORT_MD}")
+
+
+def _input_paths(options: dict[str, Any]) -> list[Path]:
+    """Every path the command reads, none of which --overwrite may remove."""
+    named = (options["image_root"], options["processor_dir"], options["select_ids"])
+    repeated = ("llava_files", "webdataset_paths", "parquet_paths")
+    return [path for path in named if path is not None] + [
+        path for name in repeated for path in options[name]
+    ]
 
 
 def _inputs(options: dict[str, Any]) -> tuple[InputSource, ...]:

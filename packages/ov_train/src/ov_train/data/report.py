@@ -1,9 +1,11 @@
 """`report.json` and `report.md`: what `prepare` did, every sample it could not use, and why.
 
-`report.json` holds the settings, counts (rows, accepted, packed, not selected, rejected per
-reason: every `Reason` listed, zeros included, so the schema does not depend on the data), every
-rejected sample (id, source, reason, detail), the selection summary, token totals and
-ov_packing's packing statistics (`compute_stats`: bins, lower bound, fill, padding compression).
+`report.json` holds the settings, counts (rows, accepted, packed, truncated, not selected,
+rejected per reason: every `Reason` listed, zeros included, so the schema does not depend on the
+data), every rejected sample (id, source, reason, detail), every packed sample that was cut to
+`max_length` (id, source, tokens before and after), the selection summary, token totals,
+ov_packing's packing statistics (`compute_stats`: bins, lower bound, fill, padding compression)
+and, when `prepare` was given a recipe, how the data fits a run of it (`run_fit.py`).
 `report.md` renders the same for a person, listing at most `MAX_LISTED_PER_REASON` samples per
 reason (the JSON and the manifest have them all).
 
@@ -44,6 +46,17 @@ class SampleCounts(msgspec.Struct, frozen=True, kw_only=True):
     not_selected: int
     rejected: int
     rejected_by_reason: dict[str, int]
+    truncated: int = 0
+    """Packed samples cut to max_length (`truncate`); listed in `truncated_samples`."""
+
+
+class TruncatedSample(msgspec.Struct, frozen=True):
+    """A packed sample cut to `max_length`: training sees only its first `tokens_after` tokens."""
+
+    id: str
+    source: str
+    tokens_before: int
+    tokens_after: int
 
 
 class TokenTotals(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +82,9 @@ class PrepareReport(msgspec.Struct, frozen=True, kw_only=True):
     packing: dict[str, Any] | None
     shards: dict[str, Any] | None
     rejected_samples: list[RejectedSample]
+    truncated_samples: list[TruncatedSample] = msgspec.field(default_factory=list)
+    run_fit: dict[str, Any] | None = None
+    """How the packed data fits a run of a recipe (`run_fit.RunFit`), when one was given."""
 
 
 def reason_counts(rejected: list[RejectedSample]) -> dict[str, int]:
@@ -109,6 +125,7 @@ def render_markdown(report: PrepareReport) -> str:
         f"| manifest rows | {counts.rows:,} |",
         f"| accepted (measured, usable) | {counts.accepted:,} |",
         f"| packed | {counts.packed:,} ({counts.packed_copies:,} copies) |",
+        f"| truncated (packed, cut to max_length) | {counts.truncated:,} |",
         f"| not selected | {counts.not_selected:,} |",
         f"| rejected | {counts.rejected:,} |",
         "",
@@ -134,11 +151,40 @@ def render_markdown(report: PrepareReport) -> str:
         lines += ["## Selection", "", "| | value |", "|---|---|"]
         lines += [f"| {name} | {_cell(value)} |" for name, value in report.selection.items()]
         lines.append("")
+    if report.run_fit is not None:
+        lines += ["## Fit to the recipe", "", "| | value |", "|---|---|"]
+        lines += [f"| {name} | {_cell(value)} |" for name, value in report.run_fit.items()]
+        lines.append("")
     lines += ["## Settings", "", "| | value |", "|---|---|"]
     lines += [f"| {name} | {_cell(value)} |" for name, value in report.settings.items()]
     lines.append("")
     lines += _rejected_section(report)
+    lines += _truncated_section(report)
     return "\n".join(lines)
+
+
+def _truncated_section(report: PrepareReport) -> list[str]:
+    samples = report.truncated_samples
+    if not samples:
+        return []
+    lines = [
+        f"## Truncated samples ({len(samples):,})",
+        "",
+        "| id | source | tokens before | tokens after |",
+        "|---|---|---:|---:|",
+    ]
+    for sample in samples[:MAX_LISTED_PER_REASON]:
+        lines.append(
+            f"| {_escape(sample.id)} | {_escape(sample.source)} | {sample.tokens_before:,} | "
+            f"{sample.tokens_after:,} |"
+        )
+    if len(samples) > MAX_LISTED_PER_REASON:
+        lines.append(
+            f"| ... | {len(samples) - MAX_LISTED_PER_REASON:,} more in report.json and the "
+            "manifest | | |"
+        )
+    lines.append("")
+    return lines
 
 
 def _rejected_section(report: PrepareReport) -> list[str]:

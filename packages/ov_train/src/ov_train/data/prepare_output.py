@@ -1,0 +1,102 @@
+"""The folder `prepare` writes: its file names, `PrepareResult`, the empty-folder check, and
+finding the packed shards in it (what `ov-train run --data` accepts).
+
+    manifest.jsonl      one row per input sample (`manifest.py`)
+    plan.ovp            the ov_packing plan (ids are the work-tar keys, `s<row>`)
+    shards/             ov_packing packed shards + index.json + bin table (bins.npy, samples.npy)
+    report.json/.md     counts per reason, every rejected and truncated sample, packing statistics
+    work/               normalised source tars + intermediate rows (removed unless keep_work)
+
+`report.json` is written last: a folder without it is an unfinished run.
+
+`resolve_shards_dir` lets a run name either the preparation folder or its `shards/` folder (or
+any packed shard folder, e.g. one `ov-pack` wrote): users type the folder they gave `--out`, and
+the error for anything else says what was looked for.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ov_packing.shards import INDEX_NAME as SHARD_INDEX_NAME
+from ov_train.data.errors import PrepareError
+from ov_train.data.manifest import MANIFEST_NAME
+from ov_train.data.report import REPORT_JSON
+
+if TYPE_CHECKING:
+    from ov_train.data.report import PrepareReport
+
+PLAN_NAME = "plan.ovp"
+SHARDS_NAME = "shards"
+WORK_NAME = "work"
+ROWS_NAME = "rows.jsonl"
+"""Intermediate manifest rows in `work/`, before selection and packing decide their status."""
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """Where `prepare` wrote its outputs, and the report it wrote."""
+
+    out_dir: Path
+    report: "PrepareReport"
+
+    @property
+    def manifest_path(self) -> Path:
+        """`manifest.jsonl`."""
+        return self.out_dir / MANIFEST_NAME
+
+    @property
+    def plan_path(self) -> Path:
+        """`plan.ovp`."""
+        return self.out_dir / PLAN_NAME
+
+    @property
+    def shards_dir(self) -> Path:
+        """The packed shards folder (what `PackedDataLoader` reads)."""
+        return self.out_dir / SHARDS_NAME
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """PrepareError unless `out_dir` is absent or an empty folder (nothing is ever overwritten)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise PrepareError(f"{out_dir}: output path exists and is not a directory")
+    entries = sorted(entry.name for entry in out_dir.iterdir())
+    if entries:
+        what = "a finished preparation" if REPORT_JSON in entries else "not empty"
+        raise PrepareError(
+            f"{out_dir}: output directory is {what} (holds {', '.join(entries[:5])}"
+            f"{', ...' if len(entries) > 5 else ''}); prepare into an empty directory"
+        )
+
+
+def resolve_shards_dir(path: str | Path) -> Path:
+    """The packed shard folder `path` names: `path` itself when it holds `index.json` (a
+    `shards/` folder), else `path/shards` when `path` is an `ov-train prepare` output folder.
+    PrepareError saying which of the two was looked for when neither is there."""
+    path = Path(path)
+    if not path.exists():
+        raise PrepareError(f"{path}: no such data folder")
+    if not path.is_dir():
+        raise PrepareError(
+            f"{path}: is a file; give the folder `ov-train prepare --out` wrote (or its shards/)"
+        )
+    if (path / SHARD_INDEX_NAME).is_file():
+        return path
+    shards = path / SHARDS_NAME
+    if (shards / SHARD_INDEX_NAME).is_file():
+        return shards
+    if (path / MANIFEST_NAME).is_file() and not (path / REPORT_JSON).is_file():
+        raise PrepareError(
+            f"{path}: an unfinished `ov-train prepare` (no {REPORT_JSON}); run it again into an "
+            "empty folder"
+        )
+    if (path / REPORT_JSON).is_file():
+        raise PrepareError(
+            f"{path}: this preparation packed no sample (no {SHARDS_NAME}/); see {REPORT_JSON}"
+        )
+    raise PrepareError(
+        f"{path}: not packed data: neither {SHARD_INDEX_NAME} (a packed shard folder) nor "
+        f"{SHARDS_NAME}/{SHARD_INDEX_NAME} (an `ov-train prepare` output folder) is there"
+    )
