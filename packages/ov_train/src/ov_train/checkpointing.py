@@ -5,7 +5,8 @@ or exported alone):
 
     <checkpoint.dir>/step_00000040/
         model_optim/          DCP: .metadata + __<rank>_0.distcp (one file per saving rank);
-                              every model parameter (frozen ones included) under
+                              every model parameter (frozen ones included; with train.lora
+                              only the trainable ones, see lora.py) under
                               `model.<name>`, AdamW moments and step counts under
                               `optimizer.<name>.{exp_avg,exp_avg_sq,step}`, as whole (unsharded)
                               tensors in the index whatever the sharding was
@@ -70,13 +71,18 @@ from torch import nn
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import StorageMeta
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
 
 from ov_model.config import LlavaOVConfig
 from ov_model.model import LlavaOV
 from ov_train.config import Recipe
 from ov_train.config_io import save_recipe
 from ov_train.errors import CheckpointError
+from ov_train.lora import has_adapters
 from ov_train.optim import parameter_groups
 from ov_train.parallel import World, is_main
 
@@ -172,7 +178,9 @@ def save_checkpoint(
     world.barrier()
     _check_same_on_every_rank(data_state, world)
     with _nonempty_groups(optimizer):
-        model_state, optimizer_state = get_state_dict(model, optimizer)
+        model_state, optimizer_state = get_state_dict(
+            model, optimizer, options=_state_options(model)
+        )
     param_groups = _whole_model_groups(optimizer_state["param_groups"], recipe, model_config, world)
     with single_process_quiet(world.size == 1):
         dcp.save(
@@ -359,8 +367,9 @@ def load_checkpoint(
     saved_size = int(trainer_state["world_size"])
     if trainer_state["format"] == 1:  # one process; the data state in its rank file
         trainer_state["data"] = _read_json(path / rank_file(0))["data"]
+    options = _state_options(model)
     with _nonempty_groups(optimizer):
-        model_state, optimizer_state = get_state_dict(model, optimizer)
+        model_state, optimizer_state = get_state_dict(model, optimizer, options=options)
         groups = trainer_state["optimizer_param_groups"]
         if world.degree("pp") > 1:
             groups = _this_rank_groups(groups, optimizer_state["param_groups"])
@@ -374,6 +383,7 @@ def load_checkpoint(
             optimizer,
             model_state_dict=tensors["model"],
             optim_state_dict={"state": tensors["optimizer"], "param_groups": groups},
+            options=options,
         )
     scheduler.load_state_dict(trainer_state["scheduler"])
     for group, rate in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
@@ -381,6 +391,15 @@ def load_checkpoint(
             group["lr"] = rate
     rng = _read_json(path / rank_file(world.rank))["rng"] if saved_size == world.size else None
     return ResumeState(trainer_state["step"], trainer_state["data"], rng, saved_size)
+
+
+def _state_options(model: nn.Module) -> StateDictOptions:
+    """What a checkpoint holds of `model`: every tensor, or for a LoRA model (`lora.py`) only
+    the trainable parameters (adapters and fully trained groups); its frozen base is read
+    from `model.path` again. DCP still fails on a trainable tensor the checkpoint lacks."""
+    if has_adapters(model):
+        return StateDictOptions(ignore_frozen_params=True, strict=False)
+    return StateDictOptions()
 
 
 def _whole_model_groups(

@@ -42,6 +42,14 @@ from ov_model.model import LlavaOV
 from ov_model.state_dict_adapter import from_hf, hf_name
 from ov_train.config import Recipe
 from ov_train.distributed.pipeline import Pipeline, build_pipeline
+from ov_train.lora import (
+    apply_lora,
+    base_name,
+    check_lora_supported,
+    init_adapters,
+    is_adapter,
+    lora_of,
+)
 from ov_train.optim import freeze
 from ov_train.parallel import World, parallelize
 from rice_vit.safetensors_folder import open_safetensors, weight_files
@@ -55,12 +63,15 @@ def build_training_model(
     """The run's model on `world.device`, frozen as the recipe says and parallelized, in train
     mode, with its config (see the module docstring). `model` replaces what `recipe.model`
     would build."""
+    check_lora_supported(recipe, world.size)
     model, folder = _starting_model(recipe, world, model)
     model_config = model.config
     wrapped = _prepare(model, recipe, world)
     if folder is not None:
         wrapped.to_empty(device=world.device)
         load_hf_weights(wrapped, folder)
+    if lora_of(recipe) is not None:
+        init_adapters(wrapped, recipe.train.seed)
     return wrapped.train(), model_config
 
 
@@ -71,6 +82,7 @@ def build_training_pipeline(
     (`distributed.pipeline`), built on the meta device and filled with only their tensors from
     `model.path`'s files (or moved from the preset or `model`), in train mode, with the
     model's config."""
+    check_lora_supported(recipe, world.size)
     model, folder = _starting_model(recipe, world, model)
     model_config = model.config
     pipeline = _prepare_pipeline(model, recipe, world)
@@ -115,10 +127,13 @@ def _prepare(model: LlavaOV, recipe: Recipe, world: World) -> nn.Module:
 
 
 def _set_up(model: LlavaOV, recipe: Recipe) -> None:
-    """The recipe's attention backend and freezing, before any wrapper."""
+    """The recipe's attention backend, freezing and LoRA adapters, before any wrapper."""
     if recipe.model.attention_backend is not None:
         model.set_attention_backend(recipe.model.attention_backend)
     freeze(model, recipe.model.trainable)
+    lora = lora_of(recipe)
+    if lora is not None:
+        apply_lora(model, lora)
 
 
 @torch.no_grad()
@@ -131,7 +146,12 @@ def load_hf_weights(model: nn.Module, folder: str | Path, *, part: bool = False)
     folder = Path(folder)
     files = weight_files(folder)
     stored, unknown = from_hf({name: name for name in files})  # module name -> stored name
-    targets = dict(model.state_dict(keep_vars=True))
+    # a LoRA model's base weights under their plain names; its adapters are not in the files
+    targets = {
+        base_name(name): tensor
+        for name, tensor in model.state_dict(keep_vars=True).items()
+        if not is_adapter(name)
+    }
     if part:
         stored = {name: stored_name for name, stored_name in stored.items() if name in targets}
     _check_names_and_shapes(folder, targets, stored, unknown, files)

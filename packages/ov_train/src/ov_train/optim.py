@@ -90,14 +90,16 @@ def parameter_groups(
 ) -> list[dict]:
     """AdamW groups of the trainable units: params, lr, weight_decay, name (empty ones left out,
     except those in `names`: a pipeline stage keeps the whole model's groups, so every rank
-    steps, logs and checkpoints the same named groups)."""
+    steps, logs and checkpoints the same named groups). Only parameters that require grad: in
+    a LoRA group (`lora.py`) the adapters, not the frozen base; an adapter matrix is a Linear
+    weight and decays."""
     groups = []
     for unit, parameters in named_parameters_by_module(model).items():
         if unit not in recipe.model.trainable:
             continue
         for decays in (True, False):
             name = f"{unit}.{'decay' if decays else 'no_decay'}"
-            params = [p for _, p, d in parameters if d == decays]
+            params = [p for _, p, d in parameters if d == decays and p.requires_grad]
             if params or (names is not None and name in names):
                 groups.append(
                     {

@@ -13,7 +13,8 @@ distributed wrappers):
 4. build the model (`model_loading.py`: from `model.path` on the meta device, parallelized,
    then filled shard by shard from the safetensors files; or the seeded preset), frozen as the
    recipe says, sharded with FSDP2 over several processes; with `parallel.pp > 1` this rank's
-   pipeline stages instead (`distributed.pipeline`), stepped by `pipeline_step`;
+   pipeline stages instead (`distributed.pipeline`), stepped by `pipeline_step`; with
+   `train.lora` the adapters are injected before any wrapper (`lora.py`);
 5. AdamW with per-module groups, the warmup + cosine LambdaLR;
 6. resume: model, optimizer, scheduler (resharded when the world size changed), the source's
    position, then the RNG states, last, since building drew from them (the rule for another
@@ -66,6 +67,7 @@ from ov_train.checkpointing import (
 from ov_train.config import ModelConfig, Recipe
 from ov_train.config_io import load_recipe, recipe_to_dict, save_recipe
 from ov_train.errors import TrainingError
+from ov_train.lora import lora_of, parameter_summary
 from ov_train.loss_plot import plot_run_loss
 from ov_train.metrics_log import RunLog
 from ov_train.model_loading import build_training_model, build_training_pipeline
@@ -212,6 +214,16 @@ class Trainer:
             model, model_config = build_training_model(recipe, world, model=self.model)
             optimizer = build_optimizer(model, recipe)
         self.model = model
+        if lora_of(recipe) is not None and is_main(world):
+            counts = parameter_summary(model)
+            LOGGER.info(
+                "LoRA: %d of %d parameters train (%.2f%%, adapters %d); frozen: %.1f MiB",
+                counts["trainable"],
+                counts["parameters"],
+                100 * counts["trainable"] / counts["parameters"],
+                counts["adapters"],
+                counts["frozen_bytes"] / 2**20,
+            )
         scheduler = build_scheduler(optimizer, recipe)
         processor_dir = self._write_run_files(world)
         start = 0
