@@ -110,7 +110,7 @@ def test_embed_skips_a_corrupt_image_naming_it_and_embeds_the_rest(tmp_path):
         assert handle.get_tensor("embeddings").shape[0] == 2
     assert json.loads(metadata["images"]) == [str(IMAGES[0]), str(IMAGES[1])]
     assert json.loads(metadata["skipped"]) == [str(broken)]
-    only_broken = CliRunner().invoke(main, [*args, str(broken)])
+    only_broken = CliRunner().invoke(main, [*args, "--overwrite", str(broken)])
     assert only_broken.exit_code == 2
     assert only_broken.output.strip().splitlines()[-1] == (
         "Error: none of the 1 images could be embedded"
@@ -121,21 +121,42 @@ def test_convert_between_layouts_and_refuse_to_overwrite_without_the_flag(tmp_pa
     from safetensors.torch import load_file
 
     result = CliRunner().invoke(
-        main, ["convert", str(MLCD), str(tmp_path / "ov"), "--to", "llava-ov"]
+        main, ["convert", str(MLCD), "--out", str(tmp_path / "ov"), "--layout", "llava-ov"]
     )
     assert result.exit_code == 0, result.output
     assert "no place for post_layernorm.weight, post_layernorm.bias" in result.output
     assert "104,776 parameters" in result.output
     assert "llava-ov" in run("info", tmp_path / "ov")
-    run("convert", tmp_path / "ov", tmp_path / "back", "--to", "mlcd", "--max-shard-size", "100KB")
+    run(
+        "convert",
+        tmp_path / "ov",
+        "-o",
+        tmp_path / "back",
+        "--layout",
+        "mlcd",
+        "--max-shard-size",
+        "100KB",
+    )
     assert (tmp_path / "back" / "model.safetensors.index.json").is_file()
     original = load_file(MLCD / "model.safetensors")
     back = {}
     for shard in (tmp_path / "back").glob("model-*.safetensors"):
         back |= load_file(shard)
     assert sorted(back) == sorted(n for n in original if "post_layernorm" not in n)
-    refused = CliRunner().invoke(main, ["convert", str(MLCD), str(tmp_path / "ov"), "--to", "mlcd"])
+    refused = CliRunner().invoke(
+        main, ["convert", str(MLCD), "-o", str(tmp_path / "ov"), "--layout", "mlcd"]
+    )
     assert refused.exit_code == 2
     assert "--overwrite" in refused.output
-    run("convert", MLCD, tmp_path / "ov", "--to", "mlcd", "--overwrite", "--dtype", "bfloat16")
+    run(
+        "convert",
+        MLCD,
+        "-o",
+        tmp_path / "ov",
+        "--layout",
+        "mlcd",
+        "--overwrite",
+        "--store-dtype",
+        "bfloat16",
+    )
     assert "bfloat16" in run("info", tmp_path / "ov")

@@ -14,9 +14,20 @@ from pathlib import Path
 import click
 
 from rice_vit import __version__
+from rice_vit.cli_conventions import (
+    AliasedOption,
+    claim_output,
+    device_option,
+    dtype_option,
+    max_shard_size_option,
+    out_option,
+    overwrite_option,
+    progress_bar,
+    quiet_option,
+    store_dtype_option,
+)
 
 _CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class _Group(click.Group):
@@ -87,12 +98,8 @@ def info(checkpoint: Path, as_json: bool) -> None:
 @main.command()
 @click.option("--model", "model_path", required=True, type=_CHECKPOINT, help="Checkpoint folder.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, writable=True, path_type=Path),
-    help="Output .safetensors file.",
-)
+@out_option("Output .safetensors file.", folder=False)
+@overwrite_option()
 @click.option(
     "--pool",
     type=click.Choice(["none", "mean", "cls"]),
@@ -107,13 +114,8 @@ def info(checkpoint: Path, as_json: bool) -> None:
     help="Images are run together until their patches would exceed this (a larger image runs "
     "alone).",
 )
-@click.option("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1.")
-@click.option(
-    "--dtype",
-    type=click.Choice(["stored", *_DTYPES]),
-    default="stored",
-    help="Compute dtype; 'stored' keeps the checkpoint's.",
-)
+@device_option()
+@dtype_option("Compute dtype; auto: the checkpoint's stored dtype.")
 @click.option(
     "--min-pixels",
     type=click.IntRange(min=1),
@@ -126,16 +128,19 @@ def info(checkpoint: Path, as_json: bool) -> None:
     default=None,
     help="Resize ceiling. Default: the model folder's preprocessor_config.json, else 2560000.",
 )
+@quiet_option()
 def embed(
     model_path: Path,
     images: tuple[Path, ...],
     out: Path,
+    overwrite: bool,
     pool: str,
     max_batch_patches: int,
     device: str,
     dtype: str,
     min_pixels: int | None,
     max_pixels: int | None,
+    quiet: bool,
 ) -> None:
     """Encode IMAGES at native resolution and write their features to --out.
 
@@ -143,13 +148,13 @@ def embed(
     embedded images (`images`, in row order) and the skipped ones (`skipped`).
     """
     import torch
-    from tqdm import tqdm
 
     from rice_vit.errors import ImageError
     from rice_vit.model import RiceViT
     from rice_vit.processor import PREPROCESSOR_CONFIG_FILE, ImageProcessor
     from rice_vit.safetensors_folder import save_safetensors_file
 
+    claim_output(out, overwrite, folder=False)
     overrides = {"min_pixels": min_pixels, "max_pixels": max_pixels}
     overrides = {key: value for key, value in overrides.items() if value is not None}
     if (model_path / PREPROCESSOR_CONFIG_FILE).is_file():
@@ -158,7 +163,7 @@ def embed(
         processor = ImageProcessor(**overrides)
     model = RiceViT.from_pretrained(
         model_path,
-        dtype=None if dtype == "stored" else getattr(torch, dtype),
+        dtype=None if dtype == "auto" else getattr(torch, dtype),
         device=device,
     )
     results: list[torch.Tensor] = []
@@ -176,7 +181,7 @@ def embed(
 
     embedded: list[Path] = []
     skipped: list[Path] = []
-    with tqdm(images, desc="embed", unit="img", disable=None) as progress:
+    with progress_bar(images, desc="embed", unit="img", enabled=not quiet) as progress:
         for path in progress:
             try:
                 rows, grid = processor.process_one(path)
@@ -211,28 +216,40 @@ def embed(
 
 @main.command()
 @click.argument("source", type=_CHECKPOINT)
-@click.argument("destination", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("destination", required=False, type=click.Path(file_okay=False, path_type=Path))
+@out_option("Folder for the converted checkpoint (or give it as DESTINATION).", required=False)
 @click.option(
-    "--to", "layout", type=click.Choice(["mlcd", "llava-ov"]), required=True, help="Target layout."
+    "--layout",
+    "--to",
+    "layout",
+    cls=AliasedOption,
+    hidden_aliases=("--to",),
+    type=click.Choice(["mlcd", "llava-ov"]),
+    required=True,
+    help="Target layout.",
 )
-@click.option(
-    "--dtype",
-    type=click.Choice(["stored", *_DTYPES]),
-    default="stored",
-    help="Cast the weights; 'stored' keeps them bit for bit.",
-)
-@click.option("--max-shard-size", default="5GB", help="Shard above this size (5GB, 500MB, 2GiB).")
-@click.option("--overwrite", is_flag=True, help="Replace a checkpoint already in DESTINATION.")
+@store_dtype_option("Cast the weights; keep leaves them bit for bit.", hidden_aliases=("--dtype",))
+@max_shard_size_option("Shard above this size.")
+@overwrite_option("Replace a checkpoint already in the --out folder.")
 def convert(
-    source: Path, destination: Path, layout: str, dtype: str, max_shard_size: str, overwrite: bool
+    source: Path,
+    destination: Path | None,
+    out: Path | None,
+    layout: str,
+    store_dtype: str,
+    max_shard_size: int,
+    overwrite: bool,
 ) -> None:
-    """Rewrite the encoder of SOURCE in another layout into DESTINATION."""
+    """Rewrite the encoder of SOURCE in another layout into --out (or DESTINATION)."""
     import torch
 
     from rice_vit.model import RiceViT
 
+    if (destination is None) == (out is None):
+        raise click.UsageError("give the output folder once: --out DIR (or DESTINATION)")
+    destination = out if out is not None else destination
     model = RiceViT.from_pretrained(
-        source, dtype=None if dtype == "stored" else getattr(torch, dtype)
+        source, dtype=None if store_dtype == "keep" else getattr(torch, store_dtype)
     )
     dropped = model.save_pretrained(
         destination, layout, max_shard_size=max_shard_size, overwrite=overwrite
