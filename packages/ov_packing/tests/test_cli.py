@@ -57,7 +57,7 @@ def test_plan_bytes_do_not_depend_on_threads(tmp_path):
     outputs = set()
     for threads in ("1", "2", "8"):
         plan = tmp_path / f"plan{threads}.ovp"
-        run("plan", str(lengths), "--capacity", "8192", "--threads", threads, "-o", str(plan))
+        run("plan", str(lengths), "--capacity", "8192", "--workers", threads, "-o", str(plan))
         outputs.add(plan.read_bytes())
     assert len(outputs) == 1
 

@@ -14,6 +14,15 @@ import click
 import msgspec
 
 from ov_packing import __version__
+from ov_packing.cli_conventions import (
+    claim_output,
+    max_shard_size_option,
+    out_option,
+    overwrite_option,
+    quiet_option,
+    seed_option,
+    workers_option,
+)
 from ov_packing.errors import PackingError, PlanVerificationError
 
 _CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
@@ -61,28 +70,21 @@ def main() -> None:
     default=None,
     help="Samples per bin. Default: unbounded.",
 )
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=2,
-    help="Threads; changes speed only, never the plan.",
+@workers_option(
+    "Threads; changes speed only, never the plan.", default=2, hidden_aliases=("--threads",)
 )
-@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, help="Seed of the bin order.")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Plan file to write.",
-)
+@seed_option("Seed of the bin order.", maximum=2**64 - 1)
+@out_option("Plan file to write.", folder=False, hidden_aliases=("--output",))
+@overwrite_option()
 def plan(
     input_path: Path,
     capacity: int,
     patch_capacity: int | None,
     max_per_bin: int | None,
-    threads: int,
+    workers: int,
     seed: int,
-    output: Path,
+    out: Path,
+    overwrite: bool,
 ) -> None:
     """Pack the samples listed in INPUT into bins and write a plan file.
 
@@ -93,6 +95,7 @@ def plan(
     from ov_packing.packer import pack
     from ov_packing.stats import compute_stats, format_stats
 
+    claim_output(out, overwrite, folder=False)
     started = time.perf_counter()
     lengths = read_lengths(input_path)
     _say(
@@ -107,11 +110,11 @@ def plan(
         patch_capacity=patch_capacity,
         max_per_bin=max_per_bin,
         seed=seed,
-        threads=threads,
+        threads=workers,
     )
     _say(f"packed into {result.num_bins:,} bins in {time.perf_counter() - started:.2f} s")
-    result.save(output)
-    _say(f"wrote {output}")
+    result.save(out)
+    _say(f"wrote {out}")
     click.echo(format_stats(compute_stats(result)))
 
 
@@ -191,42 +194,42 @@ def verify(plan_path: Path, input_path: Path | None) -> None:
     required=True,
     help="Source webdataset tars: files, folders or glob patterns (quote them); may repeat.",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Output directory for the packed shards and index.json.",
-)
+@out_option("Output directory for the packed shards and index.json.")
+@overwrite_option()
 @click.option(
     "--max-bins-per-shard",
     type=click.IntRange(min=1),
     default=1000,
     help="Start a new shard after this many bins.",
 )
-@click.option(
-    "--max-shard-bytes",
-    type=click.IntRange(min=1),
+@max_shard_size_option(
+    "Start a new shard before one would grow past this size.",
     default=None,
-    help="Start a new shard before one would grow past this many bytes. Default: no limit.",
+    hidden_aliases=("--max-shard-bytes",),
 )
+@quiet_option()
 def write(
     plan_path: Path,
     source_patterns: tuple[str, ...],
     out: Path,
+    overwrite: bool,
     max_bins_per_shard: int,
-    max_shard_bytes: int | None,
+    max_shard_size: int | None,
+    quiet: bool,
 ) -> None:
     """Write packed webdataset shards: one tar entry per bin, with its sub-samples' files."""
     from ov_packing.plan import PackPlan
     from ov_packing.shards import write_shards
 
+    loaded = PackPlan.load(plan_path)
+    claim_output(out, overwrite)
     index = write_shards(
-        PackPlan.load(plan_path),
+        loaded,
         list(source_patterns),
         out,
         max_bins_per_shard=max_bins_per_shard,
-        max_shard_bytes=max_shard_bytes,
-        progress=True,
+        max_shard_bytes=max_shard_size,
+        progress=not quiet,
     )
     click.echo(f"wrote {index.num_bins:,} bins in {len(index.shards)} shards to {out}")
 
@@ -234,24 +237,26 @@ def write(
 @main.command()
 @click.argument("distribution", type=click.Choice(["caption", "sft", "uniform"]))
 @click.option("-n", "--count", type=click.IntRange(min=0), default=100_000, help="Samples.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Random seed.")
+@seed_option()
 @click.option(
     "--capacity", type=click.IntRange(10, 2**31 - 1), default=8192, help="Shapes `uniform` lengths."
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Output file: .jsonl, .txt (name:length) or .npy, optionally with .zst.",
+@out_option(
+    "Output file: .jsonl, .txt (name:length) or .npy, optionally with .zst.",
+    folder=False,
+    hidden_aliases=("--output",),
 )
-def synth(distribution: str, count: int, seed: int, capacity: int, output: Path) -> None:
+@overwrite_option()
+def synth(
+    distribution: str, count: int, seed: int, capacity: int, out: Path, overwrite: bool
+) -> None:
     """Generate realistic synthetic sample lengths (see ov_packing.synthetic) to try packing on."""
     from ov_packing.inputs import SampleLengths, write_lengths
     from ov_packing.synthetic import generate_lengths
 
+    claim_output(out, overwrite, folder=False)
     lengths = generate_lengths(distribution, count, seed=seed, capacity=capacity)
-    if ".txt" in output.suffixes:  # the release's name:length format has no patch counts
+    if ".txt" in out.suffixes:  # the release's name:length format has no patch counts
         lengths = SampleLengths(lengths.source, lengths.ids, lengths.tokens, None)
-    write_lengths(output, lengths)
-    click.echo(f"wrote {count:,} {distribution} samples to {output}")
+    write_lengths(out, lengths)
+    click.echo(f"wrote {count:,} {distribution} samples to {out}")

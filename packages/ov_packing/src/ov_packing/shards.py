@@ -55,8 +55,8 @@ from typing import BinaryIO
 
 import msgspec
 import numpy as np
-from tqdm import tqdm
 
+from ov_packing.cli_conventions import progress_bar
 from ov_packing.errors import ShardError
 from ov_packing.plan import PackPlan
 from ov_packing.shard_table import (
@@ -310,7 +310,9 @@ def _write_all_bins(
     shard: _ShardWriter | None = None
     with (
         _SourceReader(source_index.paths) as reader,
-        tqdm(total=plan.num_bins, unit="bin", disable=not progress, desc="writing shards") as bar,
+        progress_bar(
+            total=plan.num_bins, unit="bin", enabled=progress, desc="writing shards"
+        ) as bar,
     ):
         try:
             for number in range(plan.num_bins):
