@@ -28,7 +28,7 @@ def test_help_describes_the_package():
 
 
 def run(*args: str) -> str:
-    quiet = ["--no-progress"] if args[0] not in ("synth", "report") else []
+    quiet = ["--quiet"] if args[0] not in ("synth", "report") else []
     result = CliRunner().invoke(main, [*args, *quiet])
     assert result.exit_code == 0, result.output
     return result.output

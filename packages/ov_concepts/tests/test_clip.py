@@ -366,7 +366,7 @@ def test_cli_embeds_images_and_concepts_with_a_checkpoint(checkpoint, tokenizer_
             str(tokenizer_file),
             "--out",
             str(tmp_path / "C"),
-            "--no-progress",
+            "--quiet",
         ],
     )
     assert result.exit_code == 0, result.output

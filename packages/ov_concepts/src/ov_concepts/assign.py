@@ -12,7 +12,6 @@ run resumes at the first unfinished block. A directory holding a different assig
 inputs, K, threshold or precision) is refused.
 """
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,11 +19,11 @@ from typing import Literal
 import msgspec
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ov_concepts.embeddings import EmbeddingMatrix, normalise_rows
 from ov_concepts.errors import AssignmentError, ManifestError
 from ov_concepts.manifest import AssignmentManifest, has_manifest, read_manifest, write_manifest
+from ov_concepts.progress import progress_bar
 from ov_concepts.topk import blocked_topk
 
 IDS_NAME = "ids.npy"
@@ -132,15 +131,7 @@ def assign_concepts(
     if manifest.complete:
         return manifest
     concept_matrix = load_concepts(concepts, device, dtype)
-    bar = tqdm(
-        total=images.rows,
-        initial=manifest.done_rows,
-        desc="assign",
-        unit="img",
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(images.rows, "assign", progress, unit="img", initial=manifest.done_rows)
     with bar, torch.inference_mode():
         for first, rows in images.blocks(config.image_block, start=manifest.done_rows):
             block = normalise_rows(torch.from_numpy(rows).to(device), images.name, first)

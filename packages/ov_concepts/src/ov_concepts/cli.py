@@ -7,7 +7,7 @@ naming the file, row or value (exit status 2), never a traceback. Progress bars 
 
 A run from scratch:
 
-    ov-concepts synth --out corpus
+    ov-concepts synth -o corpus
     ov-concepts assign --images corpus/images.npy --concepts corpus/concepts.npy --out assigned
     ov-concepts balance assigned --target 5000 --out balanced
     ov-concepts report balanced --vocabulary corpus/vocabulary.txt
@@ -18,11 +18,23 @@ from pathlib import Path
 import click
 
 from ov_concepts import __version__
+from ov_concepts.cli_conventions import (
+    AliasedOption,
+    claim_output,
+    device_option,
+    dtype_option,
+    out_option,
+    overwrite_option,
+    quiet_option,
+    seed_option,
+    store_dtype_option,
+)
 from ov_concepts.errors import ConceptsError
 
 _CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 _PATH = click.Path(path_type=Path)
 _FILE = click.Path(dir_okay=False, path_type=Path)
+_START_OVER = "Start over: remove what an earlier run left in --out (without it, resume)."
 
 
 def _usage_error(error: Exception) -> click.ClickException:
@@ -55,7 +67,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--out", "out_dir", type=_PATH, required=True, help="Directory to write.")
+@out_option("Directory to write.", dest="out_dir")
+@overwrite_option()
 @click.option("--images", type=click.IntRange(min=1), default=20000, help="Images.")
 @click.option("--concepts", type=click.IntRange(min=1), default=2000, help="Vocabulary size.")
 @click.option("--dim", type=click.IntRange(min=1), default=128, help="Embedding dimension.")
@@ -69,12 +82,15 @@ def main() -> None:
     "--zipf", type=click.FloatRange(min=0, min_open=True), default=1.1, help="Zipf exponent."
 )
 @click.option("--noise", type=click.FloatRange(min=0), default=0.5, help="Image noise level.")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, help="Seed.")
-def synth(out_dir, images, concepts, dim, per_image, synonyms, zipf, noise, seed) -> None:
+@seed_option()
+def synth(
+    out_dir, overwrite, images, concepts, dim, per_image, synonyms, zipf, noise, seed
+) -> None:
     """Write a seeded synthetic corpus with Zipf-distributed concepts: images.npy, concepts.npy,
     vocabulary.txt, planted.npy (the truth) and synthetic.json."""
     from ov_concepts.synthetic import SyntheticConfig, write_synthetic_corpus
 
+    claim_output(out_dir, overwrite)
     config = SyntheticConfig(
         images=images,
         concepts=concepts,
@@ -97,9 +113,13 @@ def _encoder_options(function):
             help="open_clip-format CLIP checkpoint. Default: none (this or --from-embeddings).",
         ),
         click.option(
+            "--clip-model",
             "--model",
+            "clip_model",
+            cls=AliasedOption,
+            hidden_aliases=("--model",),
             default="ViT-H-14-quickgelu",
-            help="Built-in model config name, or an open_clip model config JSON file.",
+            help="Built-in open_clip model config name, or an open_clip model config JSON file.",
         ),
         click.option(
             "--from-embeddings",
@@ -110,14 +130,11 @@ def _encoder_options(function):
         click.option(
             "--tensor", help="Tensor name in a .safetensors file. Default: its only tensor."
         ),
-        click.option(
-            "--device", default="cpu", help="Device for the CLIP model (cpu, cuda, cuda:1)."
-        ),
-        click.option(
-            "--model-dtype",
-            type=click.Choice(["float32", "bfloat16", "float16"]),
+        device_option("Where the CLIP model runs."),
+        dtype_option(
+            "Dtype the CLIP weights run in; auto: bfloat16 on CUDA, float32 on CPU.",
             default="float32",
-            help="Dtype the CLIP weights run in.",
+            hidden_aliases=("--model-dtype",),
         ),
         click.option(
             "--batch-size", type=click.IntRange(min=1), default=64, help="Inputs per batch."
@@ -125,14 +142,12 @@ def _encoder_options(function):
         click.option(
             "--chunk-size", type=click.IntRange(min=1), default=8192, help="Inputs per chunk file."
         ),
-        click.option(
-            "--store-dtype",
-            type=click.Choice(["float32", "float16"]),
-            default="float32",
-            help="Dtype of the stored embeddings.",
+        store_dtype_option(
+            "Dtype of the stored embeddings.", default="float32", choices=("float32", "float16")
         ),
-        click.option("--out", "out_dir", type=_PATH, required=True, help="Embedding directory."),
-        click.option("--no-progress", is_flag=True, help="Hide progress bars."),
+        out_option("Embedding directory; an existing one is resumed.", dest="out_dir"),
+        overwrite_option(_START_OVER),
+        quiet_option(),
     ]
     for option in reversed(options):
         function = option(function)
@@ -142,6 +157,13 @@ def _encoder_options(function):
 def _check_source(checkpoint, from_embeddings) -> None:
     if (checkpoint is None) == (from_embeddings is None):
         raise click.UsageError("give exactly one of --checkpoint and --from-embeddings")
+
+
+def _clip_dtype(dtype: str, device: str) -> str:
+    """The --dtype the CLIP tower runs in; auto is bfloat16 on CUDA, float32 on CPU."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 def _job_config(batch_size: int, chunk_size: int, store_dtype: str):
@@ -162,16 +184,17 @@ def _job_config(batch_size: int, chunk_size: int, store_dtype: str):
 def embed_images(
     images_path,
     checkpoint,
-    model,
+    clip_model,
     from_embeddings,
     tensor,
     device,
-    model_dtype,
+    dtype,
     batch_size,
     chunk_size,
     store_dtype,
     out_dir,
-    no_progress,
+    overwrite,
+    quiet,
 ) -> None:
     """Embed images into a chunked, resumable embedding directory (rerun to resume).
 
@@ -181,6 +204,7 @@ def embed_images(
     from ov_concepts.embed_job import run_embedding_job
 
     _check_source(checkpoint, from_embeddings)
+    claim_output(out_dir, overwrite, resumable=True)
     if from_embeddings is not None:
         from ov_concepts.embeddings import EmbeddingMatrix
         from ov_concepts.encoders import PrecomputedEncoder
@@ -196,13 +220,15 @@ def embed_images(
         from ov_concepts.inputs import ImageFiles
 
         inputs = ImageFiles.from_path(images_path)
-        encoder = load_clip_encoder(checkpoint, model, device=device, dtype=model_dtype)
+        encoder = load_clip_encoder(
+            checkpoint, clip_model, device=device, dtype=_clip_dtype(dtype, device)
+        )
     manifest = run_embedding_job(
         inputs,
         encoder,
         out_dir,
         _job_config(batch_size, chunk_size, store_dtype),
-        progress=not no_progress,
+        progress=not quiet,
     )
     failed = sum(len(chunk.failed) for chunk in manifest.chunks)
     _say(f"wrote {manifest.rows:,} image embeddings ({manifest.dim} dims) to {out_dir}")
@@ -224,16 +250,17 @@ def embed_concepts(
     tokenizer,
     template,
     checkpoint,
-    model,
+    clip_model,
     from_embeddings,
     tensor,
     device,
-    model_dtype,
+    dtype,
     batch_size,
     chunk_size,
     store_dtype,
     out_dir,
-    no_progress,
+    overwrite,
+    quiet,
 ) -> None:
     """Embed the concepts of VOCABULARY (.txt, one per line, or .jsonl {"concept": ...}).
 
@@ -246,6 +273,7 @@ def embed_concepts(
 
     _check_source(checkpoint, from_embeddings)
     vocabulary = load_vocabulary(vocabulary_path)
+    claim_output(out_dir, overwrite, resumable=True)
     _say(f"vocabulary: {len(vocabulary):,} concepts from {vocabulary_path}")
     if vocabulary.duplicates:
         shown = "; ".join(
@@ -267,18 +295,18 @@ def embed_concepts(
 
         encoder = load_clip_encoder(
             checkpoint,
-            model,
+            clip_model,
             tokenizer=tokenizer,
             template=template,
             device=device,
-            dtype=model_dtype,
+            dtype=_clip_dtype(dtype, device),
         )
     manifest = run_embedding_job(
         ConceptTexts(vocabulary),
         encoder,
         out_dir,
         _job_config(batch_size, chunk_size, store_dtype),
-        progress=not no_progress,
+        progress=not quiet,
     )
     _say(f"wrote {manifest.rows:,} concept embeddings ({manifest.dim} dims) to {out_dir}")
 
@@ -316,15 +344,15 @@ def embed_concepts(
 @click.option(
     "--concept-block", type=click.IntRange(min=1), default=16384, help="Concepts per matmul block."
 )
-@click.option("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N.")
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16"]),
-    default="auto",
-    help="auto: bf16 on CUDA, fp32 on CPU.",
+@device_option("Where the similarities are computed.")
+@dtype_option(
+    "Similarity dtype; auto: bfloat16 on CUDA, float32 on CPU.",
+    choices=("auto", "float32", "bfloat16"),
+    hidden_aliases=("--precision",),
 )
-@click.option("--out", "out_dir", type=_PATH, required=True, help="Assignment directory.")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@out_option("Assignment directory; an existing one is resumed.", dest="out_dir")
+@overwrite_option(_START_OVER)
+@quiet_option()
 def assign(
     images_path,
     concepts_path,
@@ -335,9 +363,10 @@ def assign(
     image_block,
     concept_block,
     device,
-    precision,
+    dtype,
     out_dir,
-    no_progress,
+    overwrite,
+    quiet,
 ) -> None:
     """Write the top-K concepts of every image: OUT/ids.npy (int32, best first), OUT/scores.npy
     (float16) and a manifest. Rerun the same command to resume an interrupted run."""
@@ -352,12 +381,13 @@ def assign(
         image_block=image_block,
         concept_block=concept_block,
         device=device,
-        precision=precision,
+        precision={"auto": "auto", "float32": "fp32", "bfloat16": "bf16"}[dtype],
     )
     images = EmbeddingMatrix(images_path, images_tensor)
     concepts = EmbeddingMatrix(concepts_path, concepts_tensor)
+    claim_output(out_dir, overwrite, resumable=True)
     started = time.perf_counter()
-    manifest = assign_concepts(images, concepts, out_dir, config, progress=not no_progress)
+    manifest = assign_concepts(images, concepts, out_dir, config, progress=not quiet)
     seconds = time.perf_counter() - started
     _say(
         f"assigned top-{manifest.topk} of {manifest.concepts:,} concepts to {manifest.images:,} "
@@ -368,7 +398,7 @@ def assign(
 @main.command()
 @click.argument("assignments_path", metavar="ASSIGNMENTS", type=_PATH)
 @click.option("--target", type=click.IntRange(min=1), required=True, help="Images to select.")
-@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, help="Sampling seed.")
+@seed_option("Sampling seed.", maximum=2**64 - 1)
 @click.option(
     "--rule",
     type=click.Choice(["mean", "sum", "max", "metaclip"]),
@@ -394,8 +424,9 @@ def assign(
     default=1 << 20,
     help="Rows per streamed chunk (a multiple of 4096); changes memory, not results.",
 )
-@click.option("--out", "out_dir", type=_PATH, required=True, help="Directory to write.")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@out_option("Directory to write.", dest="out_dir")
+@overwrite_option()
+@quiet_option()
 def balance(
     assignments_path,
     target,
@@ -406,7 +437,8 @@ def balance(
     replace,
     chunk_rows,
     out_dir,
-    no_progress,
+    overwrite,
+    quiet,
 ) -> None:
     """Weight images by the inverse frequency of their concepts and sample exactly --target of
     them: OUT/selected.npy (sorted int64 indices), OUT/weights.npy, OUT/stats.json."""
@@ -424,9 +456,9 @@ def balance(
         replace=replace,
         chunk_rows=chunk_rows,
     )
-    stats = run_balance(
-        Assignments.open(assignments_path), out_dir, config, progress=not no_progress
-    )
+    assignments = Assignments.open(assignments_path)
+    claim_output(out_dir, overwrite)
+    stats = run_balance(assignments, out_dir, config, progress=not quiet)
     _say(
         f"selected {stats.selected:,} of {stats.images:,} images ({stats.distinct_selected:,} "
         f"distinct) -> {out_dir}"
@@ -439,17 +471,20 @@ def balance(
 @click.option(
     "--vocabulary", type=_FILE, help="Vocabulary, to name the head concepts. Default: ids only."
 )
-@click.option(
-    "--out",
-    "out_dir",
-    type=_PATH,
-    default=None,
-    help="Where to write report.md and rank_frequency.png. Default: BALANCED.",
+@out_option(
+    "Where to write report.md and rank_frequency.png. Default: BALANCED.",
+    dest="out_dir",
+    required=False,
 )
-def report(balance_path, vocabulary, out_dir) -> None:
+@overwrite_option("Replace a report.md or rank_frequency.png already there.")
+def report(balance_path, vocabulary, out_dir, overwrite) -> None:
     """Write a Markdown summary and a log-log rank-frequency plot of a `balance` run."""
-    from ov_concepts.report import write_report
+    from ov_concepts.report import PLOT_NAME, REPORT_NAME, write_report
     from ov_concepts.vocabulary import load_vocabulary
+
+    folder = balance_path if out_dir is None else out_dir
+    for name in (REPORT_NAME, PLOT_NAME):
+        claim_output(folder / name, overwrite, folder=False)
 
     loaded = load_vocabulary(vocabulary) if vocabulary is not None else None
     path = write_report(balance_path, out_dir, loaded)

@@ -18,7 +18,6 @@ kill redoes at most 8192 encodings.
 """
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,6 +39,7 @@ from ov_concepts.manifest import (
     read_manifest,
     write_manifest,
 )
+from ov_concepts.progress import progress_bar
 
 KEYS_NAME = "keys.txt"
 FAILURES_NAME = "failures.jsonl"
@@ -92,14 +92,12 @@ def run_embedding_job(
             return previous
     write_manifest(out_dir, manifest)
     done = {chunk.index for chunk in chunks}
-    bar = tqdm(
-        total=len(inputs),
-        initial=sum(chunk.inputs for chunk in chunks),
-        desc=f"embed {inputs.kind}",
+    bar = progress_bar(
+        len(inputs),
+        f"embed {inputs.kind}",
+        progress,
         unit=inputs.kind[:-1],
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
+        initial=sum(chunk.inputs for chunk in chunks),
     )
     with bar:
         for index, (first, stop) in enumerate(iter_ranges(len(inputs), config.chunk_inputs)):

@@ -1,19 +1,20 @@
-"""Progress bars: tqdm on stderr, off unless asked for (the CLI asks; the library API does not)."""
+"""Progress display, off unless asked for (the CLI asks; the library API does not).
 
-import sys
+A bar on a terminal, plain periodic lines in logs, nothing when disabled: the behaviour every
+onevision CLI shares, from `cli_conventions.progress_bar`.
+"""
+
+from typing import Any
 
 from tqdm import tqdm
 
+from ov_concepts.cli_conventions import progress_bar as _progress_bar
 
-def progress_bar(total: int | None, desc: str, enabled: bool, unit: str = "row") -> tqdm:
-    """A tqdm bar on stderr; a silent no-op bar when `enabled` is false."""
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        unit_scale=True,
-        file=sys.stderr,
-        disable=not enabled,
-        dynamic_ncols=True,
-        leave=False,
+
+def progress_bar(
+    total: int | None, desc: str, enabled: bool, unit: str = "row", **kwargs: Any
+) -> tqdm:
+    """A progress display on stderr (see cli_conventions); a silent one when not `enabled`."""
+    return _progress_bar(
+        total=total, desc=desc, unit=unit, enabled=enabled, unit_scale=True, leave=False, **kwargs
     )
