@@ -94,6 +94,30 @@ CASES = [
         "not_shards",
     ),
     (
+        "train-model-path-missing",
+        ov_train,
+        "run stage1-tiny --set model.path={root}/no_model --data {not_shards} --out {root}/run",
+        "no_model: does not exist",
+    ),
+    (
+        "train-model-path-not-a-model",
+        ov_train,
+        "run stage1-tiny --set model.path={empty} --data {not_shards} --out {root}/run",
+        "exists but is not a model folder: no config.json",
+    ),
+    (
+        "train-data-missing",
+        ov_train,
+        "run stage1-tiny --set model.path={tiny_model} --data {root}/no_data --out {root}/run",
+        "no_data: no such data folder",
+    ),
+    (
+        "train-prepare-unknown-recipe",
+        ov_train,
+        "prepare --processor {empty} --llava {lengths} --recipe stage9-tiny --out {root}/prep",
+        "stage9-tiny",
+    ),
+    (
         "train-prepare-capacity-beyond-int32",
         ov_train,
         "prepare --processor {empty} --llava {lengths} --capacity 9999999999 --out {root}/prep",

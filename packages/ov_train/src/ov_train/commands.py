@@ -7,7 +7,8 @@
   the `ov-train` script) every process runs this command: they form one world (see
   `ov_train.distributed.world`), each reads its share of the data, rank 0 reports.
 - `ov-train export CKPT --out HF_DIR`: the HF layout of a checkpoint (or of a run's latest).
-- `ov-train recipes [NAME]`: the table of registered recipes, or one of them as TOML.
+- `ov-train recipes [NAME]`: the table of registered recipes, or one of them as a complete TOML
+  file (`recipe_template`: every key, unset ones as comments, model.path/data.path to fill in).
 
 The recipe's fields are not repeated as flags: `--set` reaches every one of them, with the same
 validation as a TOML file, so the CLI never drifts from the dataclasses. Torch is imported
@@ -78,7 +79,7 @@ def _show_notices(rank: int = 0, size: int = 1) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     show_default="the recipe's data.path",
-    help="Packed shard folder of `ov-train prepare` (sets data.path).",
+    help="The folder `ov-train prepare --out` wrote, or its shards/ (sets data.path).",
 )
 @click.option(
     "--out",
@@ -125,12 +126,15 @@ def run_command(
         from ov_train.source import open_packed_shards
         from ov_train.train_loop import Trainer, load_processor
 
-        processor = load_processor(resolved.model)
-        if processor is None:
+        if resolved.model.path is None:
             raise RecipeError(
                 "model.path is required to train on packed shards: a model folder with its "
                 "tokenizer (`ov-model init` output or a previous stage's export)"
             )
+        from ov_train.model_folder import check_model_folder
+
+        check_model_folder(resolved.model.path)
+        processor = load_processor(resolved.model)
         world = init_world(resolved.parallel, resolved.train.device)
         try:
             _show_notices(world.rank, world.size)
@@ -181,13 +185,16 @@ def export_command(checkpoint: Path, out: Path, dtype: str, max_shard_size: str)
 @click.command("recipes", context_settings=CONTEXT)
 @click.argument("name", required=False)
 def recipes_command(name: str | None) -> None:
-    """List the registered recipes, or print recipe NAME as TOML (a starting point for a file)."""
-    from ov_train.config_io import recipe_to_toml, resolve_recipe
+    """List the registered recipes, or print recipe NAME as a complete TOML file to start from
+    (every key; unset ones, model.path and data.path among them, as comments to fill in)."""
+    from ov_train.config_io import resolve_recipe
     from ov_train.recipes import RECIPES
 
     if name is not None:
+        from ov_train.recipe_template import recipe_template
+
         with _user_errors():
-            click.echo(recipe_to_toml(resolve_recipe(name)), nl=False)
+            click.echo(recipe_template(resolve_recipe(name)), nl=False)
         return
     header = ("name", "stage", "trainable", "lr", "steps", "accum", "tokens/mb")
     rows = [

@@ -50,6 +50,7 @@ from ov_train.lora import (
     is_adapter,
     lora_of,
 )
+from ov_train.model_folder import check_model_folder
 from ov_train.optim import freeze
 from ov_train.parallel import World, parallelize
 from rice_vit.safetensors_folder import open_safetensors, weight_files
@@ -104,7 +105,7 @@ def _starting_model(
     the preset drawn at random, moved to `world.device` (with None)."""
     config = recipe.model
     if model is None and config.path is not None:
-        folder = Path(config.path)
+        folder = check_model_folder(config.path, tokenizer=False)
         model_config = LlavaOVConfig.from_file(folder / CONFIG_FILE)
         with torch.device("meta"):
             return LlavaOV(model_config), folder

@@ -154,7 +154,8 @@ def model_inputs(batch: PackedBatch, device: torch.device) -> dict[str, Any]:
 
 
 def open_packed_shards(recipe: "Recipe", processor: "OVProcessor", world: "World") -> Any:
-    """The packed-shard loader (`ov_train.data.loader.PackedDataLoader`) of `data.path`, with
+    """The packed-shard loader (`ov_train.data.loader.PackedDataLoader`) of `data.path` (an
+    `ov-train prepare` output folder or its `shards/`: `prepare_output.resolve_shards_dir`), with
     the recipe's token budget, seed and workers, reading this rank's share of the global stream
     (`world.data_rank` of `world.data_size` data-parallel ranks: the tp, cp and pp ranks of one
     data-parallel rank read the same micro-batches). Rows without an image get a padding sample
@@ -162,6 +163,7 @@ def open_packed_shards(recipe: "Recipe", processor: "OVProcessor", world: "World
     on every micro-batch; rows are padded to the multiple sequence / context parallelism split
     evenly, and under pipeline parallelism to the one static length."""
     from ov_train.data.loader import PackedDataLoader
+    from ov_train.data.prepare_output import resolve_shards_dir
 
     if recipe.data.path is None:
         raise RecipeError(
@@ -169,7 +171,7 @@ def open_packed_shards(recipe: "Recipe", processor: "OVProcessor", world: "World
             "(`ov-train run --data DIR`)"
         )
     return PackedDataLoader(
-        recipe.data.path,
+        resolve_shards_dir(recipe.data.path),
         processor,
         micro_batch_tokens=recipe.train.micro_batch_tokens,
         seed=recipe.train.seed,
