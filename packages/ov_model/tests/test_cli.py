@@ -44,7 +44,14 @@ def test_info_convert_and_chat_on_a_tiny_checkpoint(tmp_path):
     assert f"{model.num_parameters():,}" in shown
     assert "Qwen3 2 layers" in shown
 
-    _run("convert", str(tmp_path / "tiny"), "--dtype", "bf16", "--out", str(tmp_path / "bf16"))
+    _run(
+        "convert",
+        str(tmp_path / "tiny"),
+        "--store-dtype",
+        "bfloat16",
+        "--out",
+        str(tmp_path / "bf16"),
+    )
     converted = LlavaOV.from_pretrained(tmp_path / "bf16")
     assert {p.dtype for p in converted.parameters()} == {torch.bfloat16}
     assert (tmp_path / "bf16" / "tokenizer.json").is_file()
@@ -84,8 +91,8 @@ def test_bad_checkpoint_is_a_one_line_error(tmp_path):
 
 def test_chat_help_shows_device_with_its_default():
     shown = " ".join(_run("chat", "--help").split())  # the help text wraps at the terminal width
-    assert "--device TEXT" in shown
-    assert "[default: cpu]" in shown.split("--device", 1)[1].split(" -h, --help", 1)[0]
+    assert "--device [auto|cpu|cuda|cuda:N]" in shown
+    assert "[default: auto]" in shown.split("--device", 1)[1].split(" -h, --help", 1)[0]
 
 
 def test_chat_loads_the_model_on_the_device_given(tmp_path, monkeypatch):
@@ -102,9 +109,9 @@ def test_chat_loads_the_model_on_the_device_given(tmp_path, monkeypatch):
 
     monkeypatch.setattr(LlavaOV, "from_pretrained", classmethod(recording))
     model = str(tmp_path / "tiny")
-    _run("chat", "--model", model, "--max-new-tokens", "2", "--device", "meta", "hi")
-    _run("chat", "--model", model, "--max-new-tokens", "2", "hi")
-    assert devices == ["meta", "cpu"]
+    _run("chat", "--model", model, "--max-new-tokens", "2", "--device", "cpu", "hi")
+    _run("chat", "--model", model, "--max-new-tokens", "2", "hi")  # auto
+    assert devices == ["cpu", "cuda" if torch.cuda.is_available() else "cpu"]
 
 
 def test_chat_refuses_a_device_torch_does_not_know_in_one_line(tmp_path):

@@ -12,9 +12,18 @@ from pathlib import Path
 import click
 
 from ov_model import __version__
+from rice_vit.cli_conventions import (
+    claim_output,
+    device_option,
+    dtype_option,
+    max_shard_size_option,
+    out_option,
+    overwrite_option,
+    seed_option,
+    store_dtype_option,
+)
 
 _CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "keep": None}
 
 
 def _usage_error(error: Exception) -> click.ClickException:
@@ -38,22 +47,10 @@ class _Group(click.Group):
 
 
 def _torch_dtype(name: str):
+    """The torch dtype of a --dtype/--store-dtype value; None for auto/keep (as stored)."""
     import torch
 
-    return None if _DTYPES[name] is None else getattr(torch, _DTYPES[name])
-
-
-def _torch_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """--device checked before the model loads: a torch device string this machine has."""
-    import torch
-
-    try:
-        device = torch.device(value)
-    except RuntimeError as error:
-        raise click.BadParameter(str(error)) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter(f"{value!r}: no CUDA device is available on this machine")
-    return value
+    return None if name in ("auto", "keep") else getattr(torch, name)
 
 
 _FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -101,11 +98,14 @@ def info(model_dir: Path) -> None:
 @main.command()
 @click.option("--vit", "vit_dir", type=_FOLDER, required=True, help="RICE-ViT checkpoint folder.")
 @click.option("--llm", "llm_dir", type=_FOLDER, required=True, help="Qwen3/Qwen2 HF folder.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output.")
-@click.option("--seed", type=int, default=0, help="Seed of the fresh projector weights.")
-def init(vit_dir: Path, llm_dir: Path, out_dir: Path, seed: int) -> None:
+@out_option("Folder for the Stage-0 model.", dest="out_dir")
+@overwrite_option()
+@seed_option("Seed of the fresh projector weights.")
+def init(vit_dir: Path, llm_dir: Path, out_dir: Path, overwrite: bool, seed: int) -> None:
     """Stage-0: merge a RICE-ViT and a Qwen checkpoint, with a freshly initialised projector."""
     from ov_model.init import initialise
+
+    claim_output(out_dir, overwrite, keep=(vit_dir, llm_dir))
 
     model = initialise(vit_dir, llm_dir, out_dir, seed=seed)
     click.echo(f"wrote {out_dir} ({model.num_parameters():,} parameters)")
@@ -113,20 +113,31 @@ def init(vit_dir: Path, llm_dir: Path, out_dir: Path, seed: int) -> None:
 
 @main.command()
 @click.argument("model_dir", metavar="DIR", type=_FOLDER)
-@click.option("--dtype", type=click.Choice(sorted(_DTYPES)), default="bf16", help="Weights dtype.")
-@click.option("--shard-size", default="5GB", help="Largest shard, e.g. 5GB or 500MB.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output.")
-def convert(model_dir: Path, dtype: str, shard_size: str, out_dir: Path) -> None:
+@store_dtype_option(
+    "Dtype of the weights written; keep: as stored.",
+    default="bfloat16",
+    hidden_aliases=("--dtype",),
+)
+@max_shard_size_option("Largest shard.", hidden_aliases=("--shard-size",))
+@out_option("Folder for the converted checkpoint.", dest="out_dir")
+@overwrite_option()
+def convert(
+    model_dir: Path, store_dtype: str, max_shard_size: int, out_dir: Path, overwrite: bool
+) -> None:
     """Re-save a checkpoint in another dtype and shard size (tokenizer files copied)."""
     from ov_model.checkpoint import copy_tokenizer_files
     from ov_model.model import LlavaOV
 
     if out_dir.resolve() == model_dir.resolve():
         raise click.BadParameter("must differ from the input folder", param_hint="--out")
-    model = LlavaOV.from_pretrained(model_dir, dtype=_torch_dtype(dtype))
-    model.save_pretrained(out_dir, max_shard_size=shard_size)
+    model = LlavaOV.from_pretrained(model_dir, dtype=_torch_dtype(store_dtype))
+    claim_output(out_dir, overwrite, keep=(model_dir,))
+    model.save_pretrained(out_dir, max_shard_size=max_shard_size)
     copied = copy_tokenizer_files(model_dir, out_dir)
-    click.echo(f"wrote {out_dir} ({dtype}, shards up to {shard_size}; copied {len(copied)} files)")
+    click.echo(
+        f"wrote {out_dir} ({store_dtype}, shards up to {max_shard_size:,} bytes; "
+        f"copied {len(copied)} files)"
+    )
 
 
 @main.command()
@@ -142,11 +153,9 @@ def convert(model_dir: Path, dtype: str, shard_size: str, out_dir: Path) -> None
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, help="0 is greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=0, help="0 keeps every token.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="Nucleus.")
-@click.option("--seed", type=int, default=0, help="Sampling seed.")
-@click.option("--dtype", type=click.Choice(sorted(_DTYPES)), default="keep", help="Run dtype.")
-@click.option(
-    "--device", default="cpu", callback=_torch_device, help="torch device: cpu, cuda, cuda:1..."
-)
+@seed_option("Sampling seed.")
+@dtype_option("Compute dtype; auto: the checkpoint's stored dtype.")
+@device_option()
 @click.argument("prompt")
 def chat(
     model_dir: Path,
