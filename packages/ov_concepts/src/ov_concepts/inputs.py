@@ -101,6 +101,8 @@ class ImageFiles:
 
     def load(self, start: int, stop: int) -> tuple[list[Any], list[LoadFailure]]:
         """Decoded Pillow images, skipping (and reporting) files that do not decode."""
+        # PIL directly, not rice_vit's decode_image as the other packages: ov_concepts does not
+        # depend on rice_vit (images are only for the optional `clip` extra).
         from PIL import Image
 
         images: list[Any] = []

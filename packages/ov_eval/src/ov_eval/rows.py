@@ -3,19 +3,18 @@
 Every loader reads rows (a dict per parquet row or JSONL line) through these helpers, so a
 malformed row always fails with the file, the row and the column, and never slips through as a
 `None` or a number where text was expected. Images are checked to be encoded image files (their
-header is parsed, which costs microseconds, not a decode) so that a corrupt image is reported at
-load time with its location instead of deep inside a model run.
+header is parsed by rice_vit's `open_image`, which costs microseconds, not a decode, and also
+checks the pixel limit) so that a corrupt image is reported at load time with its location
+instead of deep inside a model run.
 """
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from ov_eval.errors import DatasetError
+from rice_vit import ImageError, open_image
 
 _SHOWN_CHARACTERS = 80
 
@@ -120,10 +119,11 @@ def get_image(row: dict, column: str, where: RowLocation) -> bytes:
 
 
 def check_image_bytes(data: bytes, what: str) -> bytes:
-    """Return `data` if its header is a format Pillow can read; raise DatasetError naming `what`."""
+    """Return `data` if its header is a format Pillow can read and announces no more pixels
+    than rice_vit's limit; raise DatasetError naming `what`."""
     try:
-        with Image.open(io.BytesIO(data)):
+        with open_image(data, name=what):
             pass
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise DatasetError(f"{what}: not a readable image ({error})") from error
+    except ImageError as error:
+        raise DatasetError(f"{what}: not a readable image ({error.problem})") from None
     return data

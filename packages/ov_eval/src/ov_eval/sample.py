@@ -6,17 +6,19 @@ the predictions file and the tests treat all tasks alike.
 
 Images stay as the encoded bytes found in the dataset (PNG/JPEG...), not decoded pixels: a
 benchmark of a few thousand document scans is a few GB encoded and ten times that decoded, and the
-model's processor resizes them anyway. `open_images` decodes on demand, converting to RGB as
-lmms-eval's `doc_to_visual` functions do.
+model's processor resizes them anyway. `open_images` decodes on demand with rice_vit's decoder
+(the pixel limit, bomb guard and truncation check the model's processor applies to files),
+converting to RGB as lmms-eval's `doc_to_visual` functions do.
 """
 
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from PIL import Image
+
+from rice_vit import decode_image
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +55,9 @@ class Sample:
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
 
     def open_images(self) -> list[Image.Image]:
-        """Decode the images and convert them to RGB."""
-        decoded = []
-        for image in self.images:
-            with Image.open(io.BytesIO(image)) as opened:
-                decoded.append(opened.convert("RGB"))
-        return decoded
+        """Decode the images and convert them to RGB; rice_vit's ImageError (a ValueError)
+        names the sample and image when one cannot be decoded."""
+        return [
+            decode_image(image, mode="RGB", name=f"sample {self.id}: image {position}")
+            for position, image in enumerate(self.images)
+        ]

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from ov_train.data.images import ImageProblem, decode_image, read_image
+from rice_vit import ImageError, ImageProcessor
 
 
 def _encoded(width, height, format):
@@ -31,7 +32,7 @@ def test_truncated_pixels_pass_the_header_check_and_fail_the_full_decode():
     with pytest.raises(ImageProblem) as caught:
         read_image(data, max_pixels=10**6, verify=True)
     assert caught.value.reason == "undecodable_image"
-    with pytest.raises(ValueError, match="not a decodable image"):
+    with pytest.raises(ValueError, match="truncated or corrupt image data"):
         decode_image(data, max_pixels=10**6)
 
 
@@ -65,3 +66,15 @@ def test_decode_image_returns_the_pixels():
         decode_image(_encoded(12, 9, "PNG"), max_pixels=100)
     with pytest.raises(ValueError, match="format PIL can read"):
         decode_image(b"nothing", max_pixels=100)
+
+
+def test_prepare_refuses_what_the_processor_refuses_with_the_same_words(tmp_path):
+    """One decoder (rice_vit's): prepare's check and the processor's decode agree."""
+    path = tmp_path / "big.png"
+    path.write_bytes(_encoded(101, 100, "PNG"))
+    with pytest.raises(ImageProblem) as prepared:
+        read_image(path, max_pixels=100 * 100, verify=False)
+    with pytest.raises(ImageError) as processed:
+        ImageProcessor(max_image_pixels=100 * 100)([path])
+    assert prepared.value.detail.endswith(processed.value.problem)
+    assert "101 x 100 = 10100 pixels is above the limit of 10000" in processed.value.problem

@@ -18,6 +18,8 @@ _EXPORTS = {
     "PRESETS": "rice_vit.config",
     "ImageProcessor": "rice_vit.processor",
     "smart_resize": "rice_vit.processor",
+    "decode_image": "rice_vit.decode",
+    "open_image": "rice_vit.decode",
     "varlen_attention": "rice_vit.attention",
     "select_backend": "rice_vit.attention",
     "BACKENDS": "rice_vit.attention",
@@ -28,6 +30,7 @@ _EXPORTS = {
     "ConfigError": "rice_vit.errors",
     "CheckpointError": "rice_vit.errors",
     "ImageError": "rice_vit.errors",
+    "ImageTooLargeError": "rice_vit.errors",
     "InputError": "rice_vit.errors",
 }
 __all__ = ["__version__", *_EXPORTS]
@@ -39,9 +42,12 @@ if TYPE_CHECKING:
     from rice_vit.checkpoint import inspect_checkpoint as inspect_checkpoint
     from rice_vit.config import PRESETS as PRESETS
     from rice_vit.config import RiceViTConfig as RiceViTConfig
+    from rice_vit.decode import decode_image as decode_image
+    from rice_vit.decode import open_image as open_image
     from rice_vit.errors import CheckpointError as CheckpointError
     from rice_vit.errors import ConfigError as ConfigError
     from rice_vit.errors import ImageError as ImageError
+    from rice_vit.errors import ImageTooLargeError as ImageTooLargeError
     from rice_vit.errors import InputError as InputError
     from rice_vit.errors import RiceViTError as RiceViTError
     from rice_vit.model import RiceViT as RiceViT

@@ -17,7 +17,17 @@ class CheckpointError(RiceViTError):
 
 class ImageError(RiceViTError):
     """An image cannot be used: undecodable or truncated file, too many pixels, impossible aspect
-    ratio (the message names the file or the image's position in the call)."""
+    ratio (the message names the file or the image's position in the call). `problem` is what
+    is wrong without the name, for callers that name the image their own way."""
+
+    def __init__(self, message: str, problem: str | None = None) -> None:
+        super().__init__(message)
+        self.problem = message if problem is None else problem
+
+
+class ImageTooLargeError(ImageError):
+    """An image announces more pixels than allowed (`max_image_pixels`, or PIL's decompression
+    bomb limit); refused from its header, before decoding."""
 
 
 class InputError(RiceViTError):

@@ -3,9 +3,10 @@ settings of the LLaVA-OneVision-1.5 release (transformers 4.53.1, the slow numpy
 
 Per image:
 
-1. Decode with PIL. A missing, undecodable or truncated file is an `ImageError` naming the file.
-   The pixel count is checked from the header before any pixel is decoded (decompression bombs).
-   EXIF orientation is not applied (neither does the official processor).
+1. Decode with `rice_vit.decode.decode_image`: a missing, undecodable or truncated file is an
+   `ImageError` naming the file; the pixel count is checked from the header before any pixel
+   is decoded (decompression bombs); EXIF orientation is not applied (neither does the
+   official processor).
 2. Convert to RGB with PIL's `convert("RGB")`, as transformers' `convert_to_rgb` does: grayscale,
    palette, CMYK, YCbCr, 16-bit and float modes are converted by PIL; an alpha channel is dropped,
    not composited on white.
@@ -27,7 +28,6 @@ height x width x channels and never guess.
 
 import json
 import math
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from rice_vit.decode import DEFAULT_MAX_IMAGE_PIXELS, decode_image
 from rice_vit.errors import ConfigError, ImageError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -44,8 +45,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 RESCALE_FACTOR = 1 / 255
 MAX_ASPECT_RATIO = 200
 PREPROCESSOR_CONFIG_FILE = "preprocessor_config.json"
-# PIL refuses images above twice its MAX_IMAGE_PIXELS while opening; this is the same limit.
-DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485
 
 ImageInput = str | Path | Image.Image
 
@@ -100,34 +99,6 @@ def patchify(image_chw: np.ndarray, patch_size: int = 14, merge_size: int = 2) -
     # -> (block row, block col, in-block row, in-block col, channel, py, px)
     blocks = blocks.transpose(1, 4, 2, 5, 0, 3, 6)
     return blocks.reshape(grid_h * grid_w, channels * patch_size * patch_size)
-
-
-def load_image(path: str | Path, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode an image file fully (RGB conversion not applied). Raises `ImageError` naming the
-    file when it is missing, undecodable, truncated or has more than `max_image_pixels` pixels."""
-    try:
-        with warnings.catch_warnings():
-            # PIL warns above MAX_IMAGE_PIXELS; our own limit below decides.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"{path}: refused as a possible decompression bomb ({error})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{path}: not a decodable image ({error})") from None
-    with image:
-        width, height = image.size
-        if width * height > max_image_pixels:
-            raise ImageError(
-                f"{path}: {width} x {height} = {width * height} pixels is above the limit of "
-                f"{max_image_pixels} (max_image_pixels); refused before decoding"
-            )
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            raise ImageError(f"{path}: truncated or corrupt image data ({error})") from None
-        return image.copy()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,7 +170,7 @@ class ImageProcessor:
         in-memory images; files are named by their path."""
         if isinstance(image, str | Path):
             label = str(image)
-            image = load_image(image, self.max_image_pixels)
+            image = decode_image(image, max_image_pixels=self.max_image_pixels)
         elif isinstance(image, Image.Image):
             label = name
         else:

@@ -10,19 +10,20 @@ header-only speed for corpora already known to be clean.
 
 The bytes are kept exactly as found (no re-encoding: the shards carry the source bytes) and get
 the extension of their real format, whatever the file or tar member was called.
+
+Opening and decoding are rice_vit's (`rice_vit.open_image`, `rice_vit.decode_image`): the same
+pixel limit, bomb guard and truncation check as the processor that later turns the image into
+patches, so an image prepare accepts is one training can decode.
 """
 
-import io
-import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ov_train.data.raw_sample import Reason
-
-_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+from rice_vit import ImageError, ImageTooLargeError, open_image
+from rice_vit import decode_image as rice_vit_decode_image
 
 # PIL format name -> the extension the normalised source tars use.
 FORMAT_EXTENSIONS = {
@@ -78,58 +79,26 @@ def read_image(
     else:
         data = ref
     try:
-        with warnings.catch_warnings():
-            # Our own pixel limit below decides; PIL's bomb warning would only duplicate it.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                ext = FORMAT_EXTENSIONS.get(image.format or "", (image.format or "").lower())
-                if width * height > max_pixels:
-                    raise ImageProblem(
-                        Reason.UNUSABLE_IMAGE,
-                        f"{name}: {width} x {height} pixels is above the limit of {max_pixels}",
-                    )
-                if verify:
-                    image.load()
-    except ImageProblem:
-        raise
-    except Image.DecompressionBombError as error:
-        raise ImageProblem(Reason.UNUSABLE_IMAGE, f"{name}: {error}") from None
-    except UnidentifiedImageError:
-        raise ImageProblem(
-            Reason.UNDECODABLE_IMAGE, f"{name}: not an image of a format PIL can read"
-        ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageProblem(
-            Reason.UNDECODABLE_IMAGE, f"{name}: not a decodable image ({_stable(error)})"
-        ) from None
+        with open_image(data, max_image_pixels=max_pixels, name=name) as image:
+            width, height = image.size
+            ext = FORMAT_EXTENSIONS.get(image.format or "", (image.format or "").lower())
+        if verify:
+            rice_vit_decode_image(data, max_image_pixels=max_pixels, name=name)
+    except ImageTooLargeError as error:
+        raise ImageProblem(Reason.UNUSABLE_IMAGE, str(error)) from None
+    except ImageError as error:
+        raise ImageProblem(Reason.UNDECODABLE_IMAGE, str(error)) from None
     if not ext.isalnum():
         raise ImageProblem(Reason.UNDECODABLE_IMAGE, f"{name}: unsupported format {ext!r}")
     return EncodedImage(data=data, ext=ext, height=height, width=width)
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Fully decode encoded bytes to a PIL image (the loader's path).
+    """Fully decode encoded bytes to a PIL image (the loader's path; rice_vit's decoder).
 
     Raises ValueError with the reason; callers add which bin and sample it was.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ValueError(f"{width} x {height} pixels is above the limit of {max_pixels}")
-            image.load()
-    except Image.DecompressionBombError as error:
-        raise ValueError(str(error)) from None
-    except UnidentifiedImageError:
-        raise ValueError("not an image of a format PIL can read") from None
-    except (OSError, SyntaxError, EOFError) as error:
-        raise ValueError(f"not a decodable image ({_stable(error)})") from None
-    return image
-
-
-def _stable(error: BaseException) -> str:
-    """The error's message without object addresses, so reports do not change between runs."""
-    return _OBJECT_REPR.sub("<data>", str(error))
+        return rice_vit_decode_image(data, max_image_pixels=max_pixels)
+    except ImageError as error:
+        raise ValueError(error.problem) from None
