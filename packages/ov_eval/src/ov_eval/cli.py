@@ -15,6 +15,14 @@ import click
 
 from ov_eval import __version__
 from ov_eval.errors import EvalError
+from rice_vit.cli_conventions import (
+    claim_output,
+    device_option,
+    dtype_option,
+    out_option,
+    overwrite_option,
+    quiet_option,
+)
 
 _CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
@@ -79,27 +87,30 @@ def list_tasks(prompts: bool) -> None:
 
 
 @main.command()
-@click.argument("out_dir", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the Markdown to this file instead of printing it.",
+@click.argument("results_dir", metavar="RESULTS", type=click.Path(file_okay=False, path_type=Path))
+@out_option(
+    "Write the Markdown to this file instead of printing it.",
+    folder=False,
+    required=False,
+    hidden_aliases=("--output",),
 )
-def report(out_dir: Path, output: Path | None) -> None:
-    """Render the results directory OUT (results.json + predictions/*.jsonl) as Markdown.
+@overwrite_option()
+def report(results_dir: Path, out: Path | None, overwrite: bool) -> None:
+    """Render the results directory RESULTS (`ov-eval run --out`: results.json +
+    predictions/*.jsonl) as Markdown.
 
     Every task's predictions file is checked against the results first.
     """
     from ov_eval.report import build_report
 
-    markdown = build_report(out_dir)
-    if output is None:
+    if out is not None:
+        claim_output(out, overwrite, folder=False)
+    markdown = build_report(results_dir)
+    if out is None:
         click.echo(markdown, nl=False)
     else:
-        output.write_text(markdown, encoding="utf-8")
-        click.echo(f"wrote {output}", err=True)
+        out.write_text(markdown, encoding="utf-8")
+        click.echo(f"wrote {out}", err=True)
 
 
 @main.command()
@@ -117,12 +128,8 @@ def report(out_dir: Path, output: Path | None) -> None:
     required=True,
     help="Benchmarks folder: each task reads DATA_DIR/<task> (or DATA_DIR itself).",
 )
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Results folder; an existing one is resumed.",
-)
+@out_option("Results folder; an existing one is resumed (finished samples are kept).")
+@overwrite_option("Start over: remove the results an earlier run left in --out.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per task.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, help="Samples per batch.")
 @click.option("--min-pixels", type=click.IntRange(min=1), default=None, help="Image lower bound.")
@@ -132,24 +139,25 @@ def report(out_dir: Path, output: Path | None) -> None:
     default=None,
     help="Image upper bound. Default: the checkpoint's preprocessor_config.json.",
 )
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
+@dtype_option(
+    "Compute dtype; auto: the checkpoint's stored dtype. float32 by default so that CPU and "
+    "GPU scores agree.",
     default="float32",
-    help="Weights dtype.",
 )
-@click.option("--device", default="cpu", help="torch device, e.g. cuda:0.")
+@device_option()
 @click.option(
     "--max-new-tokens",
     type=click.IntRange(min=1),
     default=None,
     help="Override every task's generation budget. Default: each task's own.",
 )
+@quiet_option()
 def run(
     model_dir: Path,
     tasks: str,
     data_dir: Path,
     out: Path,
+    overwrite: bool,
     limit: int | None,
     batch_size: int,
     min_pixels: int | None,
@@ -157,10 +165,15 @@ def run(
     dtype: str,
     device: str,
     max_new_tokens: int | None,
+    quiet: bool,
 ) -> None:
-    """Evaluate a checkpoint on tasks with greedy decoding; write predictions and results."""
+    """Evaluate a checkpoint on tasks with greedy decoding; write predictions and results.
+
+    Rerunning into the same --out resumes: finished samples are kept (--overwrite starts over).
+    """
     from ov_eval.report import render_report
     from ov_eval.runner import EvalConfig, evaluate
+    from ov_eval.tasks import get_task
 
     names = tuple(name.strip() for name in tasks.split(",") if name.strip())
     config = EvalConfig(
@@ -175,5 +188,9 @@ def run(
         dtype=dtype,
         device=device,
         max_new_tokens=max_new_tokens,
+        progress=not quiet,
     )
+    for name in names:
+        get_task(name)  # an unknown task fails before anything is removed
+    claim_output(out, overwrite, resumable=True, keep=(model_dir, data_dir))
     click.echo(render_report(evaluate(config)), nl=False)

@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ov_eval import __version__
 from ov_eval.errors import ResultsError
 from ov_eval.generation import ModelAnswerer, Question
@@ -32,6 +30,7 @@ from ov_eval.results import (
     write_results,
 )
 from ov_eval.tasks import SampleScore, Task, get_task
+from rice_vit.cli_conventions import progress_bar
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,12 +100,12 @@ def run_task(task: Task, answerer: ModelAnswerer, config: EvalConfig, out: Path)
             )
     pending = [q for q in questions if q.sample.id not in done]
     budget = config.max_new_tokens or task.max_new_tokens
-    bar = tqdm(
+    bar = progress_bar(
         total=len(questions),
         initial=len(questions) - len(pending),
         desc=task.name,
         unit="sample",
-        disable=not config.progress,
+        enabled=config.progress,
     )
     with path.open("ab") as sink, bar:
         for start in range(0, len(pending), config.batch_size):
