@@ -466,11 +466,18 @@ def _check_groups(path: Path, saved: list[dict], current: list[dict]) -> None:
 
 
 def load_model_state(path: str | Path, model: nn.Module) -> None:
-    """Load only the model's parameters from a checkpoint into `model` (for export)."""
-    state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    """Load only the model's parameters from a checkpoint into `model` (for export); of a LoRA
+    model only its trainable ones, all a LoRA checkpoint holds."""
+    lora = has_adapters(model)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    state = {
+        name: tensor.detach().clone()
+        for name, tensor in model.state_dict().items()
+        if not lora or name in trainable
+    }
     tensors = {"model": state}
     _dcp_load(Path(path), tensors, None)
-    model.load_state_dict(tensors["model"], strict=True)
+    model.load_state_dict(tensors["model"], strict=not lora)
 
 
 def _dcp_load(path: Path, tensors: dict[str, Any], world: World | None) -> None:

@@ -173,12 +173,25 @@ def run_command(
     help="Weight dtype of the export (training keeps fp32; the release ships bf16).",
 )
 @click.option("--max-shard-size", default="5GB", help="Largest safetensors file.")
-def export_command(checkpoint: Path, out: Path, dtype: str, max_shard_size: str) -> None:
-    """Write CHECKPOINT (a checkpoint folder, or a run folder for its latest) in the HF layout."""
+@click.option(
+    "--format",
+    "export_format",
+    type=click.Choice(["hf", "peft"]),
+    default="hf",
+    help="hf: the HF-layout model (a LoRA run's adapters merged into its base); peft: a LoRA "
+    "run's adapters as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).",
+)
+def export_command(
+    checkpoint: Path, out: Path, dtype: str, max_shard_size: str, export_format: str
+) -> None:
+    """Write CHECKPOINT (a checkpoint folder, or a run folder for its latest) in the HF layout,
+    or a LoRA run's adapters as a PEFT folder."""
     with _user_errors():
         from ov_train.export import export_checkpoint
 
-        folder = export_checkpoint(checkpoint, out, dtype=dtype, max_shard_size=max_shard_size)
+        folder = export_checkpoint(
+            checkpoint, out, dtype=dtype, max_shard_size=max_shard_size, format=export_format
+        )
     click.echo(f"exported {checkpoint} -> {folder}")
 
 

@@ -16,6 +16,9 @@ model in fp32 is ~34 GB, more than a login node has):
 
 It reads the checkpoint in one process whatever number of processes wrote it: the DCP index
 holds whole tensors and `dcp.load` assembles each from the saving ranks' shards.
+
+A LoRA checkpoint holds only its adapters and fully trained groups: `lora_export.py` merges
+them into the base read from `model.path` (or writes a PEFT adapter folder).
 """
 
 import json
@@ -38,8 +41,12 @@ from ov_train.checkpointing import (
     single_process_quiet,
 )
 from ov_train.errors import CheckpointError
+from ov_train.lora import lora_of
+from ov_train.lora_export import checkpoint_recipe, export_lora_adapter, export_lora_merged
 from rice_vit.safetensors_folder import INDEX_FILE, SINGLE_FILE, parse_size
 
+EXPORT_FORMATS = ("hf", "peft")
+"""hf: the HF-layout model (a LoRA run's adapters merged); peft: a LoRA run's adapter folder."""
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 MODEL_PREFIX = "model."
@@ -51,18 +58,32 @@ def export_checkpoint(
     *,
     dtype: str | None = None,
     max_shard_size: int | str = "5GB",
+    format: str = "hf",
 ) -> Path:
     """Write the HF-layout model of `checkpoint` (a checkpoint folder, or a run / checkpoints
     folder for its latest) into `out_dir`; `dtype` (fp32, bf16, fp16) casts the weights,
-    None keeps fp32. Returns `out_dir`."""
+    None keeps fp32. A LoRA checkpoint (`train.lora`) is merged into its base (`format` hf)
+    or written as a PEFT adapter folder (`format` peft), see `lora_export`. Returns
+    `out_dir`."""
     source = resolve_checkpoint(checkpoint)
     if dtype is not None and dtype not in DTYPES:
         raise CheckpointError(f"export dtype {dtype!r}: choose one of {sorted(DTYPES)}")
+    if format not in EXPORT_FORMATS:
+        raise CheckpointError(f"export format {format!r}: choose one of {list(EXPORT_FORMATS)}")
     target_dtype = DTYPES[dtype or "fp32"]
     limit = parse_size(max_shard_size)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out}: not empty; export into a new folder")
+    if lora_of(checkpoint_recipe(source)) is not None:
+        if format == "peft":
+            return export_lora_adapter(source, out)
+        return export_lora_merged(source, out, dtype=target_dtype, max_shard_size=limit)
+    if format == "peft":
+        raise CheckpointError(
+            f"{source}: --format peft writes the adapters of a LoRA run, and this checkpoint "
+            "has no train.lora; export it as hf"
+        )
     config = LlavaOVConfig.from_file(source / MODEL_CONFIG)
     shapes = _stored_model_tensors(source, config)
     hf_names = to_hf(dict.fromkeys(shapes, ""))  # hf name -> module name, via the adapter
