@@ -120,7 +120,7 @@ CASES = [
     (
         "train-prepare-capacity-beyond-int32",
         ov_train,
-        "prepare --processor {empty} --llava {lengths} --capacity 9999999999 --out {root}/prep",
+        "prepare --model {empty} --llava {lengths} --capacity 9999999999 --out {root}/prep",
         "capacity",
     ),
     ("train-quickstart-used-out", ov_train, "quickstart --out {used_out}", "used_out"),

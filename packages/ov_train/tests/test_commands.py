@@ -63,7 +63,7 @@ def test_run_reports_recipe_errors_in_one_line_naming_the_key():
     ("command", "options"),
     [
         (run_command, ["--set", "--data", "--out", "--resume", "--resume-from", "--show"]),
-        (export_command, ["--out", "--dtype", "--max-shard-size"]),
+        (export_command, ["--out", "--store-dtype", "--max-shard-size"]),
     ],
 )
 def test_help_shows_every_option_with_its_default(command, options):
@@ -77,7 +77,7 @@ def test_help_shows_every_option_with_its_default(command, options):
         assert "[default: (runs/<recipe name>)]" in text
         assert "[default: resume]" in text
     else:
-        assert "[default: fp32]" in text
+        assert "[default: float32]" in text
         assert "[default: 5GB]" in text
         assert "[required]" in text
 

@@ -23,6 +23,15 @@ from pathlib import Path
 
 import click
 
+from rice_vit.cli_conventions import (
+    claim_output,
+    max_shard_size_option,
+    out_option,
+    overwrite_option,
+    quiet_option,
+    store_dtype_option,
+)
+
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 
@@ -82,12 +91,20 @@ def _show_notices(rank: int = 0, size: int = 1) -> None:
     help="The folder `ov-train prepare --out` wrote, or its shards/ (sets data.path).",
 )
 @click.option(
-    "--out",
+    "--model",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    show_default="runs/<recipe name>",
-    help="Run folder: recipe, processor, metrics.jsonl, loss.png, checkpoints.",
+    show_default="the recipe's model.path",
+    help="Model folder to start from: `ov-model init` output or a previous stage's export "
+    "(sets model.path).",
 )
+@out_option(
+    "Run folder: recipe, processor, metrics.jsonl, loss.png, checkpoints. An existing one is "
+    "resumed.",
+    required=False,
+    show_default="runs/<recipe name>",
+)
+@overwrite_option("Start over: remove the run folder's earlier run (checkpoints included).")
 @click.option(
     "--resume/--no-resume",
     default=True,
@@ -103,20 +120,32 @@ def _show_notices(rank: int = 0, size: int = 1) -> None:
     ".discarded-step_X) instead of the latest.",
 )
 @click.option("--show", is_flag=True, help="Print the resolved recipe as TOML and exit.")
+@quiet_option()
 def run_command(
     recipe: str,
     overrides: tuple[str, ...],
     data: Path | None,
+    model: Path | None,
     out: Path | None,
+    overwrite: bool,
     resume: bool,
     resume_from: int | None,
     show: bool,
+    quiet: bool,
 ) -> None:
-    """Train RECIPE (a name from `ov-train recipes` or a TOML file)."""
+    """Train RECIPE (a name from `ov-train recipes` or a TOML file).
+
+    A run folder that holds checkpoints is resumed from the latest (--resume-from: another);
+    --overwrite starts it over instead.
+    """
+    if overwrite and resume_from is not None:
+        raise click.UsageError("--overwrite starts over; it does not go with --resume-from")
     with _user_errors():
         from ov_train.config_io import recipe_to_toml, resolve_recipe
 
         changes = list(overrides) + ([f"data.path={data}"] if data is not None else [])
+        changes += [f"model.path={model}"] if model is not None else []
+        changes += ["logging.progress_bar=false"] if quiet else []
         resolved = resolve_recipe(recipe, changes)
         if show:
             click.echo(recipe_to_toml(resolved), nl=False)
@@ -140,6 +169,11 @@ def run_command(
             _show_notices(world.rank, world.size)
             source = open_packed_shards(resolved, processor, world)
             run_dir = out if out is not None else Path("runs") / resolved.name
+            if overwrite:
+                if world.rank == 0:
+                    inputs = [Path(p) for p in (resolved.data.path, resolved.model.path) if p]
+                    claim_output(run_dir, True, resumable=True, keep=inputs)
+                world.barrier()
             trainer = Trainer(
                 resolved, source, run_dir, resume=resume, resume_from=resume_from, world=world
             )
@@ -160,38 +194,25 @@ def run_command(
 
 @click.command("export", context_settings=CONTEXT)
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Folder for the HF-layout model (must be new or empty).",
+@out_option("Folder for the HF-layout model.")
+@overwrite_option()
+@store_dtype_option(
+    "Weight dtype of the export (training keeps float32; the release ships bfloat16).",
+    default="float32",
+    choices=("float32", "bfloat16", "float16"),
+    hidden_aliases=("--dtype",),
 )
-@click.option(
-    "--dtype",
-    type=click.Choice(["fp32", "bf16", "fp16"]),
-    default="fp32",
-    help="Weight dtype of the export (training keeps fp32; the release ships bf16).",
-)
-@click.option("--max-shard-size", default="5GB", help="Largest safetensors file.")
-@click.option(
-    "--format",
-    "export_format",
-    type=click.Choice(["hf", "peft"]),
-    default="hf",
-    help="hf: the HF-layout model (a LoRA run's adapters merged into its base); peft: a LoRA "
-    "run's adapters as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).",
-)
+@max_shard_size_option("Largest safetensors file.")
 def export_command(
-    checkpoint: Path, out: Path, dtype: str, max_shard_size: str, export_format: str
+    checkpoint: Path, out: Path, overwrite: bool, store_dtype: str, max_shard_size: int
 ) -> None:
-    """Write CHECKPOINT (a checkpoint folder, or a run folder for its latest) in the HF layout,
-    or a LoRA run's adapters as a PEFT folder."""
+    """Write CHECKPOINT (a checkpoint folder, or a run folder for its latest) in the HF layout."""
+    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[store_dtype]
     with _user_errors():
         from ov_train.export import export_checkpoint
 
-        folder = export_checkpoint(
-            checkpoint, out, dtype=dtype, max_shard_size=max_shard_size, format=export_format
-        )
+        claim_output(out, overwrite, keep=(checkpoint,))
+        folder = export_checkpoint(checkpoint, out, dtype=dtype, max_shard_size=max_shard_size)
     click.echo(f"exported {checkpoint} -> {folder}")
 
 

@@ -6,7 +6,8 @@
   it. A resumed run first drops the lines of steps after the checkpoint it resumes from (they
   were computed by the killed process and are computed again), so the file of an interrupted
   and resumed run reads like one uninterrupted run.
-- a tqdm bar: step / total, loss, lr (the highest of the groups), tokens/s, elapsed, ETA.
+- progress (`rice_vit.cli_conventions.progress_bar`: a bar on a terminal, a plain line per 10%
+  or 30 s in logs): step / total, loss, lr (the highest of the groups), tokens/s, elapsed, ETA.
 - TensorBoard scalars, only when `logging.tensorboard` asks for them and
   `torch.utils.tensorboard` (which needs the `tensorboard` package) imports; otherwise a notice
   on the `ov_train` logger, and the run goes on.
@@ -20,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+from rice_vit.cli_conventions import progress_bar as make_progress
 
 LOGGER = logging.getLogger("ov_train")
 METRICS_FILE = "metrics.jsonl"
@@ -74,13 +75,8 @@ class RunLog:
             return
         truncate_metrics(self.path, start_step)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self._bar = tqdm(
-            total=total_steps,
-            initial=start_step,
-            disable=not progress_bar,
-            unit="step",
-            dynamic_ncols=True,
-            desc="train",
+        self._bar = make_progress(
+            total=total_steps, initial=start_step, enabled=progress_bar, unit="step", desc="train"
         )
         if tensorboard:
             self._tensorboard = open_tensorboard(run_dir / "tensorboard")

@@ -6,6 +6,13 @@ import click
 
 from ov_train.commands import _user_errors
 from ov_train.quickstart.corpus import QUESTION_TYPES
+from rice_vit.cli_conventions import (
+    claim_output,
+    out_option,
+    overwrite_option,
+    quiet_option,
+    seed_option,
+)
 
 CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
@@ -54,35 +61,37 @@ def _padding_line(name: str, data: dict) -> str:
 
 
 @click.command("quickstart", context_settings=CONTEXT)
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+@out_option(
+    "Run folder (created; an earlier run there needs --overwrite).",
+    required=False,
     default=Path("runs/quickstart"),
-    help="Run folder (created; must not hold an earlier run).",
 )
+@overwrite_option("Remove an earlier run in --out first.")
 @click.option("--images", type=click.IntRange(min=10), default=1500, help="Training images.")
 @click.option(
     "--eval-per-type", type=click.IntRange(min=1), default=40, help="Held-out questions per type."
 )
-@click.option("--seed", type=int, default=0, help="Seed of the corpus, model and training.")
+@seed_option("Seed of the corpus, model and training.")
 @click.option("--stage1-steps", type=click.IntRange(min=1), default=80, help="Stage-1 steps.")
 @click.option("--stage1-5-steps", type=click.IntRange(min=1), default=150, help="Stage-1.5 steps.")
 @click.option("--stage2-steps", type=click.IntRange(min=1), default=1500, help="Stage-2 steps.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@quiet_option()
 def quickstart_command(
     out: Path,
+    overwrite: bool,
     images: int,
     eval_per_type: int,
     seed: int,
     stage1_steps: int,
     stage1_5_steps: int,
     stage2_steps: int,
-    progress: bool,
+    quiet: bool,
 ) -> None:
     """Synthetic corpus -> tiny model -> balance + pack -> Stage-1, 1.5, 2 -> evaluation, on CPU
     in a few minutes; prints the results table and where the plot and HF checkpoint are."""
     from ov_train.quickstart.pipeline import QuickstartConfig, run_quickstart
 
+    claim_output(out, overwrite)
     with _user_errors():
         summary = run_quickstart(
             QuickstartConfig(
@@ -93,7 +102,7 @@ def quickstart_command(
                 stage1_steps=stage1_steps,
                 stage1_5_steps=stage1_5_steps,
                 stage2_steps=stage2_steps,
-                progress=progress,
+                progress=not quiet,
             )
         )
     click.echo()
