@@ -130,8 +130,8 @@ def convert(
 
     if out_dir.resolve() == model_dir.resolve():
         raise click.BadParameter("must differ from the input folder", param_hint="--out")
-    model = LlavaOV.from_pretrained(model_dir, dtype=_torch_dtype(store_dtype))
     claim_output(out_dir, overwrite, keep=(model_dir,))
+    model = LlavaOV.from_pretrained(model_dir, dtype=_torch_dtype(store_dtype))
     model.save_pretrained(out_dir, max_shard_size=max_shard_size)
     copied = copy_tokenizer_files(model_dir, out_dir)
     click.echo(

@@ -230,7 +230,7 @@ def embed(
 )
 @store_dtype_option("Cast the weights; keep leaves them bit for bit.", hidden_aliases=("--dtype",))
 @max_shard_size_option("Shard above this size.")
-@overwrite_option("Replace a checkpoint already in the --out folder.")
+@overwrite_option()
 def convert(
     source: Path,
     destination: Path | None,
@@ -248,6 +248,7 @@ def convert(
     if (destination is None) == (out is None):
         raise click.UsageError("give the output folder once: --out DIR (or DESTINATION)")
     destination = out if out is not None else destination
+    claim_output(destination, overwrite, keep=(source,))
     model = RiceViT.from_pretrained(
         source, dtype=None if store_dtype == "keep" else getattr(torch, store_dtype)
     )
