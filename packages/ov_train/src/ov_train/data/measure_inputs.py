@@ -14,8 +14,6 @@ import array
 from collections.abc import Iterator
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ov_model.processor import OVProcessor
 from ov_train.data.manifest import ManifestRow, encode_row
 from ov_train.data.measure import MeasuredSample
@@ -25,6 +23,7 @@ from ov_train.data.prepare_output import ROWS_NAME
 from ov_train.data.raw_sample import BadSample, IngestResult, RawSample, Reason
 from ov_train.data.sample_record import SampleRecord, image_ext
 from ov_train.data.work_tars import WorkTarWriter, record_files, sample_key
+from rice_vit.cli_conventions import progress_bar
 
 
 class AcceptedSamples:
@@ -61,7 +60,7 @@ def measure_inputs(config: PrepareConfig, processor: OVProcessor, work: Path) ->
     with (
         (work / ROWS_NAME).open("wb") as rows_file,
         WorkTarWriter(work / "sources") as writer,
-        tqdm(desc="measuring", unit="sample", disable=not config.progress) as bar,
+        progress_bar(desc="measuring", unit="sample", enabled=config.progress) as bar,
     ):
         outcomes = measure_stream(
             ingest(config),
