@@ -109,6 +109,13 @@ def test_run_trains_on_prepared_shards_then_export_loads(tmp_path, tiny_model_di
     refused = _invoke(run_command, *args, "--no-resume")
     assert refused.exit_code == 2
     assert "already has checkpoints" in refused.output
+    started_over = _invoke(run_command, *args, "--overwrite")  # not resumed: from step 0
+    assert started_over.exit_code == 0, started_over.output
+    assert "steps:           0 -> 2" in started_over.output
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2]
     exported = _invoke(export_command, run_dir, "--out", tmp_path / "hf")
     assert exported.exit_code == 0, exported.output
     assert LlavaOV.from_pretrained(tmp_path / "hf").config.text.vocab_size > 0
+    exported_again = _invoke(export_command, run_dir, "--out", tmp_path / "hf")
+    assert exported_again.exit_code == 2
+    assert "pass --overwrite" in exported_again.output
