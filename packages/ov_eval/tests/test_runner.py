@@ -125,3 +125,24 @@ def test_unknown_task_is_a_one_line_error(tiny_model, benchmark_dir, tmp_path):
 def test_stop_strings_cut_the_output():
     assert cut_at_stop_strings("B. yes\nASSISTANT: more", ["ASSISTANT:"]) == "B. yes\n"
     assert cut_at_stop_strings("plain", ["x", ""]) == "plain"
+
+
+def test_the_cli_resumes_its_out_and_starts_over_with_overwrite(
+    tiny_model, benchmark_dir, tmp_path
+):
+    out = tmp_path / "out"
+    arguments = ["run", "--model", str(tiny_model), "--tasks", "jsonl"]
+    arguments += ["--data-dir", str(benchmark_dir), "--out", str(out), "--limit", "2"]
+    arguments += ["--max-new-tokens", "4", "--device", "cpu"]
+    first = CliRunner().invoke(main, arguments)
+    assert first.exit_code == 0, first.output
+    assert [line for line in first.stderr.splitlines() if line.startswith("jsonl: 100%")]
+    (out / "notes.txt").write_text("from an earlier run\n")
+    resumed = CliRunner().invoke(main, [*arguments, "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (out / "notes.txt").is_file()
+    assert "jsonl:" not in resumed.stderr
+    started_over = CliRunner().invoke(main, [*arguments, "--quiet", "--overwrite"])
+    assert started_over.exit_code == 0, started_over.output
+    assert not (out / "notes.txt").exists()
+    assert len(read_predictions(out / "predictions" / "jsonl.jsonl")) == 2
