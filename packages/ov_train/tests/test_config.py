@@ -109,6 +109,7 @@ def test_overrides_accept_toml_lists_and_clear_optional_values():
         ("model.trainable=projector,decoder", "model.trainable must name modules"),
         ("train.dtype=fp8", "train.dtype must be one of"),
         ("schedule.min_lr=0.5", "schedule.min_lr (0.5) is above the peak learning rate"),
+        ('checkpoint.dir=""', "checkpoint.dir must not be empty, got ''"),
         ("lr=1e-5", "unknown key lr"),
         ("optim.lr", "expected KEY=VALUE"),
     ],
@@ -222,6 +223,7 @@ def test_lora_table_in_a_toml_file_on_a_base_recipe(tmp_path):
         ("train.lora.dropout=high", "train.lora.dropout must be a number, got 'high'"),
         ("train.lora=8", "train.lora is a table"),
         ("train.steps.x=1", "unknown key train.steps.x"),
+        ("train.lora.base_dtype=fp16", "train.lora.base_dtype must be one of ['fp32', 'bf16']"),
     ],
 )
 def test_bad_lora_overrides_name_the_dotted_key(override, message):
@@ -256,6 +258,11 @@ def test_lora_modules_must_be_trainable(tmp_path):
         ("optim = 3\n", "optim must be a table of keys, got 3"),
         ('nmae = "x"\n', "unknown key nmae; did you mean name?"),
         ("[parallel]\ntp = 0\n", "parallel.tp must be >= 1, got 0"),
+        ('stage = "3"\n', "stage must be one of ['1', '1.5', '2'], got '3'"),
+        ('[parallel]\ncp_attention = "tree"\n', "parallel.cp_attention must be one of"),
+        ("[optim]\nbetas = [0.9, 1.0]\n", "optim.betas[1] must be < 1.0, got 1.0"),
+        ('[checkpoint]\ndir = ""\n', "checkpoint.dir must not be empty, got ''"),
+        ("[train]\nclip_grad_norm = inf\n", "train.clip_grad_norm must be finite, got inf"),
     ],
 )
 def test_toml_type_and_range_errors_name_the_file_and_the_dotted_key(toml, message, tmp_path):
@@ -263,4 +270,4 @@ def test_toml_type_and_range_errors_name_the_file_and_the_dotted_key(toml, messa
     path.write_text(f'base = "stage2-tiny"\n{toml}')
     with pytest.raises(RecipeError) as caught:
         load_recipe(path)
-    assert str(caught.value) == f"{path}: {message}"
+    assert str(caught.value).startswith(f"{path}: {message}")

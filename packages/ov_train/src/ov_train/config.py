@@ -23,7 +23,7 @@ import difflib
 import math
 import re
 import typing
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -37,6 +37,17 @@ STAGES = ("1", "1.5", "2")
 DTYPES = ("auto", "bf16", "fp32")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+# Ranges are part of a field's type: msgspec checks them with the type, `recipe_error` words the
+# failure (`train.steps must be >= 1, got 0`). Rules that tie fields together stay in `check()`.
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
+"""A number in [0, 1)."""
+Text = Annotated[str, msgspec.Meta(min_length=1)]
+"""A string that is not empty."""
 
 
 _EXPECTED = {
@@ -56,7 +67,7 @@ def recipe_error(
 ) -> RecipeError:
     """msgspec's validation `error` about `value` (a section, or the whole recipe when `key` is
     empty) in the recipe's words: the dotted key, the rule and the offending value, and for an
-    unknown key the closest valid one (`kind`: the struct `value` was converted to)."""
+    unknown key the closest valid one (`kind`: the type `value` was converted to)."""
     found = _AT.match(str(error))
     assert found is not None
     message = found["message"]
@@ -66,10 +77,17 @@ def recipe_error(
             value = value.get(name) if isinstance(value, dict) else None
         else:
             key, value = f"{key}[{index}]", value[int(index)]
+            kind = next(iter(typing.get_args(kind)), None)  # tuple[X, ...] -> X
     if match := re.fullmatch(r"Expected `(\w+)(?: \| null)?`, got `\w+`", message):
         return RecipeError(f"{key} must be {_EXPECTED[match[1]]}, got {value!r}")
     if match := re.fullmatch(r"Expected `array` of length (\d+), got (\d+)", message):
         return RecipeError(f"{key} must have {match[1]} entries, got {match[2]}: {value!r}")
+    if re.fullmatch(r"Expected `(str|array)` of length >= 1", message):
+        return RecipeError(f"{key} must not be empty, got {value!r}")
+    if match := re.fullmatch(r"Expected `\w+` ([<>]=? \S+)", message):
+        return RecipeError(f"{key} must be {match[1]}, got {value!r}")
+    if message.startswith("Invalid enum value"):
+        return RecipeError(f"{key} must be one of {list(choices(kind))}, got {value!r}")
     prefix = f"{key}." if key else ""
     if match := re.fullmatch(r"Object missing required field `(\w+)`", message):
         return RecipeError(f"{prefix}{match[1]} is required")
@@ -87,6 +105,13 @@ def suggest_key(key: str, valid: list[str], prefix: str) -> str:
     return f"; valid keys: {', '.join(prefix + v for v in valid)}"
 
 
+def choices(annotation: Any) -> tuple[Any, ...]:
+    """The values of a `Literal[...]` annotation (also inside `X | None` or Annotated)."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    return tuple(v for arg in typing.get_args(annotation) for v in choices(arg))
+
+
 def _field_type(kind: Any, name: str) -> Any:
     section = section_type(kind)
     fields = {item.name: item.type for item in msgspec.structs.fields(section)} if section else {}
@@ -97,14 +122,13 @@ def typed_value(value: Any, annotation: Any, key: str) -> Any:
     """`value` as the type `annotation` (an int where a float is declared becomes a float, a
     list where a tuple is declared a tuple, nothing else is converted; floats must be finite);
     raises RecipeError naming `key` when it is not one."""
-    try:
-        typed = msgspec.convert(value, annotation, strict=True)
-    except msgspec.ValidationError as error:
-        raise recipe_error(error, value, key) from None
-    items = typed if isinstance(typed, tuple) else (typed,)
+    items = value if isinstance(value, list | tuple) else (value,)
     if any(isinstance(item, float) and not math.isfinite(item) for item in items):
         raise RecipeError(f"{key} must be finite, got {value!r}")
-    return typed
+    try:
+        return msgspec.convert(value, annotation, strict=True)
+    except msgspec.ValidationError as error:
+        raise recipe_error(error, value, key, kind=annotation) from None
 
 
 def section_type(annotation: Any) -> "type[Section] | None":
@@ -158,7 +182,7 @@ class ModelConfig(Section, kw_only=True):
     preset: str = "tiny"
     """An `ov_model.PRESETS` name (tiny, 3b, 4b, 8b): the architecture built (seeded, random)
     when `path` is unset, and the size the recipe was written for."""
-    path: str | None = None
+    path: Text | None = None
     """An HF-layout model folder (weights, config, tokenizer, processor) to start from: the
     Stage-0 merge of `ov-model init`, or the export of the previous stage."""
     trainable: tuple[str, ...] = MODULES
@@ -176,46 +200,33 @@ class ModelConfig(Section, kw_only=True):
         self._require(
             len(set(self.trainable)) == len(self.trainable), "trainable", "names a module twice"
         )
-        self._require(self.path is None or bool(self.path), "path", "must not be empty")
 
 
 class DataConfig(Section, kw_only=True):
     """Where the packed training shards are (`ov-train prepare` output) and how they are read."""
 
     SECTION: ClassVar[str] = "data"
-    path: str | None = None
+    path: Text | None = None
     """Folder of packed shards; `ov-train run --data DIR` sets it."""
-    num_workers: int = 2
+    num_workers: NonNegativeInt = 2
     """Loader worker processes per rank (0: read in the training process). Workers decode
     images and run the processor while the GPU computes; they live for the whole run and
     prefetch two micro-batches each (see `ov_train.data.loader`)."""
-
-    def check(self) -> None:
-        self._require(self.num_workers >= 0, "num_workers", "must be >= 0")
-        self._require(self.path is None or bool(self.path), "path", "must not be empty")
 
 
 class OptimConfig(Section, kw_only=True):
     """AdamW (decoupled weight decay) with a learning rate per module."""
 
     SECTION: ClassVar[str] = "optim"
-    lr: float
+    lr: PositiveFloat
     """Peak learning rate of every module without its own below."""
-    lr_vision: float | None = None
-    lr_projector: float | None = None
-    lr_llm: float | None = None
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-5
-    weight_decay: float = 0.0
+    lr_vision: PositiveFloat | None = None
+    lr_projector: PositiveFloat | None = None
+    lr_llm: PositiveFloat | None = None
+    betas: tuple[Fraction, Fraction] = (0.9, 0.95)
+    eps: PositiveFloat = 1e-5
+    weight_decay: NonNegativeFloat = 0.0
     """Applied to the weights of Linear and Conv layers only (see optim.py)."""
-
-    def check(self) -> None:
-        for name in ("lr", "lr_vision", "lr_projector", "lr_llm"):
-            value = getattr(self, name)
-            self._require(value is None or value > 0, name, "must be > 0")
-        self._require(all(0 <= b < 1 for b in self.betas), "betas", "must lie in [0, 1)")
-        self._require(self.eps > 0, "eps", "must be > 0")
-        self._require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
 
     def lr_for(self, module: str) -> float:
         """The peak learning rate of `module` (one of MODULES)."""
@@ -229,13 +240,9 @@ class ScheduleConfig(Section, kw_only=True):
     """Linear warmup, then cosine decay from each module's peak to `min_lr` at the last step."""
 
     SECTION: ClassVar[str] = "schedule"
-    warmup_fraction: float = 0.002
+    warmup_fraction: Fraction = 0.002
     """Warmup steps as a fraction of `train.steps` (rounded up)."""
-    min_lr: float = 1e-6
-
-    def check(self) -> None:
-        self._require(0 <= self.warmup_fraction < 1, "warmup_fraction", "must lie in [0, 1)")
-        self._require(self.min_lr >= 0, "min_lr", "must be >= 0")
+    min_lr: NonNegativeFloat = 1e-6
 
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -253,52 +260,44 @@ class LoraConfig(Section, kw_only=True):
     """
 
     SECTION: ClassVar[str] = "train.lora"
-    rank: int = 16
+    rank: PositiveInt = 16
     """Rank r of each adapter (A: r x in, B: out x r)."""
-    alpha: float = 32.0
+    alpha: PositiveFloat = 32.0
     """Scale numerator: the adapter's output is multiplied by alpha / rank."""
-    dropout: float = 0.0
+    dropout: Fraction = 0.0
     """Dropout on the adapter's input during training."""
     modules: tuple[str, ...] = ("llm",)
     """Module groups (of vision, projector, llm) that get adapters."""
     targets: tuple[str, ...] = LORA_TARGETS
     """Linear layers that get an adapter, matched as peft does: a name matches when it equals
     the pattern or ends with `.` + pattern (`q_proj` matches `...layers.0.self_attn.q_proj`)."""
-    base_dtype: str = "fp32"
+    base_dtype: Literal[LORA_BASE_DTYPES] = "fp32"  # type: ignore[valid-type]
     """Storage dtype of the frozen base weights of the adapted groups (bf16 halves them)."""
 
     def check(self) -> None:
-        self._require(self.rank >= 1, "rank", "must be >= 1")
-        self._require(self.alpha > 0, "alpha", "must be > 0")
-        self._require(0 <= self.dropout < 1, "dropout", "must lie in [0, 1)")
         self._require(bool(self.modules), "modules", "must name at least one module group")
         unknown = [m for m in self.modules if m not in MODULES]
         self._require(not unknown, "modules", f"must name groups of {list(MODULES)}")
         self._require(bool(self.targets), "targets", "must name at least one layer pattern")
         self._require(all(self.targets), "targets", "must not contain an empty pattern")
-        self._require(
-            self.base_dtype in LORA_BASE_DTYPES,
-            "base_dtype",
-            f"must be one of {list(LORA_BASE_DTYPES)}",
-        )
 
 
 class TrainConfig(Section, kw_only=True):
     """The step structure, precision policy and seed."""
 
     SECTION: ClassVar[str] = "train"
-    steps: int
+    steps: PositiveInt
     """Optimizer steps of the run."""
-    grad_accumulation: int = 1
+    grad_accumulation: PositiveInt = 1
     """Micro-batches per optimizer step over ALL data-parallel ranks (the global batch, in packed
     micro-batches): each of W ranks runs grad_accumulation / W of them, so a recipe trains the
     same way, and resumes the same global batch, at any world size that divides it."""
-    micro_batch_tokens: int
+    micro_batch_tokens: PositiveInt
     """Token budget of one micro-batch: packed bins are concatenated up to it, never padded."""
-    clip_grad_norm: float = 1.0
+    clip_grad_norm: NonNegativeFloat = 1.0
     """Clip the global gradient norm to this (0: measure only, never clip)."""
-    seed: int = 0
-    dtype: str = "auto"
+    seed: NonNegativeInt = 0
+    dtype: Literal[DTYPES] = "auto"  # type: ignore[valid-type]
     """auto: bf16 autocast on CUDA, fp32 on CPU; bf16: autocast on any device; fp32: none.
     Parameters and optimizer states are always fp32 (master weights)."""
     device: str = "auto"
@@ -321,11 +320,6 @@ class TrainConfig(Section, kw_only=True):
         return self.grad_accumulation // data_parallel_ranks
 
     def check(self) -> None:
-        for name in ("steps", "grad_accumulation", "micro_batch_tokens"):
-            self._require(getattr(self, name) >= 1, name, "must be >= 1")
-        self._require(self.clip_grad_norm >= 0, "clip_grad_norm", "must be >= 0")
-        self._require(self.seed >= 0, "seed", "must be >= 0")
-        self._require(self.dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}")
         self._require(bool(_DEVICE.match(self.device)), "device", "must be auto, cpu or cuda[:N]")
 
 
@@ -368,55 +362,47 @@ class ParallelConfig(Section, kw_only=True):
     """
 
     SECTION: ClassVar[str] = "parallel"
-    dp_replicate: int = 1
+    dp_replicate: PositiveInt = 1
     """Replica groups (HSDP's outer dimension)."""
     dp_shard: int = -1
     """Ranks that shard each replica with FSDP2 (-1: world size / the other degrees)."""
-    tp: int = 1
+    tp: PositiveInt = 1
     """Tensor parallel degree: attention heads, KV heads and the vocabulary are split over tp
     ranks (each must be divisible by it)."""
     sequence_parallel: bool = True
     """With tp > 1: the norms and residual stream hold 1/tp of the row's tokens (rows are
     padded to a multiple of tp); false keeps them whole on every tp rank."""
-    cp: int = 1
+    cp: PositiveInt = 1
     """Context parallel degree: each packed row's decoder tokens are split over cp ranks (rows
     padded to a multiple of 2 x cp, load-balanced zigzag chunks); the ViT runs whole."""
-    cp_attention: str = "allgather"
+    cp_attention: Literal[CP_ATTENTION] = "allgather"  # type: ignore[valid-type]
     """Context parallel attention: allgather (every rank gathers all keys and values: simple,
     memory grows with the row) or ring (key/value blocks travel around the cp ranks)."""
-    pp: int = 1
+    pp: PositiveInt = 1
     """Pipeline parallel degree: ranks holding consecutive stages of the model."""
-    pp_schedule: str = "1F1B"
+    pp_schedule: Literal[PP_SCHEDULES] = "1F1B"  # type: ignore[valid-type]
     """1F1B, Interleaved1F1B, InterleavedZeroBubble or ZBVZeroBubble (the last three hold
     `pp_stages_per_rank` >= 2 stages per rank)."""
-    pp_stages_per_rank: int = 1
+    pp_stages_per_rank: PositiveInt = 1
     """Stages each pipeline rank holds (virtual stages of the interleaved schedules)."""
     pp_layers: tuple[int, ...] = ()
     """Decoder layers of each stage, in order (pp x pp_stages_per_rank numbers summing to the
     model's layers); empty: as even as possible. Stage 0 also runs the ViT, projector and
     embeddings; the last the final norm, head and loss."""
-    activation_checkpointing: str = "none"
+    activation_checkpointing: Literal[ACTIVATION_CHECKPOINTING] = "none"  # type: ignore[valid-type]
     """none; full (every ViT block and decoder layer recomputes its forward in backward);
     selective (every `checkpoint_every`-th one does)."""
-    checkpoint_every: int = 2
+    checkpoint_every: PositiveInt = 2
     """With selective activation checkpointing: checkpoint layers 0, N, 2N, ... of each stack."""
     reshard_after_forward: bool = True
     """FSDP2: free the gathered parameters after each layer's forward (gather again for
     backward); false keeps them, trading memory for one all-gather per layer."""
-    timeout_s: float = 600.0
+    timeout_s: PositiveFloat = 600.0
     """Process-group timeout: a rank waiting this long on a collective (a peer died) fails
     with an error instead of hanging."""
 
     def check(self) -> None:
-        self._require(self.dp_replicate >= 1, "dp_replicate", "must be >= 1")
         self._require(self.dp_shard >= 1 or self.dp_shard == -1, "dp_shard", "must be >= 1 or -1")
-        for name in ("tp", "pp", "cp", "pp_stages_per_rank"):
-            self._require(getattr(self, name) >= 1, name, "must be >= 1")
-        choices = f"must be one of {list(CP_ATTENTION)}"
-        self._require(self.cp_attention in CP_ATTENTION, "cp_attention", choices)
-        self._require(
-            self.pp_schedule in PP_SCHEDULES, "pp_schedule", f"must be one of {list(PP_SCHEDULES)}"
-        )
         multi = self.pp_schedule in MULTI_STAGE_SCHEDULES
         self._require(
             self.pp == 1 or multi == (self.pp_stages_per_rank > 1),
@@ -436,13 +422,6 @@ class ParallelConfig(Section, kw_only=True):
             f"must give one layer count per stage ({self.pp} x {self.pp_stages_per_rank})",
         )
         self._require(all(n >= 0 for n in self.pp_layers), "pp_layers", "must be >= 0 each")
-        self._require(
-            self.activation_checkpointing in ACTIVATION_CHECKPOINTING,
-            "activation_checkpointing",
-            f"must be one of {list(ACTIVATION_CHECKPOINTING)}",
-        )
-        self._require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
-        self._require(self.timeout_s > 0, "timeout_s", "must be > 0")
 
     @property
     def pipeline_stages(self) -> int:
@@ -490,17 +469,12 @@ class CheckpointConfig(Section, kw_only=True):
     """When checkpoints are written and how many are kept."""
 
     SECTION: ClassVar[str] = "checkpoint"
-    dir: str = "checkpoints"
+    dir: Text = "checkpoints"
     """Folder of the checkpoints; a relative path is inside the run folder."""
-    every: int = 500
+    every: PositiveInt = 500
     """Save every this many steps (and always after the last step)."""
-    keep_last: int = 3
+    keep_last: PositiveInt = 3
     """Complete checkpoints kept; older ones are deleted after a new one is committed."""
-
-    def check(self) -> None:
-        self._require(bool(self.dir), "dir", "must not be empty")
-        self._require(self.every >= 1, "every", "must be >= 1")
-        self._require(self.keep_last >= 1, "keep_last", "must be >= 1")
 
 
 class LoggingConfig(Section, kw_only=True):
@@ -518,7 +492,7 @@ class Recipe(Section, kw_only=True):
     """A complete, validated training recipe (see the module docstring)."""
 
     name: str
-    stage: str
+    stage: Literal[STAGES]  # type: ignore[valid-type]
     """1 (alignment), 1.5 (mid-training) or 2 (instruction tuning)."""
     description: str = ""
     model: ModelConfig = msgspec.field(default_factory=ModelConfig)
@@ -543,7 +517,6 @@ class Recipe(Section, kw_only=True):
 
     def check(self) -> None:
         self._require(bool(_NAME.match(self.name)), "name", "must be lower-case [a-z0-9_.-]")
-        self._require(self.stage in STAGES, "stage", f"must be one of {list(STAGES)}")
         lora = self.train.lora
         if lora is not None and not set(lora.modules) <= set(self.model.trainable):
             frozen = [m for m in lora.modules if m not in self.model.trainable]

@@ -29,7 +29,14 @@ from typing import Any
 import msgspec
 import tomli_w
 
-from ov_train.config import Recipe, recipe_error, section_type, suggest_key, typed_value
+from ov_train.config import (
+    Recipe,
+    choices,
+    recipe_error,
+    section_type,
+    suggest_key,
+    typed_value,
+)
 from ov_train.errors import RecipeError
 
 TOP_LEVEL = ("name", "stage", "description")
@@ -211,7 +218,7 @@ def parse_value(raw: str, annotation: Any, key: str) -> Any:
         raise RecipeError(
             f"{key} is a table: set its keys ({key}.KEY=VALUE) or clear it with {key}=none"
         )
-    if annotation is str:
+    if _is_text(annotation):
         return _toml_or_text(raw) if raw[:1] in ('"', "'") else raw
     value = _toml_or_text(raw)
     if typing.get_origin(annotation) is tuple and not isinstance(value, list | str):
@@ -220,10 +227,17 @@ def parse_value(raw: str, annotation: Any, key: str) -> Any:
         items = [item.strip() for item in raw.split(",") if item.strip()]
         kinds = typing.get_args(annotation)
         value = [
-            item if _item_type(kinds, index) is str else _toml_or_text(item)
+            item if _is_text(_item_type(kinds, index)) else _toml_or_text(item)
             for index, item in enumerate(items)
         ]
     return typed_value(value, annotation, key)
+
+
+def _is_text(annotation: Any) -> bool:
+    """A str field, a str with a constraint, or a choice of strings: the text is the value."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation is str or all(isinstance(c, str) for c in choices(annotation) or [0])
 
 
 def _item_type(kinds: tuple[Any, ...], index: int) -> Any:
