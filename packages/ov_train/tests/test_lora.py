@@ -314,3 +314,18 @@ def test_a_preset_base_is_drawn_again_from_the_seed_for_export(make_recipe, make
     merged = LlavaOV.from_pretrained(out).eval()
     batch = make_batches(1, 2, 9)[0].batch
     assert torch.allclose(logits_of(merged, batch), logits_of(trained, batch), rtol=0, atol=2e-5)
+
+
+def test_activation_checkpointing_trains_a_lora_run_the_same(make_recipe, make_batches, tmp_path):
+    losses = {}
+    for mode in ("none", "full"):
+        recipe = lora_recipe(
+            make_recipe,
+            "train.steps=2",
+            "optim.lr=1e-2",
+            "train.lora.dropout=0.1",
+            f"parallel.activation_checkpointing={mode}",
+        )
+        loader = InMemoryLoader(make_batches(3, 2, 0), seed=0)
+        losses[mode] = Trainer(recipe, loader, tmp_path / mode).run().losses
+    assert losses["full"] == losses["none"]
