@@ -10,7 +10,8 @@ the runs tiny (`TINY_OPTIONS`: 2 steps of one micro-batch, no loader workers, no
 a few new tokens). A command the README spells wrong, a flag that no longer exists or a step
 that no longer connects to the next fails here, so the page cannot drift from the code.
 
-Checked beyond "it runs": Stage-0 holds the LLM's and the encoder's tensors bitwise; each
+Checked beyond "it runs": Stage-0 holds the LLM's and the encoder's tensors bitwise and the
+qwen2-vl chat template (not the LLM folder's text-only one); each
 prepare packed every sample and reports epochs per run for its recipe; Stage-1 changed the
 projector and nothing else, Stage-1.5 and 2 changed the LLM too, each starting from the previous
 export; the final export is bf16; the evaluation scored every question.
@@ -29,6 +30,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ov_eval.cli import main as ov_eval
+from ov_model.chat_template import ChatTemplate
 from ov_model.cli import main as ov_model
 from ov_model.tokenizer import TextTokenizer, build_tokenizer
 from ov_train.cli import main as ov_train
@@ -70,11 +72,25 @@ def readme_block() -> tuple[dict[str, str], list[list[str]]]:
     return variables, commands
 
 
+# Qwen3's own chat template keeps a message's content only when it is a string, as real Qwen3
+# and Qwen2.5 folders' tokenizer_config.json do: Stage-0 must not train with it.
+QWEN3_TEXT_TEMPLATE = (
+    "{%- for message in messages %}{%- if message.content is string %}"
+    "{%- set content = message.content %}{%- else %}{%- set content = '' %}{%- endif %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
 def write_tiny_qwen3(folder: Path, texts: list[str]) -> dict[str, torch.Tensor]:
-    """A Qwen3 HF folder: config.json, model.safetensors (random, seeded), tokenizer.json."""
+    """A Qwen3 HF folder: config.json, model.safetensors (random, seeded), tokenizer.json and a
+    tokenizer_config.json with a text-only chat template."""
     folder.mkdir(parents=True)
     tokenizer = TextTokenizer(build_tokenizer(texts, 320))
     tokenizer.save(folder)
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": QWEN3_TEXT_TEMPLATE, "model_max_length": 4096})
+    )
     vocab = -(-tokenizer.vocab_size // 64) * 64
     hidden, inter, heads, kv, head_dim, layers = 64, 128, 4, 2, 16, 2
     generator = torch.Generator().manual_seed(0)
@@ -246,6 +262,8 @@ def test_the_readme_block_runs_end_to_end_on_tiny_local_pieces(pieces):
     llm = load_file(Path(pieces["LLM"]) / "model.safetensors")
     for name, tensor in llm.items():
         assert torch.equal(stage0[name], tensor), name
+    template = ChatTemplate.from_dir(work / "stage0")
+    assert template.source == ChatTemplate.default().source
     encoder = RiceViT.from_pretrained(pieces["VIT"]).state_dict()
     for name, tensor in encoder.items():
         if not name.startswith("post_layernorm"):

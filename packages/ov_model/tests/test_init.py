@@ -91,3 +91,29 @@ def test_init_refuses_a_decoder_with_stray_tensors(tmp_path):
     save_file(tensors, tmp_path / "qwen" / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"vision_tower\.extra"):
         initialise(MLCD_TINY, tmp_path / "qwen", tmp_path / "out")
+
+
+def test_init_writes_the_qwen2_vl_template_over_a_text_only_llm_template(tmp_path):
+    from ov_model.chat_template import ChatTemplate
+    from ov_model.processor import OVProcessor
+
+    write_tiny_qwen(tmp_path / "qwen")
+    text_only = (
+        "{%- for message in messages %}{%- if message.content is string %}"
+        "{%- set content = message.content %}{%- else %}{%- set content = '' %}{%- endif %}"
+        "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}{%- endfor %}"
+    )
+    (tmp_path / "qwen" / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": text_only})
+    )
+    initialise(MLCD_TINY, tmp_path / "qwen", tmp_path / "out")
+    assert ChatTemplate.from_dir(tmp_path / "out") == ChatTemplate.default()
+    assert (tmp_path / "out" / "tokenizer_config.json").is_file()
+    processor = OVProcessor.from_pretrained(tmp_path / "out")
+    conversation = [
+        {"from": "human", "value": "<image>\na word"},
+        {"from": "gpt", "value": "a small corpus"},
+    ]
+    length = processor.measure(conversation, [(56, 56)])
+    assert length.image_tokens == 4
+    assert length.images == 1

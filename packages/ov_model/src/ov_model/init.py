@@ -6,6 +6,12 @@ HF folder (`model.*`, `lm_head.weight`, sharded or not), the special token ids f
 `tokenizer.json`. Only the patch merger is new: LayerNorm at (1, 0), Linear weights drawn from
 N(0, 0.02) with a seeded generator (the release's init std), biases 0. The tokenizer and
 processor files are copied, so the output folder is a complete model.
+
+The chat template is the qwen2-vl one LLaVA-OneVision-1.5 trains with (`ChatTemplate.default()`,
+written as `chat_template.json`, which takes precedence over a `tokenizer_config.json` one), not
+the LLM folder's: a Qwen3 or Qwen2.5 text model's template renders only string contents, so a
+message with an image would lose its image placeholder (Qwen3's renders it as empty text) or fail
+(Qwen2.5's adds a string to a list), and every image sample would be rejected at `prepare`.
 """
 
 import json
@@ -13,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ov_model.chat_template import ChatTemplate
 from ov_model.checkpoint import copy_tokenizer_files
 from ov_model.config import LlavaOVConfig, TextConfig
 from ov_model.errors import CheckpointError, ConfigError
@@ -113,4 +120,5 @@ def initialise(
     model.projector.to(dtype=model.language_model.embed_tokens.weight.dtype)
     model.save_pretrained(out_dir)
     copy_tokenizer_files(llm_dir, out_dir)
+    ChatTemplate.default().save(out_dir)
     return model.eval()
