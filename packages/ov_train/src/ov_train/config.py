@@ -33,8 +33,10 @@ MODULES = ("vision", "projector", "llm")
 """The trainable units of a LLaVA-OV model: the RICE-ViT encoder, the patch merger, the Qwen
 decoder with its output head (`language_model` + `lm_head`)."""
 
-STAGES = ("1", "1.5", "2")
-DTYPES = ("auto", "bf16", "fp32")
+Stage = Literal["1", "1.5", "2"]
+STAGES = typing.get_args(Stage)
+Dtype = Literal["auto", "bf16", "fp32"]
+DTYPES = typing.get_args(Dtype)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -247,7 +249,8 @@ class ScheduleConfig(Section, kw_only=True):
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """The decoder's attention and MLP projections: LoRA's usual targets in a Qwen LLM."""
-LORA_BASE_DTYPES = ("fp32", "bf16")
+LoraBaseDtype = Literal["fp32", "bf16"]
+LORA_BASE_DTYPES = typing.get_args(LoraBaseDtype)
 
 
 class LoraConfig(Section, kw_only=True):
@@ -271,7 +274,7 @@ class LoraConfig(Section, kw_only=True):
     targets: tuple[str, ...] = LORA_TARGETS
     """Linear layers that get an adapter, matched as peft does: a name matches when it equals
     the pattern or ends with `.` + pattern (`q_proj` matches `...layers.0.self_attn.q_proj`)."""
-    base_dtype: Literal[LORA_BASE_DTYPES] = "fp32"  # type: ignore[valid-type]
+    base_dtype: LoraBaseDtype = "fp32"
     """Storage dtype of the frozen base weights of the adapted groups (bf16 halves them)."""
 
     def check(self) -> None:
@@ -297,7 +300,7 @@ class TrainConfig(Section, kw_only=True):
     clip_grad_norm: NonNegativeFloat = 1.0
     """Clip the global gradient norm to this (0: measure only, never clip)."""
     seed: NonNegativeInt = 0
-    dtype: Literal[DTYPES] = "auto"  # type: ignore[valid-type]
+    dtype: Dtype = "auto"
     """auto: bf16 autocast on CUDA, fp32 on CPU; bf16: autocast on any device; fp32: none.
     Parameters and optimizer states are always fp32 (master weights)."""
     device: str = "auto"
@@ -323,9 +326,12 @@ class TrainConfig(Section, kw_only=True):
         self._require(bool(_DEVICE.match(self.device)), "device", "must be auto, cpu or cuda[:N]")
 
 
-ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
-CP_ATTENTION = ("allgather", "ring")
-PP_SCHEDULES = ("1F1B", "Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble")
+ActivationCheckpointing = Literal["none", "full", "selective"]
+ACTIVATION_CHECKPOINTING = typing.get_args(ActivationCheckpointing)
+CpAttention = Literal["allgather", "ring"]
+CP_ATTENTION = typing.get_args(CpAttention)
+PipelineSchedule = Literal["1F1B", "Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble"]
+PP_SCHEDULES = typing.get_args(PipelineSchedule)
 MULTI_STAGE_SCHEDULES = ("Interleaved1F1B", "InterleavedZeroBubble", "ZBVZeroBubble")
 
 
@@ -375,12 +381,12 @@ class ParallelConfig(Section, kw_only=True):
     cp: PositiveInt = 1
     """Context parallel degree: each packed row's decoder tokens are split over cp ranks (rows
     padded to a multiple of 2 x cp, load-balanced zigzag chunks); the ViT runs whole."""
-    cp_attention: Literal[CP_ATTENTION] = "allgather"  # type: ignore[valid-type]
+    cp_attention: CpAttention = "allgather"
     """Context parallel attention: allgather (every rank gathers all keys and values: simple,
     memory grows with the row) or ring (key/value blocks travel around the cp ranks)."""
     pp: PositiveInt = 1
     """Pipeline parallel degree: ranks holding consecutive stages of the model."""
-    pp_schedule: Literal[PP_SCHEDULES] = "1F1B"  # type: ignore[valid-type]
+    pp_schedule: PipelineSchedule = "1F1B"
     """1F1B, Interleaved1F1B, InterleavedZeroBubble or ZBVZeroBubble (the last three hold
     `pp_stages_per_rank` >= 2 stages per rank)."""
     pp_stages_per_rank: PositiveInt = 1
@@ -389,7 +395,7 @@ class ParallelConfig(Section, kw_only=True):
     """Decoder layers of each stage, in order (pp x pp_stages_per_rank numbers summing to the
     model's layers); empty: as even as possible. Stage 0 also runs the ViT, projector and
     embeddings; the last the final norm, head and loss."""
-    activation_checkpointing: Literal[ACTIVATION_CHECKPOINTING] = "none"  # type: ignore[valid-type]
+    activation_checkpointing: ActivationCheckpointing = "none"
     """none; full (every ViT block and decoder layer recomputes its forward in backward);
     selective (every `checkpoint_every`-th one does)."""
     checkpoint_every: PositiveInt = 2
@@ -492,7 +498,7 @@ class Recipe(Section, kw_only=True):
     """A complete, validated training recipe (see the module docstring)."""
 
     name: str
-    stage: Literal[STAGES]  # type: ignore[valid-type]
+    stage: Stage
     """1 (alignment), 1.5 (mid-training) or 2 (instruction tuning)."""
     description: str = ""
     model: ModelConfig = msgspec.field(default_factory=ModelConfig)
