@@ -20,6 +20,7 @@ export; the final export is bf16; the evaluation scored every question.
 import json
 import re
 import shlex
+import shutil
 import string
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from ov_eval.cli import main as ov_eval
 from ov_model.chat_template import ChatTemplate
 from ov_model.cli import main as ov_model
+from ov_model.model import LlavaOV
 from ov_model.tokenizer import TextTokenizer, build_tokenizer
 from ov_train.cli import main as ov_train
 from ov_train.data.report import load_report
@@ -245,17 +247,23 @@ def test_the_readme_block_names_only_the_variables_it_sets():
     ]
 
 
-def test_the_readme_block_runs_end_to_end_on_tiny_local_pieces(pieces):
-    _, commands = readme_block()
+def run_lines(commands: list[list[str]], variables: dict[str, str]) -> list[str]:
+    """Run README command lines with `variables` and the tiny options; their outputs."""
     outputs = []
     for words in commands:
-        line = [string.Template(word).substitute(pieces) for word in words]
+        line = [string.Template(word).substitute(variables) for word in words]
         program, *arguments = line
         arguments += TINY_OPTIONS.get((program, arguments[0]), [])
         result = CliRunner().invoke(CLIS[program], arguments)
         assert result.exit_code == 0, f"{shlex.join(line)}\n{result.output}"
         assert "Traceback" not in result.output
         outputs.append(result.output)
+    return outputs
+
+
+def test_the_readme_block_runs_end_to_end_on_tiny_local_pieces(pieces):
+    _, commands = readme_block()
+    outputs = run_lines(commands, pieces)
     work = Path(pieces["W"])
 
     stage0 = load_file(work / "stage0" / "model.safetensors")
@@ -312,3 +320,47 @@ def test_the_readme_block_runs_end_to_end_on_tiny_local_pieces(pieces):
     predictions = (work / "eval" / "stage2" / task["predictions"]).read_text().splitlines()
     assert len(predictions) == 3
     assert outputs[-1].endswith("\n")
+
+
+def test_a_qwen2_5_folder_with_a_tied_head_goes_through_stage_1_the_same_way(pieces, tmp_path):
+    """Qwen2.5 differs from Qwen3 where Stage-0 and training must follow: q/k/v biases, no QK
+    norm, no head_dim in config.json and, up to 3B, the output head tied to the embeddings."""
+    qwen3 = Path(pieces["LLM"])
+    llm = tmp_path / "Qwen2.5-tiny"
+    shutil.copytree(qwen3, llm)
+    config = json.loads((llm / "config.json").read_text())
+    del config["head_dim"]
+    config |= {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
+    config["tie_word_embeddings"] = True
+    (llm / "config.json").write_text(json.dumps(config))
+    tensors = {
+        name: tensor
+        for name, tensor in load_file(qwen3 / "model.safetensors").items()
+        if not name.endswith(("q_norm.weight", "k_norm.weight")) and name != "lm_head.weight"
+    }
+    for name in list(tensors):
+        if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
+            tensors[name.replace(".weight", ".bias")] = torch.full((tensors[name].shape[0],), 0.01)
+    save_file(tensors, llm / "model.safetensors")
+
+    _, commands = readme_block()
+    stage1 = [w for w in commands if {"stage1-$SIZE", "$W/runs/stage1"} & set(w)]
+    assert [words[:2] for words in stage1] == [
+        ["ov-train", "prepare"],
+        ["ov-train", "run"],
+        ["ov-train", "export"],
+    ]
+    variables = {**pieces, "LLM": str(llm), "W": str(tmp_path / "work")}
+    run_lines([commands[0], *stage1], variables)
+    work = tmp_path / "work"
+    stage0 = load_file(work / "stage0" / "model.safetensors")
+    exported = load_file(work / "models" / "stage1" / "model.safetensors")
+    assert "lm_head.weight" not in exported
+    assert torch.equal(
+        exported["model.layers.0.self_attn.q_proj.bias"],
+        tensors["model.layers.0.self_attn.q_proj.bias"],
+    )
+    changed = {name for name in stage0 if not torch.equal(stage0[name], exported[name])}
+    assert changed
+    assert all(name.startswith("visual.merger.") for name in changed)
+    assert LlavaOV.from_pretrained(work / "models" / "stage1").config.text.tie_word_embeddings
