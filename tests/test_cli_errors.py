@@ -114,7 +114,7 @@ CASES = [
     (
         "train-prepare-unknown-recipe",
         ov_train,
-        "prepare --processor {empty} --llava {lengths} --recipe stage9-tiny --out {root}/prep",
+        "prepare --model {empty} --llava {lengths} --recipe stage9-tiny --out {root}/prep",
         "stage9-tiny",
     ),
     (
