@@ -101,3 +101,44 @@ def test_supervised_targets_count_what_the_model_sums(tiny_model, samples):
     every.labels = every.input_ids.clone()  # every token labelled: the first is no target
     batch = samples.pack([every, every]).batch
     assert supervised_targets(batch) == 2 * (every.input_ids.numel() - 1)
+
+
+def test_opening_packed_shards_says_the_epochs_of_the_run_and_warns_about_bins_over_budget(
+    packed_shards, tiny_model_dir, caplog
+):
+    import logging
+
+    from ov_model.processor import OVProcessor
+    from ov_train.config_io import apply_overrides
+    from ov_train.data.bin_order import plan_epoch
+    from ov_train.data.bin_table import load_bin_table
+    from ov_train.parallel import SingleProcess
+    from ov_train.recipes import RECIPES
+    from ov_train.source import open_packed_shards
+
+    table = load_bin_table(packed_shards)
+    budget = int(table.tokens.max()) - 1
+    recipe = apply_overrides(
+        RECIPES["stage1-tiny"],
+        [
+            f"data.path={packed_shards.parent}",  # the prepare folder, not shards/
+            f"train.micro_batch_tokens={budget}",
+            "train.steps=7",
+            "train.grad_accumulation=3",
+            "data.num_workers=0",
+        ],
+    )
+    processor = OVProcessor.from_pretrained(tiny_model_dir)
+    with caplog.at_level(logging.INFO, logger="ov_train"):
+        loader = open_packed_shards(recipe, processor, SingleProcess())
+    per_epoch = len(plan_epoch(table.tokens, 0, 0, budget))
+    assert loader.micro_batches_in_epoch(0) == per_epoch
+    info, warning = caplog.records
+    assert info.getMessage() == (
+        f"data: {table.num_bins:,} bins, {per_epoch:,} micro-batches of <= {budget:,} tokens per "
+        f"epoch; 7 steps x 3 micro-batches = {21 / per_epoch:.2f} epochs"
+    )
+    over = int((table.tokens > budget).sum())
+    assert over >= 1
+    assert warning.levelname == "WARNING"
+    assert warning.getMessage().startswith(f"data: {over:,} of {table.num_bins:,} bins hold more")

@@ -34,6 +34,7 @@ about the same tokens.
 `open_packed_shards` opens the real source, the packed-shard loader of `ov_train.data`.
 """
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -41,6 +42,8 @@ import torch
 
 from ov_model.packing import IGNORE_INDEX, PackedBatch, shifted_targets
 from ov_train.errors import RecipeError, TrainingError
+
+_logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ov_model.processor import OVProcessor
@@ -170,7 +173,7 @@ def open_packed_shards(recipe: "Recipe", processor: "OVProcessor", world: "World
             "data.path is required: the packed shard folder of `ov-train prepare` "
             "(`ov-train run --data DIR`)"
         )
-    return PackedDataLoader(
+    loader = PackedDataLoader(
         resolve_shards_dir(recipe.data.path),
         processor,
         micro_batch_tokens=recipe.train.micro_batch_tokens,
@@ -181,3 +184,33 @@ def open_packed_shards(recipe: "Recipe", processor: "OVProcessor", world: "World
         pad_multiple=recipe.parallel.row_multiple(),
         pad_length=recipe.parallel.static_row_tokens(recipe.train.micro_batch_tokens),
     )
+    _announce_epochs(loader, recipe)
+    return loader
+
+
+def _announce_epochs(loader: Any, recipe: "Recipe") -> None:
+    """Say how many epochs of the data the run makes (epoch 0's micro-batches, cut as the loader
+    cuts them), and warn about bins over the micro-batch budget: each is a micro-batch alone."""
+    train = recipe.train
+    per_epoch = loader.micro_batches_in_epoch(0)
+    per_run = train.steps * train.grad_accumulation
+    _logger.info(
+        "data: %s bins, %s micro-batches of <= %s tokens per epoch; %s steps x %s micro-batches "
+        "= %.2f epochs",
+        f"{loader.num_bins:,}",
+        f"{per_epoch:,}",
+        f"{train.micro_batch_tokens:,}",
+        f"{train.steps:,}",
+        f"{train.grad_accumulation:,}",
+        per_run / per_epoch,
+    )
+    over = int((loader.table.tokens > train.micro_batch_tokens).sum())
+    if over:
+        _logger.warning(
+            "data: %s of %s bins hold more than train.micro_batch_tokens (%s) tokens and are "
+            "micro-batches of their own, over the budget; prepare with --capacity %s or less",
+            f"{over:,}",
+            f"{loader.num_bins:,}",
+            f"{train.micro_batch_tokens:,}",
+            train.micro_batch_tokens,
+        )
