@@ -184,7 +184,8 @@ def open_packed_shards(recipe: "Recipe", processor: "OVProcessor", world: "World
         pad_multiple=recipe.parallel.row_multiple(),
         pad_length=recipe.parallel.static_row_tokens(recipe.train.micro_batch_tokens),
     )
-    _announce_epochs(loader, recipe)
+    if world.rank == 0:  # the same numbers on every rank: said once
+        _announce_epochs(loader, recipe)
     return loader
 
 
