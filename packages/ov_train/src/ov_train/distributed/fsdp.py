@@ -41,6 +41,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from ov_train.errors import TrainingError
+from ov_train.lora import is_adapter
 
 
 def fsdp_units(model: nn.Module) -> list[tuple[nn.Module, bool]]:
@@ -67,6 +68,9 @@ def check_units_uniformly_trained(model: nn.Module) -> None:
         (_name_of(model, unit), list(unit.named_parameters())) for unit in units
     ]
     for name, parameters in groups:
+        # LoRA adapters (ov_train.lora) train beside their frozen base by design: FSDP2
+        # reduce-scatters only the parameters that have gradients
+        parameters = [(n, p) for n, p in parameters if not is_adapter(n)]
         frozen = [n for n, p in parameters if not p.requires_grad]
         if frozen and len(frozen) != len(parameters):
             raise TrainingError(
