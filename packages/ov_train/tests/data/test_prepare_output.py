@@ -7,10 +7,16 @@ from ov_train.data.errors import PrepareError
 from ov_train.data.prepare_output import resolve_shards_dir
 
 
-def test_the_preparation_folder_and_its_shards_both_resolve_to_the_shards(packed_shards):
-    prepared = packed_shards.parent
-    assert resolve_shards_dir(prepared) == packed_shards
-    assert resolve_shards_dir(str(packed_shards)) == packed_shards
+def test_the_preparation_folder_and_its_shards_both_resolve_to_the_shards(tmp_path):
+    # The layout alone decides (a real preparation goes through it in test_source.py and
+    # tests/test_train_on_your_data.py); this package's session fixture `packed_shards` is
+    # not used here: under tests/data it would be built with this folder's other tiny model.
+    shards = tmp_path / "prepared" / "shards"
+    shards.mkdir(parents=True)
+    (shards / "index.json").write_text("{}")
+    (tmp_path / "prepared" / "report.json").write_text("{}")
+    assert resolve_shards_dir(tmp_path / "prepared") == shards
+    assert resolve_shards_dir(str(shards)) == shards
 
 
 def test_a_missing_folder(tmp_path):
