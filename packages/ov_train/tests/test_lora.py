@@ -92,6 +92,33 @@ def test_a_target_matching_no_layer_of_the_groups_is_an_error_naming_it(tiny_mod
         adapted_layers(tiny_model, LoraConfig(modules=("llm",), targets=("q_proj", "qkv")))
 
 
+def test_the_output_head_is_refused_as_a_target(tiny_model):
+    with pytest.raises(RecipeError, match="matches lm_head, the output head"):
+        adapted_layers(tiny_model, LoraConfig(modules=("llm",), targets=("q_proj", "lm_head")))
+
+
+def test_every_adaptable_layer_is_used_by_the_forward(tiny_model, make_batches):
+    """An adapter on a Linear layer the model bypasses (its weight used directly, as lm_head's)
+    would never train: every allowed target of every group gets a gradient."""
+    freeze(tiny_model, ("vision", "projector", "llm"))
+    suffixes = {
+        name.rsplit(".", 1)[-1]
+        for name, module in tiny_model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name != "lm_head"
+    }
+    lora = LoraConfig(rank=2, modules=("vision", "projector", "llm"), targets=tuple(suffixes))
+    layers = apply_lora(tiny_model, lora)
+    for name, parameter in tiny_model.named_parameters():
+        if ".lora_B." in name:
+            torch.nn.init.normal_(parameter)
+    batch = make_batches(1, 3, 0)[0].batch
+    out = tiny_model(**model_inputs(batch, torch.device("cpu")), return_logits=False)
+    out.loss_sum.backward()
+    adapters = [(n, p) for n, p in tiny_model.named_parameters() if ".lora_" in n]
+    assert len(adapters) == 2 * len(layers) > 2 * 20
+    assert [n for n, p in adapters if p.grad is None or not p.grad.abs().sum() > 0] == []
+
+
 def test_lora_groups_must_be_trainable(make_recipe):
     with pytest.raises(RecipeError, match=r"train\.lora\.modules"):
         make_recipe("model.trainable=projector", "train.lora.modules=llm")

@@ -54,6 +54,8 @@ ADAPTER_NAME = "default"
 BASE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _ADAPTER_MARKERS = (".lora_A.", ".lora_B.")
 _BASE_LAYER = ".base_layer."
+OUTPUT_HEAD = "lm_head"
+"""Not adaptable: ov_model multiplies by `lm_head.weight` directly, never calling its forward."""
 
 
 def lora_of(recipe: Recipe) -> LoraConfig | None:
@@ -132,6 +134,12 @@ def adapted_layers(model: nn.Module, lora: LoraConfig) -> list[str]:
                     used[pattern] = True
                 if matched:
                     found.append(full)
+    if OUTPUT_HEAD in found:
+        raise RecipeError(
+            "train.lora.targets matches lm_head, the output head: ov_model applies it through its "
+            "weight (the chunked loss and logits), not its forward, so an adapter there would "
+            "never train; drop the pattern (the head then stays frozen with the llm group)"
+        )
     unused = [pattern for pattern, hit in used.items() if not hit]
     if unused:
         raise RecipeError(
