@@ -94,3 +94,22 @@ def test_without_a_name_the_names_are_listed():
     result = CliRunner().invoke(recipes_command, [])
     assert result.exit_code == 0
     assert [line.split()[0] for line in result.output.splitlines()[1:]] == list(RECIPES)
+
+
+def test_the_printed_file_runs_as_a_recipe_with_paths_given_on_the_command_line(tmp_path):
+    from ov_train.commands import run_command
+
+    printed = CliRunner().invoke(recipes_command, ["stage2-4b"]).output
+    (tmp_path / "stage2.toml").write_text(printed)
+    result = CliRunner().invoke(
+        run_command,
+        [str(tmp_path / "stage2.toml"), "--model", "/m", "--data", "/d", "--show"],
+    )
+    assert result.exit_code == 0, result.output
+    shown = recipe_from_dict(tomllib.loads(result.output))
+    assert shown.model.path == "/m"
+    assert shown.data.path == "/d"
+    assert shown.train == RECIPES["stage2-4b"].train
+    unfilled = CliRunner().invoke(run_command, [str(tmp_path / "stage2.toml")])
+    assert unfilled.exit_code == 2
+    assert "model.path is required" in unfilled.output
