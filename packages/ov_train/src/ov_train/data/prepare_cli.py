@@ -3,7 +3,10 @@
 The packing and output options are generated from `PrepareConfig`'s fields (name, type, default,
 `metadata["help"]`), so a new setting appears on the command line without being written twice.
 Inputs are repeatable options, one per format; the processor is read from a model (or processor)
-folder. Importing this module does not import torch: `--help` answers at once.
+folder. `--recipe` names the recipe that will train on the data: the report and the output then
+say how the data fits one run of it (`run_fit`: epochs per run, a warning when the capacity does
+not divide its micro-batch budget). Importing this module does not import torch: `--help` answers
+at once.
 """
 
 import dataclasses
