@@ -9,7 +9,9 @@ and frees them after; each reduce-scatters its gradients as soon as its backward
 - every decoder layer;
 - the root (`model`): what is left, the token embedding, the final norm and the output head.
 The units follow the trainable units of the recipe (vision / projector / llm), so a unit is
-either wholly frozen or wholly trained: Stage-1 trains only the projector, and a frozen unit
+either wholly frozen or wholly trained (LoRA adapters aside: with `train.lora` a unit holds
+trainable adapters beside its frozen base, and FSDP2 reduces only the adapters' gradients):
+Stage-1 trains only the projector, and a frozen unit
 all-gathers for forward (and, inside the LLM, for the input gradient) but never reduces.
 
 Gradient reduction: FSDP2 divides gradients by the data-parallel size by default (a mean over
