@@ -203,16 +203,32 @@ def run_command(
     hidden_aliases=("--dtype",),
 )
 @max_shard_size_option("Largest safetensors file.")
+@click.option(
+    "--format",
+    "export_format",
+    type=click.Choice(["hf", "peft"]),
+    default="hf",
+    help="hf: the HF-layout model (a LoRA run's adapters merged into its base); peft: a LoRA "
+    "run's adapters as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).",
+)
 def export_command(
-    checkpoint: Path, out: Path, overwrite: bool, store_dtype: str, max_shard_size: int
+    checkpoint: Path,
+    out: Path,
+    overwrite: bool,
+    store_dtype: str,
+    max_shard_size: int,
+    export_format: str,
 ) -> None:
-    """Write CHECKPOINT (a checkpoint folder, or a run folder for its latest) in the HF layout."""
+    """Write CHECKPOINT (a checkpoint folder, or a run folder for its latest) in the HF layout,
+    or a LoRA run's adapters as a PEFT folder."""
     dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[store_dtype]
     with _user_errors():
         from ov_train.export import export_checkpoint
 
         claim_output(out, overwrite, keep=(checkpoint,))
-        folder = export_checkpoint(checkpoint, out, dtype=dtype, max_shard_size=max_shard_size)
+        folder = export_checkpoint(
+            checkpoint, out, dtype=dtype, max_shard_size=max_shard_size, format=export_format
+        )
     click.echo(f"exported {checkpoint} -> {folder}")
 
 
