@@ -110,7 +110,7 @@ def check_lora_supported(recipe: Recipe, world_size: int) -> None:
         if getattr(parallel, name) > 1:
             raise RecipeError(
                 f"train.lora with parallel.{name} = {getattr(parallel, name)} is not supported "
-                f"(LoRA runs in one process); set parallel.{name} = 1"
+                f"(LoRA runs in one process or data parallel); set parallel.{name} = 1"
             )
 
 

@@ -259,7 +259,8 @@ def test_without_truncate_the_long_sample_is_too_long_and_nothing_is_truncated(
     with pytest.raises(PrepareError, match="no sample could be packed"):
         prepare(config, processor)
     report = load_report(tmp_path / "out")
-    assert report.counts.truncated == 0 and report.truncated_samples == []
+    assert report.counts.truncated == 0
+    assert report.truncated_samples == []
     assert report.counts.rejected_by_reason["too_long"] == 2
     assert report.rejected_samples[0].detail == f"{whole} tokens > max_length 160"
 

@@ -23,7 +23,7 @@ def _fit(bin_tokens, *, capacity, budget, steps=3, accumulation=2, seed=0):
 
 def test_full_bins_two_per_micro_batch_give_exact_epochs():
     fit = _fit([100] * 4, capacity=100, budget=200)
-    assert fit.bins == 4 and fit.tokens == 400 and fit.samples == 10
+    assert (fit.bins, fit.tokens, fit.samples) == (4, 400, 10)
     assert fit.micro_batches_per_epoch == 2
     assert fit.micro_batches_per_run == 6
     assert fit.tokens_per_run_at_most == 1200
@@ -60,4 +60,5 @@ def test_a_capacity_above_the_budget_counts_the_bins_over_it():
 )
 def test_largest_divisor_below(budget, capacity, expected):
     assert largest_divisor_below(budget, capacity) == expected
-    assert budget % expected == 0 and expected <= capacity
+    assert budget % expected == 0
+    assert expected <= capacity
