@@ -521,6 +521,18 @@ def test_overwrite_never_removes_an_input_or_the_working_directory(tmp_path, mon
     assert (out / "model").is_dir()
 
 
+def test_overwrite_never_removes_the_home_folder_or_one_above_it(tmp_path, monkeypatch):
+    home = tmp_path / "users" / "me"
+    home.mkdir(parents=True)
+    (home / "notes.txt").write_text("keep\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    for path in (home, tmp_path / "users"):
+        with pytest.raises(click.ClickException, match="holds"):
+            claim_output(path, True)
+    assert (home / "notes.txt").is_file()
+
+
 def test_overwrite_with_resume_from_is_a_usage_error():
     result = CliRunner().invoke(
         ov_train, ["run", "stage1-tiny", "--overwrite", "--resume-from", "3"]

@@ -117,7 +117,8 @@ def claim_output(
     A folder counts as existing when it holds anything (an empty folder is used as is); a file
     when it exists. A `resumable` output (a command that continues its own earlier run) is left
     as it is without --overwrite, and removed with it (start over). A folder that holds the
-    working directory or one of the command's inputs (`keep`) is never removed.
+    working directory, the home folder or one of the command's inputs (`keep`) is never
+    removed.
     """
     path = Path(path)
     if not path.exists() and not path.is_symlink():
@@ -131,7 +132,7 @@ def claim_output(
     if not overwrite:
         raise OutputExistsError(f"{path} {what}; pass --overwrite to replace it")
     if path.is_dir() and not path.is_symlink():
-        for kept in (Path.cwd(), *keep):
+        for kept in (Path.cwd(), Path.home(), *keep):
             if Path(kept).resolve().is_relative_to(path.resolve()):
                 raise OutputExistsError(f"{path} holds {kept}; not removing it")
         if folder:
