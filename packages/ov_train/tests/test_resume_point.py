@@ -43,6 +43,13 @@ def _truncate_distcp(checkpoint):
     shard.write_bytes(data[: len(data) // 2])
 
 
+def _flip_a_distcp_byte(checkpoint):
+    shard = next((checkpoint / TENSORS_DIR).glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size: only the recorded hash can tell
+    shard.write_bytes(bytes(data))
+
+
 def _break_trainer_state(checkpoint):
     (checkpoint / "trainer_state.json").write_text('{"format": 2, "step"')
 
@@ -60,6 +67,7 @@ def _truncate_metadata(checkpoint):
     ("corrupt", "reason"),
     [
         (_truncate_distcp, r"__0_0\.distcp: \d+ bytes, its index needs \d+ bytes"),
+        (_flip_a_distcp_byte, r"__0_0\.distcp: SHA-256 differs from the one recorded"),
         (_break_trainer_state, r"trainer_state\.json: not valid JSON"),
         (_drop_rank_file, r"rank_00000\.json: missing"),
         (_truncate_metadata, r"\.metadata: unreadable"),

@@ -46,9 +46,11 @@ fsynced; a barrier precedes the rename). A kill at any point leaves either the c
 folder or a temporary one, which readers ignore and the next save deletes. Old checkpoints beyond
 `keep_last` are renamed to `.trash-...` before being deleted, so a kill while deleting never
 leaves a half-deleted folder under a step name. What a kill cannot cause, a disk can (a full disk,
-a truncated copy): `verify_checkpoint` checks a checkpoint's JSON files and that every DCP shard
-file holds the bytes its index points to, and `resume_point.py` falls back to the previous
-checkpoint when the latest fails it.
+a truncated copy, a flipped bit): every rank records the SHA-256 of the tensor files it wrote in
+its rank file, and `verify_checkpoint` checks a checkpoint's JSON files, that every DCP shard
+file holds the bytes its index points to and has its recorded hash; `resume_point.py` falls back
+to the previous checkpoint when the latest fails it. Hashing costs one read of the checkpoint at
+save (each rank its own files) and one at resume (the rank that chooses the checkpoint).
 """
 
 import contextlib
@@ -188,7 +190,8 @@ def save_checkpoint(
             storage_writer=FileSystemWriter(tmp / TENSORS_DIR),
             no_dist=world.size == 1,
         )
-    _write_json(tmp / rank_file(world.rank), {"rng": rng_state})
+    hashes = _hash_own_files(tmp / TENSORS_DIR, world.rank)
+    _write_json(tmp / rank_file(world.rank), {"rng": rng_state, "sha256": hashes})
     if is_main(world):
         save_recipe(recipe, tmp / RECIPE_FILE)
         model_config.save(tmp / MODEL_CONFIG)
@@ -316,15 +319,34 @@ def read_trainer_state(path: str | Path) -> dict[str, Any]:
 _TRAINER_KEYS = ("step", "world_size", "scheduler", "optimizer_param_groups")
 
 
+def _hash_own_files(folder: Path, rank: int) -> dict[str, str]:
+    """SHA-256 of the tensor files this rank wrote (DCP names them `__RANK_N.distcp`; rank 0
+    also writes `.metadata`), by file name. Each rank hashes its own, in parallel."""
+    names = [f.name for f in folder.iterdir() if f.name.startswith(f"__{rank}_")]
+    if rank == 0 and (folder / ".metadata").is_file():
+        names.append(".metadata")
+    return {name: _sha256(folder / name) for name in sorted(names)}
+
+
+def _sha256(file: Path) -> str:
+    with file.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def verify_checkpoint(path: str | Path) -> None:
-    """CheckpointError naming what is wrong unless the checkpoint's JSON files parse and every
+    """CheckpointError naming what is wrong unless the checkpoint's JSON files parse, every
     DCP shard file holds the bytes its index points to (a truncated or missing `.distcp` is
-    caught without reading the tensors)."""
+    caught without reading the tensors), and every tensor file has the SHA-256 its writer
+    recorded at save (a flipped byte in a file of the right size; checkpoints written before
+    the hashes were recorded skip this check)."""
     path = Path(path)
     state = read_trainer_state(path)
+    recorded: dict[str, str] = {}
     for rank in range(int(state["world_size"])):
-        if "rng" not in _read_json(path / rank_file(rank)):
+        rank_state = _read_json(path / rank_file(rank))
+        if "rng" not in rank_state:
             raise CheckpointError(f"{path / rank_file(rank)}: no RNG state")
+        recorded.update(rank_state.get("sha256", {}))
     folder = path / TENSORS_DIR
     if not (folder / ".metadata").is_file():
         raise CheckpointError(f"{folder}: no .metadata; not a complete checkpoint")
@@ -342,6 +364,14 @@ def verify_checkpoint(path: str | Path) -> None:
         if size is None or size < end:
             found = "missing" if size is None else f"{size} bytes"
             raise CheckpointError(f"{file}: {found}, its index needs {end} bytes (truncated?)")
+    for name, expected in sorted(recorded.items()):
+        file = folder / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing (its rank recorded it at save)")
+        if _sha256(file) != expected:
+            raise CheckpointError(
+                f"{file}: SHA-256 differs from the one recorded at save (corrupted on disk)"
+            )
 
 
 def _read_json(file: Path) -> Any:
