@@ -173,3 +173,39 @@ def test_bad_invocation_is_one_error_line_naming_the_culprit_with_exit_status_2(
     error_lines = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert len(error_lines) == 1, result.output
     assert culprit in error_lines[0], result.output
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "line"),
+    [
+        (OSError(28, "No space left on device", "/data/out/x.bin"), 1, "/data/out/x.bin: No space"),
+        (PermissionError(13, "Permission denied", "/data/out"), 1, "/data/out: Permission denied"),
+        (NotADirectoryError(20, "Not a directory", "a/file/x"), 2, "a/file/x: Not a directory"),
+    ],
+    ids=["disk-full", "permission", "not-a-directory"],
+)
+@pytest.mark.parametrize(
+    "cli",
+    [rice_vit, ov_pack, ov_concepts, ov_model, ov_train, ov_eval],
+    ids=["rice-vit", "ov-pack", "ov-concepts", "ov-model", "ov-train", "ov-eval"],
+)
+def test_an_os_error_in_any_command_is_one_line_naming_the_path(cli, error, status, line):
+    """What the machine refuses (a full disk, a folder not writable, a file where a folder
+    goes) ends every CLI with one line naming the path: status 1 when the machine is at fault,
+    2 when the path given is wrong."""
+    import click
+
+    @click.command(name="raises-os-error")
+    def raises() -> None:
+        raise error
+
+    cli.add_command(raises)
+    try:
+        result = CliRunner().invoke(cli, ["raises-os-error"])
+    finally:
+        cli.commands.pop("raises-os-error")
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == status, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"Error: {line}"), result.output

@@ -20,6 +20,7 @@ import click
 from ov_concepts import __version__
 from ov_concepts.cli_conventions import (
     AliasedOption,
+    Group,
     claim_output,
     device_option,
     dtype_option,
@@ -44,7 +45,7 @@ def _usage_error(error: Exception) -> click.ClickException:
     return clean
 
 
-class _Group(click.Group):
+class _Group(Group):
     """Turns ov_concepts' input errors into clean CLI errors."""
 
     def invoke(self, ctx: click.Context):

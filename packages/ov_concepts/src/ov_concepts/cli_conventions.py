@@ -73,6 +73,32 @@ class OutputExistsError(click.ClickException):
     exit_code = 2
 
 
+_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
+def os_error_line(error: OSError) -> click.ClickException:
+    """An operating-system error as one line naming the path: exit status 2 when the path given
+    is wrong (missing, a file for a folder, ...), 1 when the machine is (permission denied, disk
+    full, I/O error)."""
+    where = [str(name) for name in (error.filename, error.filename2) if name is not None]
+    reason = error.strerror or str(error)
+    line = click.ClickException(f"{' -> '.join(where)}: {reason}" if where else reason)
+    line.exit_code = 2 if isinstance(error, _PATH_ERRORS) else 1
+    return line
+
+
+class Group(click.Group):
+    """The click group of every onevision CLI: an OSError a command meets (a folder it may not
+    write, a full disk, a path that vanished) ends it with one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, turning an OSError into `os_error_line`."""
+        try:
+            return super().invoke(ctx)
+        except OSError as error:
+            raise os_error_line(error) from error
+
+
 def out_option(
     help: str,
     *,

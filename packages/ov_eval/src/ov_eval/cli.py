@@ -16,6 +16,7 @@ import click
 from ov_eval import __version__
 from ov_eval.errors import EvalError
 from rice_vit.cli_conventions import (
+    Group,
     claim_output,
     device_option,
     dtype_option,
@@ -34,7 +35,7 @@ def _usage_error(error: Exception) -> click.ClickException:
     return clean
 
 
-class _Group(click.Group):
+class _Group(Group):
     """Turns ov_eval's (and the model loader's) input errors into clean CLI errors."""
 
     def invoke(self, ctx: click.Context):

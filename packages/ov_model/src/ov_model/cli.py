@@ -13,6 +13,7 @@ import click
 
 from ov_model import __version__
 from rice_vit.cli_conventions import (
+    Group,
     claim_output,
     device_option,
     dtype_option,
@@ -33,7 +34,7 @@ def _usage_error(error: Exception) -> click.ClickException:
     return clean
 
 
-class _Group(click.Group):
+class _Group(Group):
     """Turns ov_model's and rice_vit's errors into clean CLI errors."""
 
     def invoke(self, ctx: click.Context):

@@ -15,6 +15,7 @@ import msgspec
 
 from ov_packing import __version__
 from ov_packing.cli_conventions import (
+    Group,
     claim_output,
     max_shard_size_option,
     out_option,
@@ -30,7 +31,7 @@ _CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 _INT32_COUNT = click.IntRange(1, 2**31 - 1)
 
 
-class _Group(click.Group):
+class _Group(Group):
     """Turns ov_packing's input errors into clean CLI errors."""
 
     def invoke(self, ctx: click.Context):

@@ -13,10 +13,12 @@ from ov_train.data.prepare_cli import prepare_command
 from ov_train.memory_command import estimate_memory_command
 from ov_train.plan_parallel_command import plan_parallel_command
 from ov_train.quickstart.command import quickstart_command
+from rice_vit.cli_conventions import Group
 
 
 @click.group(
     name="ov-train",
+    cls=Group,
     context_settings={"show_default": True, "help_option_names": ["-h", "--help"]},
 )
 @click.version_option(__version__, "-V", "--version", prog_name="ov-train")

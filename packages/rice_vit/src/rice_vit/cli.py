@@ -16,6 +16,7 @@ import click
 from rice_vit import __version__
 from rice_vit.cli_conventions import (
     AliasedOption,
+    Group,
     claim_output,
     device_option,
     dtype_option,
@@ -30,7 +31,7 @@ from rice_vit.cli_conventions import (
 _CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
 
-class _Group(click.Group):
+class _Group(Group):
     """Turns rice_vit's input errors into clean CLI errors."""
 
     def invoke(self, ctx: click.Context):
