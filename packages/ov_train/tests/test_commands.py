@@ -59,6 +59,23 @@ def test_run_reports_recipe_errors_in_one_line_naming_the_key():
     assert "model.path is required" in missing.output
 
 
+def test_run_refuses_a_wrong_data_folder_before_loading_the_model(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    import ov_train.train_loop
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the processor was loaded before --data was checked")
+
+    monkeypatch.setattr(ov_train.train_loop, "load_processor", must_not_load)
+    (tmp_path / "notes").mkdir()
+    result = _invoke(
+        run_command, "stage2-tiny", "--model", tiny_model_dir, "--data", tmp_path / "notes"
+    )
+    assert result.exit_code == 2, result.output
+    assert f"Error: {tmp_path / 'notes'}" in result.output
+
+
 @pytest.mark.parametrize(
     ("command", "options"),
     [

@@ -163,6 +163,10 @@ def run_command(
         from ov_train.model_folder import check_model_folder
 
         check_model_folder(resolved.model.path)
+        if resolved.data.path is not None:  # a wrong --data fails before the model loads
+            from ov_train.data.prepare_output import resolve_shards_dir
+
+            resolve_shards_dir(resolved.data.path)
         processor = load_processor(resolved.model)
         world = init_world(resolved.parallel, resolved.train.device)
         try:
