@@ -5,6 +5,9 @@ model folder with its processor.
 a resumed and an uninterrupted run see the very same data.
 """
 
+import os
+import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -88,6 +91,26 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def make_recipe():
     """tiny_recipe(*overrides, base=...) for tests."""
     return tiny_recipe
+
+
+def kill_when_paused(process, marker: Path, timeout: float) -> None:
+    """SIGKILL the forked training `process` once it has written `marker` (its pause point),
+    then remove the marker; fails if it ends or never pauses within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert process.is_alive(), f"the run ended (exit code {process.exitcode}) before pausing"
+        assert time.monotonic() < deadline, "the run never reached its pause point"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(timeout)
+    assert process.exitcode == -signal.SIGKILL
+    marker.unlink()
+
+
+@pytest.fixture(scope="session")
+def kill_paused():
+    """kill_when_paused(process, marker, timeout) for the kill-and-resume tests."""
+    return kill_when_paused
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,6 @@ question is learned (slow).
 """
 
 import multiprocessing
-import os
-import signal
 import sys
 import time
 import warnings
@@ -200,18 +198,9 @@ def _run_to_the_end(recipe, batches, run_dir):
     assert process.exitcode == 0
 
 
-def _kill_after(recipe, batches, run_dir, step):
-    marker = run_dir.with_name(run_dir.name + ".paused")
+def _kill_after(kill_paused, recipe, batches, run_dir, step):
     process = _start(recipe, batches, run_dir, step)
-    deadline = time.monotonic() + TIMEOUT
-    while not marker.exists():
-        assert process.is_alive(), f"the run ended (exit code {process.exitcode}) before pausing"
-        assert time.monotonic() < deadline, "the run never reached its pause point"
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.join(TIMEOUT)
-    assert process.exitcode == -signal.SIGKILL
-    marker.unlink()
+    kill_paused(process, run_dir.with_name(run_dir.name + ".paused"), TIMEOUT)
 
 
 def _stored(checkpoint):
@@ -252,11 +241,11 @@ def test_a_checkpoint_holds_only_the_trainable_state(uninterrupted):
 
 
 def test_kill_then_resume_equals_the_uninterrupted_lora_run(
-    uninterrupted, processor_batches, tmp_path
+    uninterrupted, processor_batches, tmp_path, kill_paused
 ):
     recipe, reference = uninterrupted
     run_dir = tmp_path / "killed"
-    _kill_after(recipe, processor_batches, run_dir, EVERY + 1)
+    _kill_after(kill_paused, recipe, processor_batches, run_dir, EVERY + 1)
     assert latest_checkpoint(run_dir / "checkpoints").name == f"step_{EVERY:08d}"
     _run_to_the_end(recipe, processor_batches, run_dir)
     losses = [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl")]

@@ -11,8 +11,6 @@ the final checkpoint, every parameter and every AdamW state tensor.
 """
 
 import multiprocessing
-import os
-import signal
 import time
 import warnings
 
@@ -76,19 +74,10 @@ def _run_to_the_end(*args):
     assert process.exitcode == 0
 
 
-def _kill_when_paused(*args, **pause):
+def _kill_when_paused(kill_paused, *args, **pause):
     run_dir = args[2]
-    marker = run_dir.with_name(run_dir.name + ".paused")
     process = _start(*args, **pause)
-    deadline = time.monotonic() + TIMEOUT
-    while not marker.exists():
-        assert process.is_alive(), f"the run ended (exit code {process.exitcode}) before pausing"
-        assert time.monotonic() < deadline, "the run never reached its pause point"
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.join(TIMEOUT)
-    assert process.exitcode == -signal.SIGKILL
-    marker.unlink()
+    kill_paused(process, run_dir.with_name(run_dir.name + ".paused"), TIMEOUT)
 
 
 def _final_state(checkpoint, recipe):
@@ -139,10 +128,12 @@ def reference(tmp_path_factory, make_recipe, make_batches):
     return recipe, batches, run_dir
 
 
-def test_kill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(reference, tmp_path):
+def test_kill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(
+    reference, tmp_path, kill_paused
+):
     recipe, batches, reference_dir = reference
     run_dir = tmp_path / "killed"
-    _kill_when_paused(recipe, batches, run_dir, pause_after_step=EVERY + 1)
+    _kill_when_paused(kill_paused, recipe, batches, run_dir, pause_after_step=EVERY + 1)
     assert latest_checkpoint(run_dir / "checkpoints").name == f"step_{EVERY:08d}"
     assert len(_losses(run_dir)) == EVERY + 1  # a step past the checkpoint was logged
     _run_to_the_end(recipe, batches, run_dir)
@@ -152,10 +143,10 @@ def test_kill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(referen
     ]
 
 
-def test_kill_during_a_save_leaves_the_previous_checkpoint_usable(reference, tmp_path):
+def test_kill_during_a_save_leaves_the_previous_checkpoint_usable(reference, tmp_path, kill_paused):
     recipe, batches, reference_dir = reference
     run_dir = tmp_path / "killed_saving"
-    _kill_when_paused(recipe, batches, run_dir, pause_in_save=2 * EVERY)
+    _kill_when_paused(kill_paused, recipe, batches, run_dir, pause_in_save=2 * EVERY)
     root = run_dir / "checkpoints"
     partial = root / f".tmp-step_{2 * EVERY:08d}"
     assert partial.is_dir()
