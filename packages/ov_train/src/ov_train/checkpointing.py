@@ -135,6 +135,16 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def copy_processor_files(checkpoint: Path, out: Path) -> None:
+    """Copy the processor files a checkpoint carries (tokenizer, preprocessor config, chat
+    template) into export folder `out`."""
+    processor = checkpoint / PROCESSOR_DIR
+    if processor.is_dir():
+        for file in sorted(processor.iterdir()):
+            if file.is_file():
+                shutil.copyfile(file, out / file.name)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from a checkpoint, a folder of checkpoints or a run folder (latest)."""
     path = Path(path)

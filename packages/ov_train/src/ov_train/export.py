@@ -22,7 +22,6 @@ them into the base read from `model.path` (or writes a PEFT adapter folder).
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -34,9 +33,9 @@ from ov_model.model import LlavaOV
 from ov_model.state_dict_adapter import to_hf
 from ov_train.checkpointing import (
     MODEL_CONFIG,
-    PROCESSOR_DIR,
     TENSORS_DIR,
     SafeFileSystemReader,
+    copy_processor_files,
     resolve_checkpoint,
     single_process_quiet,
 )
@@ -103,11 +102,7 @@ def export_checkpoint(
         (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     dtype_name = str(target_dtype).removeprefix("torch.")
     config.replace(extra={**config.extra, "torch_dtype": dtype_name}).save(out / MODEL_CONFIG)
-    processor = source / PROCESSOR_DIR
-    if processor.is_dir():
-        for file in sorted(processor.iterdir()):
-            if file.is_file():
-                shutil.copyfile(file, out / file.name)
+    copy_processor_files(source, out)
     return out
 
 

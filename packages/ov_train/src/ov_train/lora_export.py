@@ -24,7 +24,6 @@ host memory (its frozen base in `base_dtype`): the adapters must meet their base
 LoRA run's base is in `model.path`, not in the checkpoint.
 """
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -32,7 +31,12 @@ from torch import nn
 
 from ov_model.config import LlavaOVConfig
 from ov_model.model import LlavaOV
-from ov_train.checkpointing import MODEL_CONFIG, PROCESSOR_DIR, RECIPE_FILE, load_model_state
+from ov_train.checkpointing import (
+    MODEL_CONFIG,
+    RECIPE_FILE,
+    copy_processor_files,
+    load_model_state,
+)
 from ov_train.config import Recipe
 from ov_train.config_io import load_recipe
 from ov_train.errors import CheckpointError
@@ -100,7 +104,7 @@ def export_lora_merged(
         plain = LlavaOV(config)
     plain.load_state_dict({n: t.to(dtype) for n, t in state.items()}, strict=True, assign=True)
     plain.save_pretrained(out, max_shard_size=max_shard_size)
-    _copy_processor(source, out)
+    copy_processor_files(source, out)
     return out
 
 
@@ -134,13 +138,5 @@ def export_lora_adapter(source: Path, out: Path) -> Path:
     config.save_pretrained(str(out))
     plain = {name: t.detach().contiguous() for name, t in sorted(tensors.items())}
     save_safetensors_file(plain, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
-    _copy_processor(source, out)
+    copy_processor_files(source, out)
     return out
-
-
-def _copy_processor(source: Path, out: Path) -> None:
-    processor = source / PROCESSOR_DIR
-    if processor.is_dir():
-        for file in sorted(processor.iterdir()):
-            if file.is_file():
-                shutil.copyfile(file, out / file.name)
