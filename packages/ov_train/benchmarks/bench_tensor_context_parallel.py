@@ -20,11 +20,12 @@ Run: `uv run --no-sync pytest packages/ov_train/benchmarks/bench_tensor_context_
   that redundancy is in the time, not in the FLOPs.
 
 Measured (CPU, 2 shared cores, torch 2.15, the command above): on a 4240-token row, tp = 2 + SP
-ran at 0.80x the tokens/s of one process (gloo all-gathers per layer over loopback, neighbours
-on the cores); per rank it saved 0.56x the activations (500 -> 281 MiB: the replicated ViT, the
+ran at 0.83x the tokens/s of one process (gloo all-gathers per layer over loopback, neighbours
+on the cores); per rank it saved 0.54x the activations (500 -> 272 MiB: the replicated ViT, the
 whole-row inputs of the q/k/v and gate/up matmuls that DTensor keeps for backward, and the
 gathered hidden states of the loss are not split), held 0.52x the parameters and grew its
-peak RSS 0.59x. On the idle machine (load 0.5, one run of this file for both halves): tokens/s
+peak RSS 0.62x. On the idle machine (load 0.5, one run of this file for both halves, before
+`SavedActivations` held the storages it counts, which lost some by address reuse): tokens/s
 1.19x (two processes have two cores where one process has one thread), activations 0.56x,
 parameters 0.52x, peak RSS growth 0.64x.
 
@@ -141,11 +142,18 @@ def _local_bytes(tensor: torch.Tensor) -> int:
 
 class SavedActivations:
     """Bytes of the distinct storages autograd saves for backward during forward passes while
-    active (a rank's activation memory of a step), parameters (`exclude`) left out."""
+    active (a rank's activation memory of a step), the model's parameters left out.
 
-    def __init__(self, exclude: list[torch.Tensor]) -> None:
-        self.storages: dict[int, int] = {}
-        self.exclude = {_storage(t).data_ptr() for t in exclude}
+    The parameters are looked up at each save: under FSDP2 a layer's weights are all-gathered
+    into new storages just before its forward, and a linear saves its weight (or a transposed
+    view of it) for backward. Storages are keyed by address, their size taken when saved, and
+    held until the counter is dropped: a storage saved by a graph freed mid-forward (or freed
+    by FSDP2's reshard) would otherwise give its address to a later one, which would then go
+    uncounted (the count changed from run to run by megabytes)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.storages: dict[int, tuple[torch.UntypedStorage, int]] = {}
 
     def __enter__(self):
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda x: x)
@@ -158,13 +166,14 @@ class SavedActivations:
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
         in_backward = torch._C._current_graph_task_id() != -1  # recomputation: not held
         storage = _storage(tensor)
-        if not in_backward and storage.data_ptr() not in self.exclude:
-            self.storages[storage.data_ptr()] = storage.nbytes()
+        parameters = {_storage(p).data_ptr() for p in self.model.parameters()}
+        if not in_backward and storage.data_ptr() not in parameters:
+            self.storages.setdefault(storage.data_ptr(), (storage, storage.nbytes()))
         return tensor
 
     @property
     def bytes(self) -> int:
-        return sum(self.storages.values())
+        return sum(nbytes for _, nbytes in self.storages.values())
 
 
 def _tp_worker(rank, recipe, batch, steps):
@@ -175,7 +184,7 @@ def _tp_worker(rank, recipe, batch, steps):
     start_kib = bench.memory_kib("VmRSS")
     model, optimizer, scheduler = bench.training_state(tp_model, recipe, world)
     parameter_bytes = sum(_local_bytes(p) for p in model.parameters())
-    saved = SavedActivations(list(model.parameters()))
+    saved = SavedActivations(model)
     seconds, result = bench.timed_steps(
         model, optimizer, scheduler, recipe, world, [[batch]] * steps, first_step=saved
     )
@@ -314,28 +323,13 @@ def _cp_recipe(cp: int, mode: str = "allgather"):
     return _recipe(f"parallel.cp={cp}", f"parallel.cp_attention={mode}")
 
 
-class GatheredParametersLeftOut(SavedActivations):
-    """`SavedActivations` that leaves out the storages of the model's parameters as they are at
-    each save: under FSDP2 a layer's weights are all-gathered into new storages just before its
-    forward, and a linear saves its weight (or a transposed view of it) for backward, so the
-    parameters of the cp run must be looked up then, not once before the step."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__([])
-        self.model = model
-
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        self.exclude = {_storage(p).data_ptr() for p in self.model.parameters()}
-        return super()._pack(tensor)
-
-
 def _cp_worker(rank, recipe, batch, steps):
     """Train `steps` steps of the one-row batch; seconds of the fastest step after the first,
     tokens per step, the loss and the activation bytes saved for backward (this rank)."""
     world = init_world(recipe.parallel, "cpu")
     world.barrier()
     model, optimizer, scheduler = bench.training_state(tp_model, recipe, world)
-    saved = GatheredParametersLeftOut(model)
+    saved = SavedActivations(model)
     seconds, result = bench.timed_steps(
         model, optimizer, scheduler, recipe, world, [[batch]] * steps, first_step=saved
     )
