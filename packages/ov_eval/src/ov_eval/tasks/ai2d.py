@@ -45,6 +45,7 @@ class AI2D(Task):
     pinned_prompt_hash = "ccea24bbec4b"
     max_new_tokens = 16
     metric = "exact_match"
+    reference = "lmms-eval 0.7.3, task ai2d"
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample whose answer is the right option's letter."""

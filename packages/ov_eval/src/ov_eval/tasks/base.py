@@ -89,6 +89,9 @@ class Task(abc.ABC):
     """Strings at which the output is cut (lmms-eval's `until`), besides end of sequence."""
     metric: ClassVar[str]
     """Name of the headline number in `aggregate`'s result."""
+    reference: ClassVar[str]
+    """The scorer whose numbers this task reproduces, with its version, e.g. "lmms-eval 0.7.3,
+    task scienceqa_img"; recorded with every result."""
 
     @property
     def prompt_hash(self) -> str:
@@ -149,7 +152,7 @@ def require_scores(task: str, scored: Sequence[tuple[Sample, SampleScore]]) -> N
 
 
 _REQUIRED_ATTRIBUTES = ("name", "version", "summary", "dataset", "prompt_templates")
-_REQUIRED_ATTRIBUTES += ("pinned_prompt_hash", "metric")
+_REQUIRED_ATTRIBUTES += ("pinned_prompt_hash", "metric", "reference")
 
 
 def check_task_class(cls: type[Task]) -> type[Task]:

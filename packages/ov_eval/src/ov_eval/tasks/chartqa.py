@@ -38,6 +38,7 @@ class ChartQA(Task):
     pinned_prompt_hash = "f9bbdfb3ba5c"
     max_new_tokens = 16
     metric = "relaxed_overall"
+    reference = "lmms-eval 0.7.3, task chartqa"
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample keyed by its position in the split; the question type goes to metadata."""

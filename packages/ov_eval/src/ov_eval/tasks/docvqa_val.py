@@ -33,6 +33,7 @@ class DocVQAVal(Task):
     pinned_prompt_hash = "e65ce3bc78ec"
     max_new_tokens = 128
     metric = "anls"
+    reference = "lmms-eval 0.7.3, task docvqa_val"
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample keyed by the dataset's questionId."""

@@ -17,6 +17,7 @@ class InfoVQAVal(DocVQAVal):
     """InfographicVQA validation split, ANLS."""
 
     name = "infovqa_val"
+    reference = "lmms-eval 0.7.3, task infovqa_val"
     version = 1
     summary = "InfographicVQA validation: questions on infographics, ANLS"
     dataset = "lmms-lab/DocVQA (config InfographicVQA, split validation)"

@@ -77,6 +77,7 @@ class JsonlTask(Task):
     )
     pinned_prompt_hash = "bc61e4d07414"
     metric = "score"
+    reference = "ov-eval jsonl format (no external reference: the metric named per line)"
 
     def load(self, path: Path, *, limit: int | None = None) -> list[Sample]:
         """Read `path/samples.jsonl` (or the `.jsonl` file `path`), images included."""

@@ -89,6 +89,7 @@ class MathVistaTestmini(Task):
     pinned_prompt_hash = "097b7e59f23b"
     max_new_tokens = 1024
     metric = "accuracy"
+    reference = "lmms-eval 0.7.3, task mathvista_testmini"
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample keyed by pid; problem type, answer type, precision and unit in metadata."""

@@ -74,6 +74,7 @@ class MMBenchDev(Task):
     max_new_tokens = 1024
     stop_strings = ("ASSISTANT:",)
     metric = "circular_accuracy"
+    reference = "lmms-eval 0.7.3, task mmbench_en_dev"
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample keyed by MMBench's index; the hint and categories in metadata."""

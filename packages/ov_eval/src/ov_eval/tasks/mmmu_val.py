@@ -66,6 +66,7 @@ class MMMUVal(Task):
     pinned_prompt_hash = "9c2c8d153898"
     max_new_tokens = 16
     metric = "mmmu_acc"
+    reference = "lmms-eval 0.7.3, task mmmu_val"
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample with the parsed options and the images its text refers to."""

@@ -44,6 +44,7 @@ class MMStar(Task):
     )
     pinned_prompt_hash = "3f0ec7fd3ab3"
     metric = "average"
+    reference = "lmms-eval 0.7.3, task mmstar"
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample keyed by MMStar's index, categories in metadata."""

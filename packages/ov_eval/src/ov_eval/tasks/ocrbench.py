@@ -38,6 +38,7 @@ class OCRBench(Task):
     pinned_prompt_hash = "d89c86909c80"
     max_new_tokens = 128
     metric = "ocrbench_accuracy"
+    reference = "lmms-eval 0.7.3, task ocrbench"
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample keyed by position; source dataset and category in metadata."""

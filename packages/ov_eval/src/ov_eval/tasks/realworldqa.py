@@ -56,6 +56,7 @@ class RealWorldQA(Task):
     pinned_prompt_hash = "d89c86909c80"
     max_new_tokens = 16
     metric = "exact_match"
+    reference = "lmms-eval 0.7.3, task realworldqa"
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample keyed by position; the options stay inside the question, as published."""

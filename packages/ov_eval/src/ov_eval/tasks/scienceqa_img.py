@@ -54,6 +54,7 @@ class ScienceQAImg(Task):
     pinned_prompt_hash = "c7ff74a04328"
     max_new_tokens = 16
     metric = "exact_match"
+    reference = "lmms-eval 0.7.3, task scienceqa_img"
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample whose answer is the right choice's letter; the hint goes to metadata."""
