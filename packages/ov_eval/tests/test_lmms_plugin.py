@@ -1,16 +1,25 @@
-"""The lmms-eval plugin: its adapter (tested without lmms-eval) and, when importable, the class."""
+"""The lmms-eval plugin: its adapter (tested without lmms-eval) and, when importable, the class,
+its discovery by lmms-eval (entry point and `LMMS_EVAL_PLUGINS`) and a local lmms-eval run."""
 
+import importlib.metadata
 import importlib.util
+import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
 from PIL import Image
 
-from ov_eval.lmms.adapter import OneVisionAdapter, place_images
+from ov_eval.lmms.adapter import ContinuationScore, OneVisionAdapter, place_images
+from ov_eval.lmms.manifest import CLASS_PATH, MODEL_ID
 from ov_eval.lmms.models import AVAILABLE_MODELS
+
+requires_lmms_eval = pytest.mark.skipif(
+    importlib.util.find_spec("lmms_eval") is None, reason="lmms-eval is not installed (extra)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +34,34 @@ def model_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def adapter(model_folder):
     return OneVisionAdapter(model_folder)
+
+
+@pytest.fixture(scope="module")
+def lmms_model(model_folder):
+    """The lmms-eval class on the tiny checkpoint."""
+    from ov_eval.lmms.models.onevision import OneVision
+
+    return OneVision(pretrained=str(model_folder))
+
+
+def lmms_eval_environment(**extra: str) -> dict[str, str]:
+    """The environment of an lmms-eval subprocess: offline, no `LMMS_EVAL_PLUGINS` unless given."""
+    environment = {k: v for k, v in os.environ.items() if k != "LMMS_EVAL_PLUGINS"}
+    return {**environment, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **extra}
+
+
+def run_python(code: str, *arguments: str, environment: dict[str, str]) -> dict:
+    """Run `code` in a fresh interpreter; it prints one JSON object as its last stdout line."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *arguments],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Failed to load model entry-point manifests" not in result.stdout + result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_images_go_first_unless_the_context_places_them():
@@ -51,7 +88,7 @@ def test_greedy_generation_matches_the_model_and_cuts_at_until(adapter):
 
 
 def test_loglikelihood_is_the_sum_of_token_log_probabilities(adapter):
-    logprob, greedy = adapter.loglikelihood("Name a colour.", " red", [])
+    score = adapter.loglikelihood("Name a colour.", " red", [])
     prompt = adapter._prompt("Name a colour.", [])
     target = adapter.processor.tokenizer.encode(" red")
     ids = torch.cat([prompt.input_ids, torch.tensor(target)])[None]
@@ -59,75 +96,190 @@ def test_loglikelihood_is_the_sum_of_token_log_probabilities(adapter):
         logits = adapter.model(ids).logits[0].log_softmax(-1)
     start = prompt.input_ids.numel() - 1
     expected = sum(logits[start + i, token].item() for i, token in enumerate(target))
-    assert logprob == pytest.approx(expected, abs=1e-4)
+    assert score.logprob == pytest.approx(expected, abs=1e-4)
+    assert score.num_tokens == len(target)
+    assert score.loss == pytest.approx(-expected / len(target), abs=1e-4)
     argmax = [int(logits[start + i].argmax()) for i in range(len(target))]
-    assert greedy == (argmax == target)
+    assert score.greedy == (argmax == target)
+
+
+def test_an_empty_continuation_has_no_loss(adapter):
+    assert adapter.loglikelihood("Name a colour.", "", []) == ContinuationScore(0.0, 0, True)
+    assert ContinuationScore(0.0, 0, True).loss == 0.0
+
+
+def test_generation_keeps_blank_lines_as_llava_onevision1_5_does(adapter, monkeypatch):
+    """lmms-eval's default `until` ["\n\n"] is dropped; the task's other stop strings still cut."""
+    monkeypatch.setattr(adapter.processor, "decode", lambda ids: "One.\n\nTwo. Three")
+    assert adapter.generate("Count.", [], {"max_new_tokens": 2, "until": "\n\n"}) == (
+        "One.\n\nTwo. Three"
+    )
+    assert adapter.generate("Count.", [], {"max_new_tokens": 2, "until": ["\n\n", "T"]}) == (
+        "One.\n\n"
+    )
 
 
 def test_plugin_registry_names_the_class():
     assert AVAILABLE_MODELS == {"onevision": "OneVision"}
+    assert CLASS_PATH == "ov_eval.lmms.models.onevision.OneVision"
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("lmms_eval") is None, reason="lmms-eval is not installed (extra)"
-)
+def test_ov_eval_declares_the_lmms_eval_entry_point():
+    """The installed metadata carries the entry point; its module imports without lmms-eval."""
+    (entry_point,) = importlib.metadata.entry_points(group="lmms_eval.models", name=MODEL_ID)
+    assert entry_point.value == "ov_eval.lmms.manifest:onevision_manifest"
+    assert entry_point.dist.name == "ov-eval"
+
+
+@requires_lmms_eval
+def test_the_manifest_registers_onevision_as_a_simple_model():
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    from ov_eval.lmms.manifest import onevision_manifest
+
+    assert onevision_manifest() == ModelManifest(model_id="onevision", simple_class_path=CLASS_PATH)
+
+
+@requires_lmms_eval
 def test_lmms_eval_can_import_the_model_class():
     from lmms_eval.api.model import lmms
 
     from ov_eval.lmms.models.onevision import OneVision
 
     assert issubclass(OneVision, lmms)
+    assert OneVision.is_simple
+    assert not OneVision.__abstractmethods__
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("lmms_eval") is None, reason="lmms-eval is not installed (extra)"
-)
-def test_lmms_eval_requests_reach_the_adapter(adapter, model_folder):
-    """The class answers lmms-eval `Instance` requests as the adapter answers them directly."""
+def toy_request(kind, arguments, doc_id):
     from lmms_eval.api.instance import Instance
 
-    from ov_eval.lmms.models.onevision import OneVision
+    metadata = {"task": "toy", "doc_id": doc_id, "repeats": 1}
+    return Instance(kind, arguments, idx=0, metadata=metadata)
 
-    model = OneVision(pretrained=str(model_folder))
+
+@requires_lmms_eval
+def test_lmms_eval_requests_reach_the_adapter(adapter, lmms_model):
+    """The class answers lmms-eval `Instance` requests as the adapter answers them directly, the
+    log-likelihood as the loss (what lmms-eval's multiple-choice scorer minimises)."""
     image = Image.new("RGB", (56, 56), (10, 200, 10))
     docs = [{"image": image, "answer": " red"}, {"image": None, "answer": " blue"}]
-    model.task_dict = {"toy": {"test": docs}}
+    lmms_model.task_dict = {"toy": {"test": docs}}
 
     def visuals(doc):
         return [doc["image"]]
 
-    def request(kind, arguments, doc_id):
-        metadata = {"task": "toy", "doc_id": doc_id, "repeats": 1}
-        return Instance(kind, arguments, idx=0, metadata=metadata)
-
     generate = [
-        request("generate_until", (f"Q{i}?", {"max_new_tokens": 5}, visuals, i, "toy", "test"), i)
+        toy_request(
+            "generate_until", (f"Q{i}?", {"max_new_tokens": 5}, visuals, i, "toy", "test"), i
+        )
         for i in range(2)
     ]
-    assert model.generate_until(generate) == [
+    assert lmms_model.generate_until(generate) == [
         adapter.generate("Q0?", [image], {"max_new_tokens": 5}),
         adapter.generate("Q1?", [], {"max_new_tokens": 5}),
     ]
     likelihood = [
-        request(
+        toy_request(
             "loglikelihood", ("Colour?", lambda doc: doc["answer"], visuals, i, "toy", "test"), i
         )
         for i in range(2)
     ]
-    assert model.loglikelihood(likelihood) == [
+    scores = [
         adapter.loglikelihood("Colour?", " red", [image]),
         adapter.loglikelihood("Colour?", " blue", []),
     ]
+    assert lmms_model.loglikelihood(likelihood) == [(s.loss, s.greedy) for s in scores]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("lmms_eval") is None, reason="lmms-eval is not installed (extra)"
-)
-def test_lmms_eval_finds_the_model_through_the_plugin_variable():
-    """`LMMS_EVAL_PLUGINS=ov_eval.lmms` makes `--model onevision` resolve to our class."""
-    code = "from lmms_eval.models import get_model; print(get_model('onevision').__module__)"
-    environment = {**os.environ, "LMMS_EVAL_PLUGINS": "ov_eval.lmms"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True
+@requires_lmms_eval
+def test_multi_round_requests_follow_the_tasks_doc_to_text(adapter, lmms_model):
+    """Round 0 answers the context; then `doc_to_text` gets the answers so far and gives the next
+    context and visuals until it signals the end; the result is one answer per round."""
+    from lmms_eval.api.instance import unwrap_generation_output
+
+    image = Image.new("RGB", (56, 56), (10, 10, 200))
+    lmms_model.task_dict = {"toy": {"test": [{"image": image, "rounds": 3}]}}
+    calls = []
+
+    def doc_to_text(doc, previous_output=None, round_idx=None, previous_round_info=None):
+        calls.append((round_idx, list(previous_output), previous_round_info))
+        if round_idx == doc["rounds"]:
+            return None, None, True, previous_output, None
+        context = f"Round {round_idx} after {previous_output[-1]!r}?"
+        return [doc["image"], None], context, False, previous_output, round_idx
+
+    settings = {"max_new_tokens": 4}
+    arguments = ("Round 0?", settings, lambda doc: [doc["image"]], doc_to_text, 0, "toy", "test")
+    [answers] = lmms_model.generate_until_multi_round(
+        [toy_request("generate_until_multi_round", arguments, 0)]
     )
-    assert result.stdout.strip().splitlines()[-1] == "ov_eval.lmms.models.onevision"
+    expected = [adapter.generate("Round 0?", [image], settings)]
+    for round_index in (1, 2):
+        context = f"Round {round_index} after {expected[-1]!r}?"
+        expected.append(adapter.generate(context, [image], settings))
+    assert answers == expected
+    assert calls == [(1, expected[:1], None), (2, expected[:2], 1), (3, expected, 2)]
+    assert unwrap_generation_output(answers) == (answers, None)  # kept per round by lmms-eval
+
+
+ENTRY_POINT_RESOLUTION = """
+    import json, sys
+    from lmms_eval.models import get_model, get_model_manifest
+
+    manifest = get_model_manifest("onevision")
+    model_class = get_model("onevision")
+    # as lmms_eval.evaluator.simple_evaluate builds the model from --model_args
+    model = model_class.create_from_arg_string(
+        f"pretrained={sys.argv[1]},max_pixels=50176",
+        {"batch_size": "1", "max_batch_size": None, "device": None},
+    )
+    print(json.dumps({
+        "simple": manifest.simple_class_path,
+        "chat": manifest.chat_class_path,
+        "class": f"{model_class.__module__}.{model_class.__qualname__}",
+        "answer": type(model.generate_until([])).__name__,
+    }))
+"""
+
+
+@requires_lmms_eval
+def test_lmms_eval_finds_the_model_through_the_entry_point(model_folder):
+    """Without `LMMS_EVAL_PLUGINS`, lmms-eval's own resolution finds and builds `onevision`."""
+    found = run_python(
+        ENTRY_POINT_RESOLUTION, str(model_folder), environment=lmms_eval_environment()
+    )
+    assert found == {"simple": CLASS_PATH, "chat": None, "class": CLASS_PATH, "answer": "list"}
+
+
+PLUGIN_VARIABLE_RESOLUTION = """
+    import importlib.metadata as metadata
+    import json
+
+    def entry_points_but_lmms_eval_models(**selection):
+        found = metadata.EntryPoints(
+            entry_point
+            for distribution in metadata.distributions()
+            for entry_point in distribution.entry_points
+            if entry_point.group != "lmms_eval.models"
+        )
+        return found.select(**selection) if selection else found
+
+    # lmms-eval's registry binds importlib.metadata.entry_points when it is imported
+    metadata.entry_points = entry_points_but_lmms_eval_models
+    from lmms_eval.models import get_model, get_model_manifest
+
+    model_class = get_model("onevision")
+    print(json.dumps({
+        "simple": get_model_manifest("onevision").simple_class_path,
+        "class": f"{model_class.__module__}.{model_class.__qualname__}",
+    }))
+"""
+
+
+@requires_lmms_eval
+def test_lmms_eval_finds_the_model_through_the_plugin_variable():
+    """`LMMS_EVAL_PLUGINS=ov_eval.lmms` alone (the entry point hidden) resolves `onevision`."""
+    environment = lmms_eval_environment(LMMS_EVAL_PLUGINS="ov_eval.lmms")
+    found = run_python(PLUGIN_VARIABLE_RESOLUTION, environment=environment)
+    assert found == {"simple": CLASS_PATH, "class": CLASS_PATH}

@@ -4,13 +4,22 @@
   (LLaVA-style task prompts), the markers place the images; otherwise stray markers are removed and
   the images go first, as the release's own lmms-eval model does.
 - Generation: greedy unless `temperature` > 0 (then sampling with `top_p`), `max_new_tokens`
-  (default 128, as lmms-eval's), output cut at the end-of-turn token and at `until` strings.
-- Log-likelihood: the summed log-probability of the continuation's tokens after the rendered
-  prompt, and whether greedy decoding would have produced exactly them.
+  (default 128, as lmms-eval's `llava_onevision1_5`), output cut at the end-of-turn token and at
+  the `until` strings except "\n\n": lmms-eval gives every task without its own `until` the
+  stop ["\n\n"] (its few-shot delimiter), and its `llava_onevision1_5` model (the release's) drops
+  that one before generating, so long answers are not cut at their first blank line. `ov-eval run`
+  does the same (its tasks carry no "\n\n" stop), so both paths give the same answers.
+- Log-likelihood: the log-probability of the continuation's tokens after the rendered prompt, how
+  many tokens it has, and whether greedy decoding would have produced exactly them
+  (`ContinuationScore`). lmms-eval's models hand back the *loss* (mean negative log-likelihood per
+  continuation token, what a Hugging Face forward with labels returns), and its multiple-choice
+  scorer picks the choice with the smallest value (`np.argmin`), so the model class answers with
+  `ContinuationScore.loss`.
 """
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -19,6 +28,21 @@ from ov_eval.generation import DTYPES, cut_at_stop_strings
 
 IMAGE_MARKER = "<image>"
 DEFAULT_MAX_NEW_TOKENS = 128
+DROPPED_STOP_STRINGS = ("\n\n",)
+
+
+class ContinuationScore(NamedTuple):
+    """How likely a continuation is after a prompt."""
+
+    logprob: float  # summed over the continuation's tokens
+    num_tokens: int
+    greedy: bool  # whether greedy decoding produces exactly these tokens
+
+    @property
+    def loss(self) -> float:
+        """Mean negative log-likelihood per token (0 for an empty continuation), as lmms-eval's
+        models return it."""
+        return -self.logprob / self.num_tokens if self.num_tokens else 0.0
 
 
 def place_images(context: str, num_images: int) -> str:
@@ -60,6 +84,7 @@ class OneVisionAdapter:
         prompt = self._prompt(context, visuals)
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
+        until = [stop for stop in until if stop not in DROPPED_STOP_STRINGS]
         temperature = float(gen_kwargs.get("temperature") or 0.0)
         settings = {
             "max_new_tokens": int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
@@ -78,15 +103,15 @@ class OneVisionAdapter:
     @torch.no_grad()
     def loglikelihood(
         self, context: str, continuation: str, visuals: Sequence[Image.Image]
-    ) -> tuple[float, bool]:
-        """(log P(continuation | prompt), whether greedy decoding gives the continuation)."""
+    ) -> ContinuationScore:
+        """log P(continuation | prompt), its token count, and whether greedy decoding gives it."""
         prompt = self._prompt(context, visuals)
         target = torch.tensor(self.processor.tokenizer.encode(continuation), dtype=torch.int64)
         if target.numel() == 0:
-            return 0.0, True
+            return ContinuationScore(0.0, 0, True)
         ids = torch.cat([prompt.input_ids, target])[None].to(self.device)
         logits = self.model(ids, prompt.pixel_values, prompt.image_grid_thw).logits[0].float()
         predicting = logits[prompt.input_ids.numel() - 1 : -1]
         logprobs = predicting.log_softmax(-1).gather(1, target[:, None].to(self.device))
         greedy = bool((predicting.argmax(-1).cpu() == target).all())
-        return float(logprobs.sum()), greedy
+        return ContinuationScore(float(logprobs.sum()), target.numel(), greedy)

@@ -1,4 +1,19 @@
-"""The lmms-eval model class `onevision` (needs the `lmms-eval` extra; see `ov_eval.lmms`)."""
+"""The lmms-eval model class `onevision` (needs the `lmms-eval` extra; see `ov_eval.lmms`).
+
+lmms-eval 0.7.3 calls one method per request type, each with a batch of `Instance`s whose `args`
+are, for a simple model:
+
+- `generate_until`: (context, gen_kwargs, doc_to_visual, doc_id, task, split)
+- `loglikelihood`: (context, doc_to_target, doc_to_visual, doc_id, task, split)
+- `generate_until_multi_round`: (context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task,
+  split). Round 0 answers the context; from round 1 on, lmms-eval's protocol (as its
+  `llava_onevision` and `qwen2_vl` models run it) calls
+  `doc_to_text(doc, previous_output=answers, round_idx=r, previous_round_info=info)`, which returns
+  `(visuals, context, terminal, answers, info)`; the loop stops when `terminal` is true and the
+  request's result is the list of answers, one per round.
+"""
+
+import itertools
 
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
@@ -9,6 +24,8 @@ from ov_eval.lmms.adapter import OneVisionAdapter
 
 class OneVision(lmms):
     """lmms-eval's interface over `OneVisionAdapter` (batch size 1, as the release evaluates)."""
+
+    is_simple = True
 
     def __init__(
         self,
@@ -47,14 +64,39 @@ class OneVision(lmms):
         return answers
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        """(loss, greedy) per request: the loss, not the log-probability, as lmms-eval's own models
+        answer and its multiple-choice scorer (argmin) expects (see `ov_eval.lmms.adapter`)."""
         results = []
         for request in tqdm(requests, desc="onevision loglikelihood", disable=self.rank != 0):
             context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
             document = self.task_dict[task][split][doc_id]
             continuation = doc_to_target(document) if callable(doc_to_target) else doc_to_target
             visuals = self._visuals(doc_to_visual, doc_id, task, split)
-            results.append(self.adapter.loglikelihood(context, str(continuation), visuals))
+            score = self.adapter.loglikelihood(context, str(continuation), visuals)
+            results.append((score.loss, score.greedy))
         return results
 
-    def generate_until_multi_round(self, requests: list[Instance]) -> list[str]:
-        raise NotImplementedError("onevision does not support multi-round generation requests")
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
+        """Each request's answers, one per round, the task's `doc_to_text` driving the rounds."""
+        results = []
+        for request in tqdm(requests, desc="onevision multi-round", disable=self.rank != 0):
+            context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
+            document = self.task_dict[task][split][doc_id]
+            visuals = self._visuals(doc_to_visual, doc_id, task, split)
+            answers: list[str] = []
+            round_info = None
+            for round_index in itertools.count():
+                if round_index > 0:
+                    visuals, context, terminal, answers, round_info = doc_to_text(
+                        document,
+                        previous_output=answers,
+                        round_idx=round_index,
+                        previous_round_info=round_info,
+                    )
+                    answers = list(answers)
+                    if terminal:
+                        break
+                    visuals = [visual for visual in visuals or [] if visual is not None]
+                answers.append(self.adapter.generate(context, visuals, dict(gen_kwargs)))
+            results.append(answers)
+        return results
