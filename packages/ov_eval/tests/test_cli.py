@@ -51,6 +51,14 @@ def test_list_prompts_prints_the_templates():
 
 
 def test_report_prints_markdown_or_writes_a_file(tmp_path):
+    from ov_eval.fingerprint import (
+        ModelIdentity,
+        RunSetup,
+        fingerprint_file,
+        fingerprint_hash,
+        make_fingerprint,
+        write_fingerprint,
+    )
     from ov_eval.results import (
         FORMAT_VERSION,
         Prediction,
@@ -60,7 +68,20 @@ def test_report_prints_markdown_or_writes_a_file(tmp_path):
         encode_prediction,
         write_results,
     )
+    from ov_eval.tasks import get_task
 
+    task = get_task("jsonl")
+    model = ModelIdentity(path="/m", sha256="ab" * 32, files={})
+    setup = RunSetup(
+        model=model,
+        dtype="float32",
+        device="cpu",
+        min_pixels=None,
+        max_pixels=None,
+        max_new_tokens=None,
+    )
+    fingerprint = make_fingerprint(task, setup)
+    write_fingerprint(tmp_path / fingerprint_file("jsonl"), fingerprint)
     write_results(
         tmp_path,
         RunResults(
@@ -71,24 +92,26 @@ def test_report_prints_markdown_or_writes_a_file(tmp_path):
             tasks=[
                 TaskResult(
                     task="jsonl",
-                    version=1,
-                    prompt_hash="bc61e4d07414",
+                    version=task.version,
+                    prompt_hash=task.prompt_hash,
                     max_new_tokens=128,
                     num_samples=1,
                     metric="score",
                     metrics={"score": 1.0},
                     predictions="predictions/jsonl.jsonl",
+                    reference=task.reference,
+                    fingerprint=fingerprint_hash(fingerprint),
                 )
             ],
         ),
     )
-    (tmp_path / "predictions").mkdir()
     (tmp_path / "predictions" / "jsonl.jsonl").write_bytes(
         encode_prediction(Prediction("1", "q", "a", "a", 1.0))
     )
     printed = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert printed.exit_code == 0, printed.output
-    assert "| jsonl | score | 100.00 | 1 | 1 | `bc61e4d07414` | 128 | yes |" in printed.output
+    row = f"| jsonl | score | 100.00 | 1 | 0 | {task.version} | `{task.prompt_hash}` | 128 | yes |"
+    assert row in printed.output
     target = tmp_path / "report.md"
     written = CliRunner().invoke(main, ["report", str(tmp_path), "-o", str(target)])
     assert written.exit_code == 0, written.output

@@ -12,6 +12,7 @@ from ov_eval.results import (
     Prediction,
     RunResults,
     RunSettings,
+    TaskFailure,
     TaskResult,
     encode_prediction,
     predictions_file,
@@ -27,6 +28,7 @@ def example_results() -> RunResults:
         ov_eval_version="0.1.0",
         created="2025-01-01T00:00:00Z",
         settings=RunSettings(model="/ckpt/tiny", batch_size=8, max_pixels=3_240_000, limit=10),
+        failed=[TaskFailure(task="jsonl", error="data/samples.jsonl: no samples")],
         tasks=[
             TaskResult(
                 task="chartqa",
@@ -37,6 +39,9 @@ def example_results() -> RunResults:
                 metric="relaxed_overall",
                 metrics={"relaxed_overall": 0.5, "relaxed_human_split": 1.0},
                 predictions=predictions_file("chartqa"),
+                reference="lmms-eval 0.7.3, task chartqa",
+                fingerprint="0123456789abcdef",
+                num_errors=1,
             )
         ],
     )
@@ -46,17 +51,22 @@ def test_results_round_trip(tmp_path):
     path = write_results(tmp_path / "out", example_results())
     assert path == tmp_path / "out" / RESULTS_FILE
     assert read_results(tmp_path / "out") == example_results()
-    assert json.loads(path.read_text())["tasks"][0]["predictions"] == "predictions/chartqa.jsonl"
+    recorded = json.loads(path.read_text())
+    assert recorded["tasks"][0]["predictions"] == "predictions/chartqa.jsonl"
+    assert recorded["tasks"][0]["reference"] == "lmms-eval 0.7.3, task chartqa"
+    assert not list((tmp_path / "out").glob(".*.tmp"))
 
 
 def test_predictions_round_trip_line_by_line(tmp_path):
     predictions = [
         Prediction(sample_id="0", prompt="Q?\nAnswer.", prediction="12", extracted="12", score=1.0),
         Prediction(sample_id="1", prompt="Ü?", prediction="", extracted=None, score=0.0),
+        Prediction("2", "Q?", "", None, 0.0, error="data/x.parquet, row 2: sample '2': image 0"),
     ]
     path = tmp_path / "chartqa.jsonl"
     path.write_bytes(b"".join(encode_prediction(p) for p in predictions))
-    assert path.read_bytes().count(b"\n") == 2
+    assert path.read_bytes().count(b"\n") == 3
+    assert path.read_bytes().count(b'"error"') == 1  # absent from lines without an error
     assert read_predictions(path) == predictions
 
 
@@ -87,7 +97,10 @@ def test_missing_results_and_other_format_versions_are_reported(tmp_path):
     with pytest.raises(ResultsError, match=r"no results\.json"):
         read_results(tmp_path)
     (tmp_path / RESULTS_FILE).write_text(json.dumps({"format_version": 99}))
-    with pytest.raises(ResultsError, match="results format 99, this ov-eval reads format 1"):
+    with pytest.raises(ResultsError, match="results format 99, this ov-eval reads format 2"):
+        read_results(tmp_path)
+    (tmp_path / RESULTS_FILE).write_text(json.dumps({"format_version": 1, "tasks": []}))
+    with pytest.raises(ResultsError, match=r"format 1, .*older ov-eval, without run fingerprints"):
         read_results(tmp_path)
     (tmp_path / RESULTS_FILE).write_text("{")
     with pytest.raises(ResultsError, match=r"results\.json: "):
@@ -98,6 +111,8 @@ def test_task_result_is_validated():
     good = msgspec.structs.asdict(example_results().tasks[0])
     with pytest.raises(ValueError, match="headline metric 'anls' is not in metrics"):
         TaskResult(**(good | {"metric": "anls"}))
+    with pytest.raises(ValueError, match="num_errors must be within"):
+        TaskResult(**(good | {"num_errors": 3}))
     for escaping in ("../elsewhere.jsonl", "/abs/p.jsonl", ""):
         with pytest.raises(ValueError, match="inside the results directory"):
             TaskResult(**(good | {"predictions": escaping}))

@@ -1,16 +1,26 @@
-"""The runner: batched greedy evaluation through ov_model, batch-size invariant, resumable."""
+"""The runner: batched greedy evaluation through ov_model, batch-size invariant, resumable, and
+unable to mix runs: fingerprints refuse another model or setting, scores are recomputed from the
+stored text, bad images fail only their sample, bad data fails only its task.
+
+Tests where the model is not the point use `FakeAnswerer` (deterministic answers, images decoded
+as the real answerer does) and a fake model folder (hashed, never loaded)."""
 
 import json
 
+import msgspec
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from ov_eval.cli import main
-from ov_eval.errors import ResultsError
+from ov_eval.errors import DeviceError, RunMismatchError
+from ov_eval.fingerprint import fingerprint_file
 from ov_eval.generation import ModelAnswerer, cut_at_stop_strings
-from ov_eval.results import read_predictions, read_results
+from ov_eval.report import build_report
+from ov_eval.results import encode_prediction, read_predictions, read_results
 from ov_eval.runner import EvalConfig, evaluate
+from ov_eval.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +53,41 @@ def benchmark_dir(tmp_path):
         lines.append(json.dumps(row))
     (folder / "samples.jsonl").write_text("\n".join(lines) + "\n")
     return tmp_path / "data"
+
+
+class FakeAnswerer:
+    """Answers "red" to even-numbered samples and "blue" to the others; decodes every image
+    first, as ModelAnswerer does (so a corrupt image raises ImageError); records its batches."""
+
+    min_pixels, max_pixels = 3136, 12544
+
+    def __init__(self, stop_after_batches=None):
+        self.batches = []
+        self.stop_after_batches = stop_after_batches
+
+    def answer(self, questions, *, max_new_tokens, stop_strings=()):
+        if self.stop_after_batches is not None and len(self.batches) >= self.stop_after_batches:
+            raise KeyboardInterrupt  # the run is killed here
+        for question in questions:
+            question.sample.open_images()
+        self.batches.append([q.sample.id for q in questions])
+        return ["red" if int(q.sample.id[1:]) % 2 == 0 else "blue" for q in questions]
+
+    @property
+    def answered(self):
+        return [sample_id for batch in self.batches for sample_id in batch]
+
+
+def make_fake_model(folder, weights=b"weights-1"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "llava_onevision"}')
+    (folder / "model.safetensors").write_bytes(weights)
+    return folder
+
+
+@pytest.fixture
+def fake_model(tmp_path):
+    return make_fake_model(tmp_path / "model-a")
 
 
 def _config(tiny_model, data, out, **changes):
@@ -90,15 +135,14 @@ def test_a_killed_run_resumes_without_redoing_finished_samples(
     assert path.read_bytes() == reference
 
 
-def test_stored_answer_to_a_different_prompt_is_refused(
-    tiny_model, answerer, benchmark_dir, tmp_path
-):
+def test_stored_answer_to_a_different_prompt_fails_the_task(fake_model, benchmark_dir, tmp_path):
     out = tmp_path / "out"
-    evaluate(_config(tiny_model, benchmark_dir, out, limit=2), answerer)
+    evaluate(_config(fake_model, benchmark_dir, out, limit=2), FakeAnswerer())
     samples = benchmark_dir / "jsonl" / "samples.jsonl"
     samples.write_text(samples.read_text().replace("What colour", "Which colour"))
-    with pytest.raises(ResultsError, match="different prompt"):
-        evaluate(_config(tiny_model, benchmark_dir, out, limit=2), answerer)
+    results = evaluate(_config(fake_model, benchmark_dir, out, limit=2), FakeAnswerer())
+    assert results.tasks == []
+    assert "sample 'q0' was answered for a different prompt" in results.failed[0].error
 
 
 def test_cli_run_writes_results_and_report(tiny_model, benchmark_dir, tmp_path):
@@ -146,3 +190,195 @@ def test_the_cli_resumes_its_out_and_starts_over_with_overwrite(
     assert started_over.exit_code == 0, started_over.output
     assert not (out / "notes.txt").exists()
     assert len(read_predictions(out / "predictions" / "jsonl.jsonl")) == 2
+
+
+def test_resuming_with_another_model_is_refused_naming_each_difference(
+    fake_model, benchmark_dir, tmp_path
+):
+    out = tmp_path / "out"
+    evaluate(_config(fake_model, benchmark_dir, out, limit=3), FakeAnswerer())
+    other = make_fake_model(tmp_path / "model-b", weights=b"weights-2")
+    answerer = FakeAnswerer()
+    with pytest.raises(RunMismatchError) as refused:
+        evaluate(_config(other, benchmark_dir, out), answerer)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"model: '{fake_model}' -> '{other}'" in message
+    assert "model_sha256: " in message
+    assert "(files: model.safetensors)" in message
+    assert "--overwrite" in message
+    assert answerer.batches == []  # refused before answering anything
+    assert len(read_predictions(out / "predictions" / "jsonl.jsonl")) == 3  # untouched
+
+
+def test_rewritten_weights_or_other_settings_are_refused_naming_the_fields(
+    fake_model, benchmark_dir, tmp_path
+):
+    out = tmp_path / "out"
+    evaluate(_config(fake_model, benchmark_dir, out, limit=3), FakeAnswerer())
+    (fake_model / "model.safetensors").write_bytes(b"weights-2")  # same folder, new weights
+    with pytest.raises(RunMismatchError, match=r"model_sha256: \w+ -> \w+ \(files: model\.saf"):
+        evaluate(_config(fake_model, benchmark_dir, out), FakeAnswerer())
+    (fake_model / "model.safetensors").write_bytes(b"weights-1")
+    changed = {"dtype": "bfloat16", "max_new_tokens": 8, "max_pixels": 50_000}
+    with pytest.raises(RunMismatchError) as refused:
+        evaluate(_config(fake_model, benchmark_dir, out, **changed), FakeAnswerer())
+    message = str(refused.value)
+    assert "dtype: 'float32' -> 'bfloat16'" in message
+    assert "max_new_tokens: 12 -> 8" in message
+    assert "max_pixels: None -> 50000" in message
+    assert "model" not in message.split("written by a different run")[1].split(";")[0]
+
+
+def test_a_copied_checkpoint_resumes_and_only_the_rest_is_generated(
+    fake_model, benchmark_dir, tmp_path
+):
+    out = tmp_path / "out"
+    first = FakeAnswerer()
+    evaluate(_config(fake_model, benchmark_dir, out, limit=3, batch_size=2), first)
+    assert first.answered == ["q0", "q1", "q2"]
+    for path in fake_model.iterdir():  # new modification times, same content: rehashed, equal
+        path.write_bytes(path.read_bytes())
+    rest = FakeAnswerer()
+    results = evaluate(_config(fake_model, benchmark_dir, out, batch_size=4), rest)
+    assert rest.answered == [f"q{i}" for i in range(3, 10)]
+    assert results.tasks[0].num_samples == 10
+    assert results.tasks[0].reference == get_task("jsonl").reference
+    assert results.tasks[0].metrics == {"score": 0.5}
+    assert len(results.tasks[0].fingerprint) == 16
+    assert results.settings.model_sha256 is not None
+    build_report(out)  # the evidence checks pass
+
+
+def test_predictions_without_a_fingerprint_are_refused(fake_model, benchmark_dir, tmp_path):
+    out = tmp_path / "out"
+    evaluate(_config(fake_model, benchmark_dir, out, limit=2), FakeAnswerer())
+    (out / fingerprint_file("jsonl")).unlink()
+    with pytest.raises(RunMismatchError, match="predictions without a fingerprint"):
+        evaluate(_config(fake_model, benchmark_dir, out), FakeAnswerer())
+
+
+def test_stored_scores_are_recomputed_from_the_prediction_text(fake_model, benchmark_dir, tmp_path):
+    out = tmp_path / "out"
+    honest = evaluate(_config(fake_model, benchmark_dir, out), FakeAnswerer())
+    path = out / "predictions" / "jsonl.jsonl"
+    original = path.read_bytes()
+    tampered = [
+        msgspec.structs.replace(p, score=1.0, extracted="red") for p in read_predictions(path)
+    ]
+    path.write_bytes(b"".join(encode_prediction(p) for p in tampered))
+    again = FakeAnswerer()
+    rescored = evaluate(_config(fake_model, benchmark_dir, out), again)
+    assert again.batches == []
+    assert rescored.tasks[0].metrics == honest.tasks[0].metrics == {"score": 0.5}
+    assert path.read_bytes() == original  # the audit copy is rewritten too
+
+
+def test_a_run_killed_mid_batch_resumes_to_byte_identical_predictions(
+    fake_model, benchmark_dir, tmp_path
+):
+    whole = tmp_path / "whole"
+    evaluate(_config(fake_model, benchmark_dir, whole, batch_size=3), FakeAnswerer())
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(_config(fake_model, benchmark_dir, killed, batch_size=3), FakeAnswerer(2))
+    path = killed / "predictions" / "jsonl.jsonl"
+    assert len(read_predictions(path)) == 6
+    assert not (killed / "results.json").exists()
+    path.write_bytes(path.read_bytes() + b'{"sample_id": "q6", "pro')  # torn by the kill
+    rest = FakeAnswerer()
+    evaluate(_config(fake_model, benchmark_dir, killed, batch_size=3), rest)
+    assert rest.answered == ["q6", "q7", "q8", "q9"]
+    assert path.read_bytes() == (whole / "predictions" / "jsonl.jsonl").read_bytes()
+    assert read_results(killed).tasks[0].metrics == read_results(whole).tasks[0].metrics
+
+
+def test_a_corrupt_image_fails_its_sample_only_and_is_counted_and_reported(
+    fake_model, benchmark_dir, tmp_path
+):
+    (benchmark_dir / "jsonl" / "img2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    messages = []
+    answerer = FakeAnswerer()
+    out = tmp_path / "out"
+    results = evaluate(
+        _config(fake_model, benchmark_dir, out, batch_size=4), answerer, messages.append
+    )
+    (result,) = results.tasks
+    assert result.num_errors == 1
+    assert result.num_samples == 10
+    assert result.metrics == {"score": 0.4}  # q2 would have been right: scored 0, not dropped
+    samples = benchmark_dir / "jsonl" / "samples.jsonl"
+    assert messages == [
+        f"jsonl: {samples}, line 3: sample 'q2': image 0: " + messages[0].split("image 0: ")[1]
+    ]
+    assert "\n" not in messages[0]
+    (bad,) = [p for p in read_predictions(out / result.predictions) if p.error]
+    assert (bad.sample_id, bad.prediction, bad.score) == ("q2", "", 0.0)
+    assert answerer.answered == ["q0", "q1", "q3", "q4", "q5", "q6", "q7", "q8", "q9"]
+    assert "| jsonl | score | 40.00 | 10 | 1 |" in build_report(out)
+
+
+def test_a_task_whose_data_cannot_load_is_reported_and_the_others_run(
+    fake_model, benchmark_dir, tmp_path
+):
+    messages = []
+    config = _config(fake_model, benchmark_dir, tmp_path / "out", tasks=("chartqa", "jsonl"))
+    results = evaluate(config, FakeAnswerer(), messages.append)
+    assert [r.task for r in results.tasks] == ["jsonl"]
+    assert [f.task for f in results.failed] == ["chartqa"]
+    assert "no file matches" in results.failed[0].error
+    assert messages == [f"chartqa: not run: {results.failed[0].error}"]
+    assert read_results(tmp_path / "out").failed == results.failed
+
+
+def test_an_empty_task_file_is_reported_naming_it(fake_model, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "samples.jsonl").write_text("\n")
+    results = evaluate(_config(fake_model, data, tmp_path / "out"), FakeAnswerer())
+    assert (
+        results.failed[0].error
+        == f"{data / 'samples.jsonl'}: no samples (the file has no non-blank line)"
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_fails_before_loading_anything(benchmark_dir, tmp_path):
+    config = _config(tmp_path / "no-such-model", benchmark_dir, tmp_path / "out", device="cuda")
+    with pytest.raises(DeviceError, match=r"^--device cuda: no CUDA device is available"):
+        evaluate(config)
+    assert not (tmp_path / "out").exists()
+    args = [
+        "run",
+        "--model",
+        str(benchmark_dir),
+        "--tasks",
+        "jsonl",
+        "--data-dir",
+        str(benchmark_dir),
+    ]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "o"), "--device", "cuda"])
+    assert result.exit_code == 2
+    assert "'cuda': no CUDA device is available on this machine" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_cli_refuses_another_setting_in_one_line_and_overwrite_starts_over(
+    tiny_model, benchmark_dir, tmp_path
+):
+    (benchmark_dir / "jsonl" / "img1.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    arguments = ["run", "--model", str(tiny_model), "--tasks", "jsonl", "--quiet"]
+    arguments += ["--data-dir", str(benchmark_dir), "--out", str(out), "--limit", "2"]
+    first = CliRunner().invoke(main, [*arguments, "--max-new-tokens", "4"])
+    assert first.exit_code == 0, first.output
+    assert "sample 'q1': image 0: not a decodable image" in first.stderr
+    assert "| jsonl | score |" in first.stdout
+    assert "| 2 | 1 |" in first.stdout
+    refused = CliRunner().invoke(main, [*arguments, "--max-new-tokens", "5"])
+    assert refused.exit_code == 2
+    assert refused.stderr.count("\n") == 1
+    assert "written by a different run (max_new_tokens: 4 -> 5)" in refused.stderr
+    started_over = CliRunner().invoke(main, [*arguments, "--max-new-tokens", "5", "--overwrite"])
+    assert started_over.exit_code == 0, started_over.output
+    assert read_results(out).tasks[0].max_new_tokens == 5

@@ -171,6 +171,10 @@ def run(
     """Evaluate a checkpoint on tasks with greedy decoding; write predictions and results.
 
     Rerunning into the same --out resumes: finished samples are kept (--overwrite starts over).
+    A resume with another model or other settings is refused, naming each difference.
+    A sample with an unreadable image is reported on stderr and scored 0 (the "errors" column);
+    a task whose data cannot be loaded is reported and skipped, the others run, and the command
+    then exits with status 1.
     """
     from ov_eval.report import render_report
     from ov_eval.runner import EvalConfig, evaluate
@@ -194,4 +198,11 @@ def run(
     for name in names:
         get_task(name)  # an unknown task fails before anything is removed
     claim_output(out, overwrite, resumable=True, keep=(model_dir, data_dir))
-    click.echo(render_report(evaluate(config)), nl=False)
+    results = evaluate(config, on_error=lambda message: click.echo(message, err=True))
+    click.echo(render_report(results), nl=False)
+    if results.failed:
+        names = ", ".join(failure.task for failure in results.failed)
+        raise click.ClickException(
+            f"{len(results.failed)} task(s) could not run: {names} (reasons above and in "
+            f"{out / 'results.json'})"
+        )

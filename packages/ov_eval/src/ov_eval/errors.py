@@ -16,3 +16,12 @@ class UnknownTaskError(EvalError):
 
 class ResultsError(EvalError):
     """A results directory, results JSON or predictions JSONL is missing or malformed."""
+
+
+class RunMismatchError(ResultsError):
+    """An existing results directory was produced by a different run (model, settings, task);
+    resuming into it would mix two runs' predictions. The message names every difference."""
+
+
+class DeviceError(EvalError):
+    """The requested device does not exist on this machine (e.g. `cuda` without CUDA)."""

@@ -6,14 +6,20 @@ limits, the batch size, whether the run was limited, and per task its version, p
 generation budget. The "pinned" column compares each task's version and prompt hash with the task
 definitions of the installed ov_eval, which flags numbers measured with an older prompt.
 
-Before rendering, the predictions behind every number are checked: each task's predictions file
-must exist, decode, and hold exactly as many samples as the result claims. A report is never
-produced from a results file whose evidence is missing or truncated.
+Samples that could not be answered (an unreadable image: scored 0) are counted in an "errors"
+column, and tasks that could not run at all are listed with their error under the table, so a
+number measured on fewer usable samples never passes for a clean one.
+
+Before rendering, the evidence behind every number is checked: each task's predictions file must
+exist, decode, and hold exactly as many samples (and errors) as the result claims, and the run
+fingerprint stored next to it must hash to the one recorded in results.json. A report is never
+produced from a results file whose evidence is missing, truncated or from another run.
 """
 
 from pathlib import Path
 
 from ov_eval.errors import ResultsError
+from ov_eval.fingerprint import fingerprint_file, fingerprint_hash, read_fingerprint
 from ov_eval.results import RunResults, TaskResult, read_predictions, read_results
 from ov_eval.tasks import TASKS
 
@@ -30,11 +36,25 @@ def _check_predictions(directory: Path, result: TaskResult) -> None:
     path = directory / result.predictions
     if not path.is_file():
         raise ResultsError(f"{path}: predictions of task {result.task} are missing")
-    count = len(read_predictions(path))
-    if count != result.num_samples:
+    predictions = read_predictions(path)
+    if len(predictions) != result.num_samples:
         raise ResultsError(
-            f"{path}: {count} predictions, but results.json reports {result.num_samples} "
-            f"samples for task {result.task}"
+            f"{path}: {len(predictions)} predictions, but results.json reports "
+            f"{result.num_samples} samples for task {result.task}"
+        )
+    errors = sum(prediction.error is not None for prediction in predictions)
+    if errors != result.num_errors:
+        raise ResultsError(
+            f"{path}: {errors} errors, but results.json reports {result.num_errors} "
+            f"for task {result.task}"
+        )
+    fingerprint = directory / fingerprint_file(result.task)
+    if not fingerprint.is_file():
+        raise ResultsError(f"{fingerprint}: run fingerprint of task {result.task} is missing")
+    if fingerprint_hash(read_fingerprint(fingerprint)) != result.fingerprint:
+        raise ResultsError(
+            f"{fingerprint}: does not match the fingerprint results.json records for task "
+            f"{result.task} (the predictions were rewritten by another run)"
         )
 
 
@@ -55,7 +75,8 @@ def render_report(results: RunResults) -> str:
     lines = [
         "# ov-eval results",
         "",
-        f"- model: `{settings.model}`",
+        f"- model: `{settings.model}`"
+        + (f" (content sha256 `{settings.model_sha256[:16]}`)" if settings.model_sha256 else ""),
         f"- images: min_pixels {_or_default(settings.min_pixels)}, "
         f"max_pixels {_or_default(settings.max_pixels)}",
         f"- batch size {settings.batch_size}; "
@@ -65,17 +86,29 @@ def render_report(results: RunResults) -> str:
         f"- ov-eval {results.ov_eval_version}, results format {results.format_version}, "
         f"written {results.created}",
         "",
-        "| task | metric | score | samples | version | prompt hash | max new tokens | pinned |",
-        "|---|---|---:|---:|---:|---|---:|---|",
+        "| task | metric | score | samples | errors | version | prompt hash | max new tokens "
+        "| pinned |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|",
     ]
     for result in results.tasks:
         score = 100.0 * result.metrics[result.metric]
         lines.append(
             f"| {result.task} | {result.metric} | {score:.2f} | {result.num_samples} "
-            f"| {result.version} | `{result.prompt_hash}` | {result.max_new_tokens} "
-            f"| {pinned_status(result)} |"
+            f"| {result.num_errors} | {result.version} | `{result.prompt_hash}` "
+            f"| {result.max_new_tokens} | {pinned_status(result)} |"
         )
-    lines += ["", "Scores are percentages of the headline metric.", "", "## All metrics", ""]
+    lines += ["", "Scores are percentages of the headline metric."]
+    if any(result.num_errors for result in results.tasks):
+        lines.append(
+            "Errors are samples that could not be answered (e.g. an unreadable image), scored 0; "
+            "each one's message is in its predictions line (`error`)."
+        )
+    if results.failed:
+        lines += ["", "## Tasks that could not run", ""]
+        lines += [f"- **{failure.task}**: {failure.error}" for failure in results.failed]
+    lines += ["", "## Scorers", ""]
+    lines += [f"- **{result.task}**: {result.reference}" for result in results.tasks]
+    lines += ["", "## All metrics", ""]
     for result in results.tasks:
         details = ", ".join(
             f"{name} {_format_number(value)}" for name, value in result.metrics.items()

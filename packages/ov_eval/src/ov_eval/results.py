@@ -1,42 +1,60 @@
-"""The files an evaluation run leaves behind: `results.json` and one predictions JSONL per task.
+"""The files an evaluation run leaves behind: `results.json` and, per task, a predictions JSONL
+and its run fingerprint.
 
-Layout of a results directory OUT (format version 1):
+Layout of a results directory OUT (format version 2):
 
-    OUT/results.json               RunResults: the run's settings and one TaskResult per task
-    OUT/predictions/<task>.jsonl   one Prediction per line, in sample order
+    OUT/results.json                        RunResults: the run's settings, one TaskResult per
+                                            task, and the tasks that could not run
+    OUT/predictions/<task>.jsonl            one Prediction per line, in sample order
+    OUT/predictions/<task>.fingerprint.json what produced them (`ov_eval.fingerprint`)
 
 Predictions are written one line per sample as they are generated, so an interrupted run keeps
 everything it finished and a restart can resume from the file (a complete line is a finished
-sample; a torn last line is not). `results.json` is written once the numbers are final, in one
-atomic replace. Together they make a run auditable after the fact: every score can be traced to
-the prompt the model saw and the text it produced, and every task result records the task
-version and prompt hash it was measured with, which is what makes two runs comparable.
+sample; a torn last line is not). Whole-file writes (`results.json`, fingerprints, the final
+sample-order rewrite of predictions) are atomic (`ov_eval.atomic`). Together they make a run
+auditable after the fact: every score can be traced to the prompt the model saw and the text it
+produced, and every task result records the task version, prompt hash, scorer reference and run
+fingerprint it was measured with, which is what makes two runs comparable.
+
+Numbers are never read back from a predictions file: the runner rescores every stored prediction
+text with the installed task when it aggregates, and rewrites each line's `extracted` and `score`
+with what it computed, so those two fields are an audit copy of the scoring behind
+`results.json`, not an input to it. A sample whose input could not be used (an unreadable image)
+is a prediction with `error` set, an empty `prediction` and score 0: it counts as wrong, is
+counted in `TaskResult.num_errors`, and is never silently dropped.
 
 The structs are msgspec's: typed, validated when read (unknown fields are refused, so a typo or
 a file from a newer format fails loudly), and fast enough that reading back 10^5 predictions is
-instant. Any change to these structs must bump FORMAT_VERSION.
+instant. Any change to these structs must bump FORMAT_VERSION; a results file of another format
+is refused with a message saying so (format 1 files lack the fingerprint, so they cannot be
+vouched for: rerun the evaluation).
 """
 
-import os
 from pathlib import Path, PurePosixPath
 
 import msgspec
 
+from ov_eval.atomic import write_atomically
 from ov_eval.errors import ResultsError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 RESULTS_FILE = "results.json"
 PREDICTIONS_DIR = "predictions"
 
 
-class Prediction(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Prediction(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """One line of a predictions file: what the model was asked, what it said, how it scored."""
 
     sample_id: str
     prompt: str
     prediction: str
     extracted: str | None
+    """What the scorer read out of `prediction` (audit copy, rewritten at aggregation)."""
     score: float
+    """The sample's score (audit copy, rewritten at aggregation; never read back)."""
+    error: str | None = None
+    """Why the sample could not be answered (e.g. an unreadable image, naming file and sample);
+    `prediction` is then empty and the score 0. Absent from the line when None."""
 
 
 class RunSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -51,6 +69,8 @@ class RunSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Samples per task when the run was limited (None: the whole benchmark)."""
     dtype: str | None = None
     device: str | None = None
+    model_sha256: str | None = None
+    """The model's content hash (`ov_eval.fingerprint.identify_model`)."""
 
 
 class TaskResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -66,18 +86,33 @@ class TaskResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics: dict[str, float]
     predictions: str
     """The predictions file, relative to the results directory (POSIX separators)."""
+    reference: str
+    """The scorer these numbers follow, with its version (`Task.reference`)."""
+    fingerprint: str
+    """Hash of the run fingerprint stored next to the predictions (`fingerprint_hash`)."""
+    num_errors: int = 0
+    """Samples that could not be answered (scored 0, counted in `num_samples`)."""
 
     def __post_init__(self) -> None:
         if self.metric not in self.metrics:
             raise ValueError(f"task {self.task}: headline metric {self.metric!r} is not in metrics")
         if self.num_samples < 0:
             raise ValueError(f"task {self.task}: num_samples must be non-negative")
+        if not 0 <= self.num_errors <= self.num_samples:
+            raise ValueError(f"task {self.task}: num_errors must be within 0..num_samples")
         relative = PurePosixPath(self.predictions)
         if relative.is_absolute() or ".." in relative.parts or not relative.parts:
             raise ValueError(
                 f"task {self.task}: predictions must be a path inside the results directory, "
                 f"got {self.predictions!r}"
             )
+
+
+class TaskFailure(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A task that could not run, and the one-line reason (naming the file)."""
+
+    task: str
+    error: str
 
 
 class RunResults(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -89,6 +124,8 @@ class RunResults(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """When the results were written, ISO 8601 in UTC."""
     settings: RunSettings
     tasks: list[TaskResult]
+    failed: list[TaskFailure] = []
+    """Tasks that could not run (their data could not be loaded); the other tasks ran."""
 
 
 def predictions_file(task: str) -> str:
@@ -131,12 +168,13 @@ def read_predictions(path: Path) -> list[Prediction]:
 
 def write_results(directory: Path, results: RunResults) -> Path:
     """Write `results.json` into `directory` atomically; return its path."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / RESULTS_FILE
-    temporary = path.with_name(f".{RESULTS_FILE}.tmp")
-    temporary.write_bytes(msgspec.json.format(msgspec.json.encode(results), indent=2) + b"\n")
-    os.replace(temporary, path)
-    return path
+    data = msgspec.json.format(msgspec.json.encode(results), indent=2) + b"\n"
+    return write_atomically(directory / RESULTS_FILE, data)
+
+
+def write_predictions(path: Path, predictions: list[Prediction]) -> Path:
+    """Replace the predictions file `path` with `predictions`, atomically."""
+    return write_atomically(path, b"".join(encode_prediction(p) for p in predictions))
 
 
 def read_results(directory: Path) -> RunResults:
@@ -157,6 +195,11 @@ def read_results(directory: Path) -> RunResults:
     if version != FORMAT_VERSION:
         raise ResultsError(
             f"{path}: results format {version}, this ov-eval reads format {FORMAT_VERSION}"
+            + (
+                " (written by an older ov-eval, without run fingerprints: rerun the evaluation)"
+                if version < FORMAT_VERSION
+                else " (written by a newer ov-eval)"
+            )
         )
     try:
         return msgspec.json.decode(data, type=RunResults)

@@ -31,6 +31,8 @@ class Sample:
     - `answers`: the reference answer(s): for multiple choice, the correct option's letter.
     - `options`: option texts, labelled A, B, C... (empty when the item is not multiple choice).
     - `metadata`: whatever else the task needs to build its prompt or its per-category scores.
+    - `source`: where the sample was read from ("file, row 3"), for error messages; set by the
+      loader, not compared (two samples with the same content are equal wherever they came from).
     """
 
     id: str
@@ -39,6 +41,7 @@ class Sample:
     answers: tuple[str, ...]
     options: tuple[str, ...] = ()
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -54,10 +57,15 @@ class Sample:
             raise TypeError(f"sample {self.id}: answers and options must be strings")
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
 
+    @property
+    def name(self) -> str:
+        """How error messages name this sample: its source (when known) and its id."""
+        return f"{self.source}: sample {self.id!r}" if self.source else f"sample {self.id!r}"
+
     def open_images(self) -> list[Image.Image]:
         """Decode the images and convert them to RGB; rice_vit's ImageError (a ValueError)
-        names the sample and image when one cannot be decoded."""
+        names the sample (with its source) and the image when one cannot be decoded."""
         return [
-            decode_image(image, mode="RGB", name=f"sample {self.id}: image {position}")
+            decode_image(image, mode="RGB", name=f"{self.name}: image {position}")
             for position, image in enumerate(self.images)
         ]

@@ -73,11 +73,32 @@ def test_a_malformed_row_is_reported_with_file_row_and_column(
         get_task("chartqa").load(tmp_path)
 
 
-def test_a_corrupt_image_is_reported_at_load_time(tmp_path, make_parquet, make_image_cell):
+def test_a_corrupt_image_fails_its_sample_not_the_load_and_names_file_and_row(
+    tmp_path, make_parquet, make_image_cell
+):
+    from rice_vit import ImageError
+
     rows = chart_rows(2, make_image_cell)
     rows[1]["image"] = make_image_cell(b"\x89PNG but truncated")
     path = make_parquet(tmp_path / "data" / "test-0.parquet", rows)
-    with pytest.raises(DatasetError, match=f"{path}, row 1: column 'image': not a readable image"):
+    good, bad = get_task("chartqa").load(tmp_path)
+    assert good.source == f"{path}, row 0"
+    assert len(good.open_images()) == 1
+    with pytest.raises(ImageError, match=f"{path}, row 1: sample '1': image 0: "):
+        bad.open_images()
+
+
+def test_an_empty_split_is_an_error_naming_the_file(tmp_path, make_parquet):
+    schema = pa.schema(
+        [
+            ("type", pa.string()),
+            ("question", pa.string()),
+            ("answer", pa.string()),
+            ("image", pa.binary()),
+        ]
+    )
+    path = make_parquet(tmp_path / "data" / "test-0.parquet", [], schema)
+    with pytest.raises(DatasetError, match=f"{path}: no rows"):
         get_task("chartqa").load(tmp_path)
 
 

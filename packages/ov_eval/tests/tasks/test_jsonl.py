@@ -121,6 +121,48 @@ def test_malformed_lines_are_reported_with_file_and_line(tmp_path, line, message
         get_task("jsonl").load(tmp_path)
 
 
+@pytest.mark.parametrize("written", ["../outside.png", "img/../../outside.png", "ABSOLUTE"])
+def test_image_paths_cannot_leave_the_folder_of_the_file(tmp_path, make_png, written):
+    (tmp_path / "outside.png").write_bytes(make_png())
+    folder = tmp_path / "task"
+    folder.mkdir()
+    if written == "ABSOLUTE":
+        written = str(tmp_path / "outside.png")
+    line = {"question": "q", "answers": ["a"], "metric": "anls", "image": written}
+    path = write_jsonl(folder, [{"question": "q", "answers": ["a"], "metric": "anls"}, line])
+    with pytest.raises(DatasetError, match=f"{re.escape(str(path))}, line 2: image .* is outside"):
+        get_task("jsonl").load(folder)
+
+
+def test_image_paths_inside_the_folder_load_even_when_absolute_or_with_dots(tmp_path, make_png):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(make_png())
+    lines = [
+        {"question": "q", "answers": ["a"], "metric": "anls", "image": written}
+        for written in ("img/../img/a.png", str(tmp_path / "img" / "a.png"), "./img/a.png")
+    ]
+    write_jsonl(tmp_path, lines)
+    assert [s.images for s in get_task("jsonl").load(tmp_path)] == [(make_png(),)] * 3
+
+
+def test_an_undecodable_image_loads_and_fails_its_sample_only(tmp_path):
+    from rice_vit import ImageError
+
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+    line = {"id": "x", "question": "q", "answers": ["a"], "metric": "anls", "image": "bad.png"}
+    path = write_jsonl(tmp_path, [line])
+    (sample,) = get_task("jsonl").load(tmp_path)
+    with pytest.raises(ImageError, match=f"{re.escape(str(path))}, line 1: sample 'x': image 0"):
+        sample.open_images()
+
+
+def test_an_empty_file_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(DatasetError, match=f"{re.escape(str(path))}: no samples"):
+        get_task("jsonl").load(tmp_path)
+
+
 def test_a_missing_file_is_reported(tmp_path):
     with pytest.raises(DatasetError, match=r"samples\.jsonl: cannot read"):
         get_task("jsonl").load(tmp_path)

@@ -20,6 +20,7 @@ records the hash of the prompt its numbers were measured with.
 """
 
 import abc
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -100,7 +101,8 @@ class Task(abc.ABC):
 
     def load(self, path: Path, *, limit: int | None = None) -> list[Sample]:
         """Read the benchmark from the dataset directory `path` (the first `limit` samples only,
-        when given). Raises DatasetError naming the file and row of anything malformed."""
+        when given), each sample's `source` set to its file and row. Raises DatasetError naming
+        the file and row of anything malformed, or the files when they hold no rows."""
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be positive, got {limit}")
         files = find_split_files(Path(path), self.data_files)
@@ -111,13 +113,15 @@ class Task(abc.ABC):
         ):
             if limit is not None and index >= limit:
                 break
-            sample = self.parse_row(row, where, index)
+            sample = dataclasses.replace(self.parse_row(row, where, index), source=str(where))
             if sample.id in seen:
                 raise DatasetError(
                     f"{where}: sample id {sample.id!r} already used at {seen[sample.id]}"
                 )
             seen[sample.id] = where
             samples.append(sample)
+        if not samples:
+            raise DatasetError(f"{', '.join(map(str, files))}: no rows (an empty split)")
         return samples
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:

@@ -2,7 +2,12 @@
 
 For data that is not a published benchmark: a team's own held-out set, a regression suite, a
 tiny smoke test. The file is `samples.jsonl` inside the given directory (or the given `.jsonl`
-file itself); image paths are relative to the file's directory (absolute paths work too).
+file itself); image paths are relative to the file's directory and must stay inside it (a `..`
+that climbs out, or an absolute path elsewhere, is an error naming the file and line: a task file
+cannot make the runner read arbitrary files). The check is on the path as written, not on where
+symbolic links inside the folder point: whoever can place a link there controls the data anyway.
+A missing image file fails the load (the task file is wrong); an image whose content cannot be
+decoded fails only its sample, at run time (recorded as an error, scored 0).
 Each non-blank line is an object with:
 
 - "question" (string, required): used verbatim as the prompt, or, with options, followed by
@@ -18,10 +23,14 @@ Each non-blank line is an object with:
 Unknown keys are an error (a misspelt "answer" would otherwise go unnoticed). The package README
 documents the format for users, with an example that the tests load.
 
+A file with no samples is an error naming it.
+
 Aggregation: `score`, the mean over all samples, plus `score/<metric>` for each metric used when
 the file mixes several. Generation: up to 128 new tokens.
 """
 
+import dataclasses
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,7 +47,7 @@ from ov_eval.metrics import (
     relaxed_accuracy,
     vqa_accuracy,
 )
-from ov_eval.rows import RowLocation, check_image_bytes, shown
+from ov_eval.rows import RowLocation, shown
 from ov_eval.sample import Sample
 from ov_eval.tasks.base import SampleScore, Task, format_options, mean, require_scores
 
@@ -98,10 +107,13 @@ class JsonlTask(Task):
                 break
             where = RowLocation(file, number, unit="line")
             sample = self._parse_line(raw, where, file.parent)
+            sample = dataclasses.replace(sample, source=str(where))
             if sample.id in seen:
                 raise DatasetError(f"{where}: id {sample.id!r} already used at {seen[sample.id]}")
             seen[sample.id] = where
             samples.append(sample)
+        if not samples:
+            raise DatasetError(f"{file}: no samples (the file has no non-blank line)")
         return samples
 
     def _parse_line(self, raw: bytes, where: RowLocation, base: Path) -> Sample:
@@ -133,7 +145,7 @@ class JsonlTask(Task):
         return Sample(
             id=str(line.id) if line.id is not None else str(where.row),
             question=line.question,
-            images=tuple(_read_image(base / relative, where) for relative in paths),
+            images=tuple(_read_image(base, written, where) for written in paths),
             answers=tuple(answers),
             options=options,
             metadata={"metric": line.metric},
@@ -189,9 +201,24 @@ def _as_letter(answer: str, options: tuple[str, ...], where: RowLocation) -> str
     )
 
 
-def _read_image(path: Path, where: RowLocation) -> bytes:
+def _read_image(base: Path, written: str, where: RowLocation) -> bytes:
+    """The bytes of the image `written` in the line, relative to `base`, which it may not leave.
+    Not decoded here: an undecodable image fails its sample when the runner opens it."""
+    inside = os.path.normpath(base.absolute())
+    path = os.path.normpath(os.path.join(inside, written))
     try:
-        data = path.read_bytes()
+        escapes = os.path.commonpath([inside, path]) != inside
+    except ValueError:  # Windows: another drive
+        escapes = True
+    if escapes:
+        raise DatasetError(
+            f"{where}: image {shown(written)} is outside the task's folder {inside} "
+            "(image paths must stay inside the folder of the .jsonl file)"
+        )
+    try:
+        data = Path(path).read_bytes()
     except OSError as error:
         raise DatasetError(f"{where}: image {path}: {error.strerror or error}") from error
-    return check_image_bytes(data, f"{where}: image {path}")
+    if not data:
+        raise DatasetError(f"{where}: image {path}: empty file")
+    return data
