@@ -32,6 +32,7 @@ prediction whose prompt differs from the prompt the task builds now (different d
 """
 
 import datetime
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,13 +131,14 @@ def task_data_dir(data_dir: Path, task: Task) -> Path:
 
 
 def _resume(path: Path) -> dict[str, Prediction]:
-    """Finished predictions of an earlier run, after cutting off a torn last line."""
+    """Finished predictions of an earlier run, after cutting off a torn last line (by
+    truncating the file in place: one system call, so a kill now cannot lose finished lines)."""
     if not path.is_file():
         return {}
     data = path.read_bytes()
     complete = data[: data.rfind(b"\n") + 1]
     if len(complete) != len(data):
-        path.write_bytes(complete)
+        os.truncate(path, len(complete))
     return {p.sample_id: p for p in read_predictions(path)}
 
 
