@@ -3,6 +3,7 @@
 import pytest
 
 from ov_eval.metrics import extract_choice, option_letters
+from ov_eval.metrics.choice import extract_mcq_answer
 
 OPTIONS = ["a dog", "a cat", "a bird", "a fish"]
 
@@ -58,3 +59,31 @@ def test_option_letters():
 def test_options_must_be_a_sequence_of_texts():
     with pytest.raises(TypeError):
         extract_choice("A", "AB")
+
+
+@pytest.mark.parametrize(
+    ("response", "letter"),
+    [
+        ("B", "B"),
+        ("  (B).\n", "B"),
+        ("B. a cat", "B"),  # start outranks everything
+        ("I think C", "C"),  # end
+        ("The answer is probably C, I think so", "C"),  # phrase: a letter after it
+        ("答案是D", "D"),
+        ("(A) and (B)", "B"),  # last occurrence within one format
+        ("So B: no, A. yes", "A"),  # "A." (period) outranks "B:" (colon)
+        ("DATA", "A"),  # fallback: the letter latest in the text
+        ("b", ""),  # letters are upper case
+        ("Ｂ", ""),  # fullwidth letters are not read
+        ("", ""),
+        ("  \n", ""),
+    ],
+)
+def test_extract_mcq_answer_is_lmms_evals_rule(response, letter):
+    assert extract_mcq_answer(response, ["A", "B", "C", "D"]) == letter
+
+
+def test_extract_mcq_answer_defaults_to_letters_a_to_h():
+    assert extract_mcq_answer("H") == "H"
+    assert extract_mcq_answer("H", ["A", "B"]) == ""
+    assert extract_mcq_answer("H", []) == "H"  # an empty list means the default, as in lmms-eval

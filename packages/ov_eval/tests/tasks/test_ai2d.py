@@ -35,6 +35,9 @@ def test_load_prompt_and_score(tmp_path, make_parquet, make_image_cell):
         ("(B)", 1.0, "(B)"),
         ("B. larva", 1.0, "B"),
         ("  B.", 1.0, "B"),
+        (" (B)\n", 1.0, "(B)"),  # trimmed, as lmms-eval trims before its exact match
+        ("<think>A?</think> B", 1.0, "B"),  # reasoning blocks removed, as lmms-eval's CLI does
+        ("**B**", 1.0, "**B**"),  # punctuation ignored
         ("C", 0.0, "C"),
         ("The answer is B", 0.0, "The answer is B"),  # not read by lmms-eval's filter
         ("larva", 0.0, "larva"),

@@ -1,5 +1,5 @@
-"""mmbench_dev: the MMBench prompt with and without hint, MMBench's option matching, and
-CircularEval over rotated copies."""
+"""mmbench_dev: the MMBench prompt with and without hint, lmms-eval's offline option matching
+(MMBench's `can_infer`, then `extract_mcq_answer`), and CircularEval over rotated copies."""
 
 import pytest
 
@@ -84,7 +84,43 @@ def test_circular_eval_needs_every_rotation_right(tmp_path, make_parquet, make_i
     task = get_task("mmbench_dev")
     outputs = ["A", "B", "A", "A"]  # question 7 right twice; question 8 wrong once
     scored = [(s, task.score(s, o)) for s, o in zip(samples, outputs, strict=True)]
-    assert task.aggregate(scored) == {"circular_accuracy": 0.5, "accuracy": 0.75}
+    assert task.aggregate(scored) == {
+        "circular_accuracy": 0.5,
+        "accuracy": 0.75,
+        "category/image_topic": 0.5,
+        "l2_category/coarse_perception": 0.5,
+    }
+
+
+def test_copies_without_their_main_row_are_not_counted(tmp_path, make_parquet, make_image_cell):
+    rows = [
+        question(make_image_cell, 7, "A", ["cat", "dog"]),
+        question(make_image_cell, 1_000_008, "B", ["blue", "red"]),  # main row 8 absent
+    ]
+    samples = load(tmp_path, make_parquet, rows)
+    task = get_task("mmbench_dev")
+    scored = [(s, task.score(s, "A")) for s in samples]
+    numbers = task.aggregate(scored)
+    assert (numbers["circular_accuracy"], numbers["accuracy"]) == (1.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("output", "letter"),
+    [
+        (" B\n", "B"),  # trimmed first
+        ("Answer:B", "B"),  # can_infer reads nothing; extract_mcq_answer reads B
+        ("**B**", "B"),
+        ("A or B", "A"),  # two bare letters: extract_mcq_answer's start rule outranks its end
+        ("<think>A</think>B", "B"),
+        ("Failed to obtain answer via API: B", "B"),  # can_infer refuses it, the fallback not
+        ("I do not know", None),
+    ],
+)
+def test_unmatched_outputs_fall_back_to_extract_mcq_answer(
+    tmp_path, make_parquet, make_image_cell, output, letter
+):
+    (sample,) = load(tmp_path, make_parquet, [question(make_image_cell, 1, "B", ["cat", "dog"])])
+    assert get_task("mmbench_dev").score(sample, output).extracted == letter
 
 
 def test_answer_outside_the_options_is_a_malformed_row(tmp_path, make_parquet, make_image_cell):

@@ -1,4 +1,5 @@
-"""mmstar: the pinned prompt (no final period), MMStar's letter rule, sub-category averaging."""
+"""mmstar: the pinned prompt (no final period), lmms-eval's letter extraction, sub-category
+averaging."""
 
 import pytest
 
@@ -43,18 +44,20 @@ def test_prompt_strips_the_question_and_removes_the_yes_no_instruction(
     ("prediction", "score"),
     [
         ("A", 1.0),
-        ("a", 1.0),
         ("A: x", 1.0),
         ("(A)", 1.0),
         ("Option A", 1.0),
         ("The answer is A.", 1.0),
         ("\nA", 1.0),
+        ("I think A", 1.0),  # a letter that ends the output
+        ("B is wrong, the answer is A", 0.0),  # the start (B) outranks the answer phrase
+        ("DATA", 1.0),  # fallback: the last letter anywhere
+        ("a", 0.0),  # letters are upper case only
         ("B", 0.0),
-        ("I think A", 0.0),  # only those prefixes are read
         ("", 0.0),
     ],
 )
-def test_letter_rule(tmp_path, make_parquet, make_image_cell, prediction, score):
+def test_lmms_eval_letter_extraction(tmp_path, make_parquet, make_image_cell, prediction, score):
     make_parquet(tmp_path / "mmstar.parquet", rows(make_image_cell)[:1])
     task = get_task("mmstar")
     (sample,) = task.load(tmp_path)

@@ -1,4 +1,5 @@
-"""realworldqa: question as the whole prompt, and lmms-eval's number-word / option-text filters."""
+"""realworldqa: question as the whole prompt; lmms-eval's `realworldqa_process_results` (letter
+extraction for letter answers, exact match otherwise)."""
 
 import pytest
 
@@ -37,12 +38,13 @@ def test_prompt_is_the_trimmed_question(tmp_path, make_parquet, make_image_cell)
     ("prediction", "score", "extracted"),
     [
         ("C", 1.0, "C"),
-        ("c.", 1.0, "c"),
+        (" C.\n", 1.0, "C"),
         ("(C)", 1.0, "C"),
-        ("Right", 1.0, "C"),  # option text -> its letter
-        ("Turning Right.", 1.0, "C"),
+        ("The answer is C", 1.0, "C"),
+        ("c.", 0.0, None),  # lmms-eval reads upper-case letters only
+        ("Right", 0.0, None),  # ... and never option texts (its YAML sets no filters)
         ("B", 0.0, "B"),
-        ("right", 0.0, "right"),  # option texts are matched case-sensitively
+        ("Right, C", 1.0, "C"),
     ],
 )
 def test_multiple_choice_extraction(
@@ -56,9 +58,10 @@ def test_multiple_choice_extraction(
 
 
 @pytest.mark.parametrize(
-    ("prediction", "score"), [("3", 1.0), ("Three", 1.0), ("3.", 1.0), ("three cars", 0.0)]
+    ("prediction", "score"),
+    [("3", 1.0), (" 3.\n", 1.0), ("3..", 1.0), ("Three", 0.0), ("3 cars", 0.0), ("(3)", 0.0)],
 )
-def test_free_form_answers_and_number_words(
+def test_free_form_answers_are_exact_after_trimming_trailing_periods(
     tmp_path, make_parquet, make_image_cell, prediction, score
 ):
     make_parquet(tmp_path / "data" / "test-0.parquet", rows(make_image_cell)[1:])

@@ -51,14 +51,17 @@ def test_load_and_prompt_with_and_without_context(tmp_path, make_parquet, make_i
         ("B.", 1.0),
         ("A", 0.0),
         ("A. milk", 0.0),
-        ("b", 0.0),
-        (" B", 0.0),
+        ("b", 1.0),  # lmms-eval compares the whole output ignoring case
+        (" B\n", 1.0),  # ... after trimming it
+        ("<think>A or B?</think>B", 1.0),  # ... and removing reasoning blocks
+        ("b. rock", 0.0),  # the "X." rule needs an upper-case letter
         ("(B)", 0.0),
+        ("The answer is B.", 0.0),
         ("rock", 0.0),
         ("", 0.0),
     ],
 )
-def test_llava_letter_rule(tmp_path, make_parquet, make_image_cell, prediction, score):
+def test_llava_letter_rule_as_lmms_eval(tmp_path, make_parquet, make_image_cell, prediction, score):
     make_parquet(tmp_path / "ScienceQA-IMG" / "test-0.parquet", rows(make_image_cell)[:1])
     task = get_task("scienceqa_img")
     (sample,) = task.load(tmp_path)

@@ -8,19 +8,35 @@ options rotated ("circular" copies); a copy's index is the original's plus a mul
 Prompt (lmms-eval `mmbench_en_dev`, default model kwargs): "<hint> " when there is a hint, the
 question, a space, "There are several options:", then each option on its own line as "A. text",
 then a blank line and "Answer with the option's letter from the given choices directly.".
-Generation: up to 1,024 new tokens, cut at "ASSISTANT:".
+Generation: up to 1,024 new tokens, cut at "ASSISTANT:". lmms-eval 0.7.3 reads the split from
+`lmms-lab-encoder/MMBench`.
 
-Score: MMBench's own option matching (VLMEvalKit `can_infer`, as in lmms-eval), on the trimmed
-output, without its GPT fallback:
-1. split the output into words; if exactly one of the words is a bare letter A-E, that letter
-   (unless the word "A" appears in an output of more than three words: "A" may be an article);
-2. else, for each of the forms "X.", "X,", "X:", "X)", "X).", "(X)", "(X).", ":X", ":X,", ":X.",
-   ":X)", ":X)." in turn, if exactly one letter appears as a whole word in that form, that letter;
-3. else, if exactly one option's text occurs in the lower-cased output, that option.
-Where none of these finds a letter, lmms-eval asks GPT to match and picks at random when that
-fails; this task counts the item wrong. Aggregation: `circular_accuracy` (the headline, as
-MMBench reports dev) counts a question right only if it and all its rotated copies are right;
-`accuracy` is the plain mean over rows.
+Score: lmms-eval's offline path, `mmbench_en_dev_static` (the same task with
+`MMBench_Evaluator.eval_result(..., eval_method="static")`), on the output as lmms-eval's
+`mmbench_process_results` stores it (`<think>`/`<analysis>` blocks removed and whitespace
+trimmed, see `ov_eval.tasks.lmms_output`). Its choices are the cells A-D that are not null/NaN
+(lmms-eval's `build_choices`; a cell holding the string "nan" or "" counts, a missing column is
+the string "nan", as in lmms-eval):
+1. MMBench's `can_infer` (VLMEvalKit): split the output into words; if exactly one word is a
+   bare letter A-E, that letter (unless the word "A" appears in an output of more than three
+   words: "A" may be an article); else, for each of the forms "X.", "X,", "X:", "X)", "X).",
+   "(X)", "(X).", ":X", ":X,", ":X.", ":X)", ":X)." in turn, if exactly one letter A-E appears as
+   a whole word in that form, that letter (no letter is read from an output containing
+   "Failed to obtain answer via API"); else, if exactly one choice's text occurs in the
+   lower-cased output, that choice;
+2. else lmms-eval's `extract_mcq_answer` over the choice letters
+   (`ov_eval.metrics.choice.extract_mcq_answer`).
+A row is right when the letter read is its answer. `mmbench_en_dev` itself asks GPT where step 1
+finds nothing and picks a seeded random letter when GPT fails; ov_eval follows the static
+variant instead, so no network and no randomness (the one deliberate difference from
+`mmbench_en_dev`; none from `mmbench_en_dev_static`).
+
+Aggregation (`eval_result`): CircularEval over the main rows (index < 1e6): a question is right
+only if every row whose index is the main row's modulo 1e6 is right; `circular_accuracy` (the
+headline; lmms-eval reports it times 100 as `gpt_eval_score`) is the fraction of main rows
+right, `category/<name>` and `l2_category/<name>` the same per category of the main row.
+Rows whose main row is absent (e.g. with `--limit`) are not counted, as in lmms-eval.
+`accuracy` (ov_eval's own) is the plain mean over all rows.
 """
 
 from collections import defaultdict
@@ -29,13 +45,19 @@ from types import MappingProxyType
 
 from ov_eval.errors import DatasetError
 from ov_eval.metrics import option_letters
+from ov_eval.metrics.choice import extract_mcq_answer
 from ov_eval.rows import RowLocation, get_image, get_int, get_str, is_missing, shown
 from ov_eval.sample import Sample
 from ov_eval.tasks.base import SampleScore, Task, format_options, mean, require_scores
+from ov_eval.tasks.lmms_output import lmms_eval_output
 
 CIRCULAR_STRIDE = 1_000_000
 _OPTION_COLUMNS = ("A", "B", "C", "D", "E")
 _LETTERS_TRIED = "ABCDE"
+# lmms-eval's `build_choices` reads these columns only; `process_results` fills a missing one
+# with the string "nan".
+_CHOICE_COLUMNS = ("A", "B", "C", "D")
+_API_FAILURE = "Failed to obtain answer via API"
 _LETTER_FORMS = (
     ("", "."),
     ("", ","),
@@ -53,11 +75,11 @@ _LETTER_FORMS = (
 
 
 class MMBenchDev(Task):
-    """MMBench English dev split, MMBench's option matching, CircularEval."""
+    """MMBench English dev split, lmms-eval's offline option matching, CircularEval."""
 
     name = "mmbench_dev"
-    version = 1
-    summary = "MMBench-EN dev: multiple choice, MMBench's rule matching, CircularEval"
+    version = 2
+    summary = "MMBench-EN dev: multiple choice, lmms-eval's offline matching, CircularEval"
     dataset = "lmms-lab/MMBench (config en, split dev)"
     data_files = ("en/dev-*.parquet", "dev-*.parquet")
     columns = ("index", "question", "hint", "A", "B", "answer", "category", "image")
@@ -74,7 +96,10 @@ class MMBenchDev(Task):
     max_new_tokens = 1024
     stop_strings = ("ASSISTANT:",)
     metric = "circular_accuracy"
-    reference = "lmms-eval 0.7.3, task mmbench_en_dev"
+    reference = (
+        "lmms-eval 0.7.3, task mmbench_en_dev scored as mmbench_en_dev_static (rules only: "
+        "mmbench_en_dev asks GPT to match answers its rules cannot read)"
+    )
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample keyed by MMBench's index; the hint and categories in metadata."""
@@ -103,6 +128,7 @@ class MMBenchDev(Task):
                 "hint": None if _no_hint(hint) else str(hint),
                 "category": get_str(row, "category", where),
                 "l2_category": l2_category,
+                "choices": _scoring_choices(row),
             },
         )
 
@@ -117,21 +143,45 @@ class MMBenchDev(Task):
         )
 
     def score(self, sample: Sample, prediction: str) -> SampleScore:
-        """MMBench's letter-then-text matching on the trimmed output."""
-        options = dict(zip(option_letters(len(sample.options)), sample.options, strict=True))
-        letter = infer_option(prediction.strip(), options)
-        return SampleScore(1.0 if letter == sample.answers[0] else 0.0, letter)
+        """`can_infer`, then `extract_mcq_answer`, on the trimmed output (lmms-eval's static
+        MMBench evaluation of one row)."""
+        predicted = lmms_eval_output(prediction)
+        choices = dict(sample.metadata["choices"])
+        letter = infer_option(predicted, choices) or extract_mcq_answer(predicted, sorted(choices))
+        return SampleScore(1.0 if letter == sample.answers[0] else 0.0, letter or None)
 
     def aggregate(self, scored: Sequence[tuple[Sample, SampleScore]]) -> dict[str, float]:
-        """`circular_accuracy` over questions (all copies right) and `accuracy` over rows."""
+        """CircularEval over the main rows (overall, per category, per L2 category), and the
+        plain `accuracy` over all rows."""
         require_scores(self.name, scored)
         by_question: dict[int, list[float]] = defaultdict(list)
+        main_rows: dict[int, Sample] = {}
         for sample, result in scored:
-            by_question[sample.metadata["index"] % CIRCULAR_STRIDE].append(result.score)
-        return {
-            self.metric: mean(float(all(scores)) for scores in by_question.values()),
+            index = sample.metadata["index"]
+            by_question[index % CIRCULAR_STRIDE].append(result.score)
+            if index < CIRCULAR_STRIDE:
+                main_rows[index] = sample
+        if not main_rows:
+            raise ValueError(f"task {self.name}: no main rows (index < {CIRCULAR_STRIDE})")
+        hits = {index: float(all(by_question[index])) for index in main_rows}
+        numbers = {
+            self.metric: mean(hits.values()),
             "accuracy": mean(result.score for _, result in scored),
         }
+        for key, field in (("category", "category"), ("l2_category", "l2_category")):
+            groups: dict[str, list[float]] = defaultdict(list)
+            for index, sample in main_rows.items():
+                if sample.metadata[field] is not None:
+                    groups[str(sample.metadata[field])].append(hits[index])
+            for name in sorted(groups):
+                numbers[f"{key}/{name}"] = mean(groups[name])
+        return numbers
+
+
+def _scoring_choices(row: dict) -> tuple[tuple[str, str], ...]:
+    # lmms-eval's `build_choices`: the cells A-D that are not null/NaN, as text.
+    cells = ((column, row.get(column, "nan")) for column in _CHOICE_COLUMNS)
+    return tuple((column, str(value)) for column, value in cells if not is_missing(value))
 
 
 def _has_option(value) -> bool:
@@ -151,6 +201,8 @@ def infer_option(answer: str, options: Mapping[str, str]) -> str | None:
 
 
 def _infer_letter(answer: str) -> str | None:
+    if _API_FAILURE in answer:
+        return None
     words = [word.strip() for word in answer.split()]
 
     def count(prefix: str, suffix: str) -> int:

@@ -9,30 +9,41 @@ Prompt (lmms-eval `mmmu_val`, "format" prompt type, images not interleaved):
   then "Answer with the option's letter from the given choices directly.";
 - open: the question, a blank line, then "Answer the question using a single word or phrase.".
 The "<image 1>" markers stay in the text, as in lmms-eval; the images they name (image_1 for
-"<image 1>", each once, in name order) are the sample's images. Generation: up to 16 new tokens.
+"<image 1>", each once, in name order) are the sample's images. Generation: up to 128 new tokens
+(the `max_new_tokens` of lmms-eval's MMMU template), no stop string (lmms-eval's default "\n\n"
+is dropped by its `llava_onevision1_5` model). lmms-eval 0.7.3 reads the split from
+`lmms-lab-encoder/MMMU`.
 
-Score (the official MMMU parser, as in lmms-eval):
-- multiple choice: `extract_choice` (brackets, bare letters, "B.", then option text for long
-  answers) must give the answer's letter; where nothing is found the official parser guesses at
-  random and this task counts the item wrong;
+Score (lmms-eval's `mmmu_process_results` and `mmmu_aggregate_results`, the official MMMU parser),
+on the output as lmms-eval hands it to `mmmu_process_results` (`<think>`/`<analysis>` blocks
+removed and whitespace trimmed, see `ov_eval.tasks.lmms_output`):
+- multiple choice: `extract_choice` (lmms-eval's `parse_mmmu_multi_choice_response` without its
+  random guess: brackets, bare letters, "B.", then option text for long answers) must give the
+  answer's letter; where nothing is found lmms-eval picks `random.choice` of the letters (right
+  1/n of the time, depending on the global random state) and this task counts the item wrong:
+  the one deliberate difference;
 - open: the response is lower-cased and split into lines; from each line the shortest tail after
   "could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result " (and "=" on
   the last line) is kept, or the whole response when no line has one; numbers are pulled out of
   those tails; number-like candidates are compared with the answer as floats rounded to 2
   decimals, text candidates must contain the lower-cased answer (a one-letter answer must appear
   with a space on one side).
-`mmmu_acc` is the accuracy over all questions (MMMU's "instance-level" average).
+`mmmu_acc` is the accuracy over all questions (MMMU's "instance-level" average), rounded to 5
+decimals as lmms-eval reports it.
 """
 
 import ast
 import re
+from collections import defaultdict
+from collections.abc import Sequence
 from types import MappingProxyType
 
 from ov_eval.errors import DatasetError
 from ov_eval.metrics import extract_choice
 from ov_eval.rows import RowLocation, get_id, get_image, get_str, is_missing, shown
 from ov_eval.sample import Sample
-from ov_eval.tasks.base import SampleScore, Task, format_options
+from ov_eval.tasks.base import SampleScore, Task, format_options, mean, require_scores
+from ov_eval.tasks.lmms_output import lmms_eval_output
 
 MULTIPLE_CHOICE = "multiple-choice"
 _IMAGE_MARKER = re.compile(r"<image (\d+)>")
@@ -43,13 +54,14 @@ _TRIVIAL_TAILS = frozenset({":", ",", ".", "!", "?", ";", "'"})
 _NUMBER_WITH_COMMAS = re.compile(r"-?\b\d{1,3}(?:,\d{3})+\b")
 _NUMBER_SCIENTIFIC = re.compile(r"-?\d+(?:\.\d+)?[eE][+-]?\d+")
 _NUMBER_PLAIN = re.compile(r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])")
+_REPORTED_DECIMALS = 5
 
 
 class MMMUVal(Task):
     """MMMU validation split, MMMU's rule-based answer parsing."""
 
     name = "mmmu_val"
-    version = 1
+    version = 2
     summary = "MMMU validation: multi-discipline college questions, MMMU's rule-based parser"
     dataset = "lmms-lab/MMMU (split validation)"
     data_files = ("data/validation-*.parquet", "validation-*.parquet")
@@ -64,9 +76,12 @@ class MMMUVal(Task):
         }
     )
     pinned_prompt_hash = "9c2c8d153898"
-    max_new_tokens = 16
+    max_new_tokens = 128
     metric = "mmmu_acc"
-    reference = "lmms-eval 0.7.3, task mmmu_val"
+    reference = (
+        "lmms-eval 0.7.3, task mmmu_val (an unparseable multiple-choice answer is wrong, "
+        "not a random letter)"
+    )
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample with the parsed options and the images its text refers to."""
@@ -109,14 +124,26 @@ class MMMUVal(Task):
     def score(self, sample: Sample, prediction: str) -> SampleScore:
         """Option letter for multiple choice, MMMU's open-answer match otherwise."""
         answer = sample.answers[0]
+        predicted = lmms_eval_output(prediction)
         if sample.metadata["question_type"] == MULTIPLE_CHOICE:
-            letter = extract_choice(prediction, sample.options)
+            letter = extract_choice(predicted, sample.options)
             return SampleScore(1.0 if letter == answer else 0.0, letter)
-        candidates = parse_open_response(prediction)
+        candidates = parse_open_response(predicted)
         shown_candidates = " | ".join(sorted(str(candidate) for candidate in candidates))
         return SampleScore(
             1.0 if open_answer_matches(answer, candidates) else 0.0, shown_candidates
         )
+
+    def aggregate(self, scored: Sequence[tuple[Sample, SampleScore]]) -> dict[str, float]:
+        """`mmmu_acc`: the instance-level accuracy, computed as lmms-eval computes it (per-subject
+        accuracies weighted by their sizes) and rounded to 5 decimals as it reports it."""
+        require_scores(self.name, scored)
+        by_subject: dict[str, list[float]] = defaultdict(list)
+        for sample, result in scored:
+            by_subject[sample.metadata["subject"]].append(result.score)
+        weighted = sum(mean(scores) * len(scores) for scores in by_subject.values())
+        accuracy = weighted / sum(len(scores) for scores in by_subject.values())
+        return {self.metric: round(accuracy, _REPORTED_DECIMALS)}
 
 
 def _parse_options(text: str, where: RowLocation) -> tuple[str, ...]:

@@ -7,11 +7,15 @@ B: ..."), image, answer (a letter), category, l2_category.
 Prompt (lmms-eval `mmstar`, default model kwargs): the question with surrounding whitespace
 trimmed and any " Please answer yes or no." removed, then a newline and "Answer with the option's
 letter from the given choices directly" (no final period in lmms-eval's template, kept as is).
-Generation: lmms-eval's default budget, 128 new tokens.
+Generation: lmms-eval's default budget, 128 new tokens (the YAML sets none; 128 is the default
+of lmms-eval's `llava_onevision1_5` model and of ov_eval's lmms-eval model), no stop string
+(lmms-eval's default "\n\n" is dropped by `llava_onevision1_5`).
 
-Score (MMStar's own rule, as in lmms-eval): the output, lower-cased and trimmed with newlines
-turned into spaces, is right when its first character is the answer letter, or it starts with
-"(" + letter, "option " + letter or "the answer is " + letter. Aggregation as in lmms-eval: the
+Score (lmms-eval's `mmstar_process_results`): the output as lmms-eval hands it to that function
+(`<think>`/`<analysis>` blocks removed and whitespace trimmed, see `ov_eval.tasks.lmms_output`),
+its letter read with lmms-eval's `extract_mcq_answer` over the letters A-D
+(`ov_eval.metrics.choice.extract_mcq_answer`, which documents the rule), must equal the answer
+(trimmed, upper-cased). Aggregation as in lmms-eval: the
 mean score of each of the 18 sub-categories (l2_category), then `average` = the mean of those 18
 means (the headline), and one number per category = the mean of its sub-categories' means.
 """
@@ -20,18 +24,20 @@ from collections import defaultdict
 from collections.abc import Sequence
 from types import MappingProxyType
 
+from ov_eval.metrics.choice import extract_mcq_answer
 from ov_eval.rows import RowLocation, get_image, get_int, get_str
 from ov_eval.sample import Sample
 from ov_eval.tasks.base import SampleScore, Task, mean, require_scores
+from ov_eval.tasks.lmms_output import lmms_eval_output
 
-_PREFIXES = ("(", "option ", "the answer is ")
+_LETTERS = ("A", "B", "C", "D")
 
 
 class MMStar(Task):
-    """MMStar val split, MMStar's letter rule, macro-averaged over sub-categories."""
+    """MMStar val split, lmms-eval's letter extraction, macro-averaged over sub-categories."""
 
     name = "mmstar"
-    version = 1
+    version = 2
     summary = "MMStar: vision-indispensable multiple choice, letter rule, sub-category average"
     dataset = "Lin-Chen/MMStar (split val)"
     data_files = ("mmstar.parquet", "**/val-*.parquet", "val-*.parquet")
@@ -66,19 +72,10 @@ class MMStar(Task):
         return templates["prompt"].format(question=question)
 
     def score(self, sample: Sample, prediction: str) -> SampleScore:
-        """MMStar's rule: the letter first, or after "(", "option " or "the answer is "."""
-        answer = sample.answers[0].lower().replace("\n", " ").strip()
-        predicted = prediction.lower().replace("\n", " ").strip()
-        # Each rule reads one character: the first one, or the one after its prefix.
-        read = [
-            predicted[len(prefix)]
-            for prefix in ("", *_PREFIXES)
-            if predicted.startswith(prefix) and len(predicted) > len(prefix)
-        ]
-        if answer in read:
-            return SampleScore(1.0, answer.upper())
-        # Report the letter the most specific matching rule read (the longest prefix).
-        return SampleScore(0.0, read[-1].upper() if read else None)
+        """lmms-eval's `extract_mcq_answer` (letters A-D) against the answer letter."""
+        letter = extract_mcq_answer(lmms_eval_output(prediction), _LETTERS)
+        answer = sample.answers[0].strip().upper()
+        return SampleScore(1.0 if letter == answer else 0.0, letter or None)
 
     def aggregate(self, scored: Sequence[tuple[Sample, SampleScore]]) -> dict[str, float]:
         """`average` over sub-category means, plus one number per category."""

@@ -6,49 +6,40 @@ an instruction to answer with the letter), answer (a letter, or a word/number), 
 id column; a sample's id is its 0-based position in the split.
 
 Prompt (lmms-eval `realworldqa`, default model kwargs: empty pre/post prompts): the question with
-surrounding whitespace trimmed, nothing added. Generation: up to 16 new tokens.
+surrounding whitespace trimmed, nothing added. Generation: up to 16 new tokens, no stop string
+(lmms-eval's default "\n\n" is dropped by its `llava_onevision1_5` model). lmms-eval 0.7.3 reads
+the split from `lmms-lab-encoder/RealWorldQA`.
 
-Score (lmms-eval's "flexible-extract" filters, then `exact_match` ignoring case and punctuation):
-1. an output that is exactly a number word zero..ten (any case) becomes its digits;
-2. punctuation is deleted from the output and it is trimmed;
-3. the options are read from the question (every "X. text" up to the end of its line, labelled
-   A, B, C... in order of appearance); if one of their texts occurs in the cleaned output (the
-   leftmost occurrence; at equal positions the earlier option), the output becomes that letter;
-4. the result must equal the answer, ignoring case and punctuation.
-So "B", "b.", "(B)" and "Left" (when option B is "Left") are all read as B.
+Score (lmms-eval's `realworldqa_process_results`; its YAML sets no filters, so the number-word and
+option-text filters in its utils.py are not used), on the output as lmms-eval hands it to that
+function (`<think>`/`<analysis>` blocks removed and whitespace trimmed, see
+`ov_eval.tasks.lmms_output`):
+- when the trimmed answer is a letter A-D (any case): lmms-eval's `extract_mcq_answer` over the
+  letters A-D (`ov_eval.metrics.choice.extract_mcq_answer`, which documents the rule) must give
+  the answer's letter ("B", "(B)", "Answer: B", "b." read as B; "b" alone is not a letter);
+- otherwise (numbers, words): the output lower-cased, trimmed and without trailing periods must
+  equal the trimmed, lower-cased answer ("2." matches "2"; "two" does not).
 """
 
 import re
 from types import MappingProxyType
 
-from ov_eval.metrics import exact_match, option_letters
+from ov_eval.metrics.choice import extract_mcq_answer
 from ov_eval.rows import RowLocation, get_image, get_str
 from ov_eval.sample import Sample
 from ov_eval.tasks.base import SampleScore, Task
+from ov_eval.tasks.lmms_output import lmms_eval_output
 
-_NUMBER_WORDS = {
-    "zero": "0",
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-}
+_MULTIPLE_CHOICE_LETTERS = ("A", "B", "C", "D")
 _OPTION_LINE = re.compile(r"\b([A-Z])\.\s+([^\n]*)")
-_NOT_WORD_OR_SPACE = re.compile(r"[^\w\s]")
 
 
 class RealWorldQA(Task):
-    """RealWorldQA test split, lmms-eval's option extraction and exact match."""
+    """RealWorldQA test split, lmms-eval's letter extraction or exact match."""
 
     name = "realworldqa"
-    version = 1
-    summary = "RealWorldQA: real-world spatial questions, option extraction + exact match"
+    version = 2
+    summary = "RealWorldQA: real-world spatial questions, letter extraction / exact match"
     dataset = "lmms-lab/RealWorldQA (split test)"
     data_files = ("data/test-*.parquet", "test-*.parquet")
     columns = ("question", "answer", "image")
@@ -74,18 +65,15 @@ class RealWorldQA(Task):
         return self.prompt_templates["prompt"].format(question=sample.question.strip())
 
     def score(self, sample: Sample, prediction: str) -> SampleScore:
-        """Number words to digits, punctuation dropped, option text to letter, exact match."""
-        extracted = _NUMBER_WORDS.get(prediction.lower(), prediction)
-        extracted = _NOT_WORD_OR_SPACE.sub("", extracted).strip()
-        letters = option_letters(len(sample.options))
-        positions = [
-            (extracted.find(text), order, letter)
-            for order, (letter, text) in enumerate(zip(letters, sample.options, strict=True))
-            if text in extracted
-        ]
-        if positions:
-            extracted = min(positions)[2]
-        return SampleScore(exact_match(extracted, sample.answers[0]), extracted)
+        """Letter answers: lmms-eval's `extract_mcq_answer` (A-D); other answers: exact match of
+        the lower-cased output without trailing periods."""
+        predicted = lmms_eval_output(prediction)
+        answer = sample.answers[0].strip()
+        if answer.upper() in _MULTIPLE_CHOICE_LETTERS:
+            letter = extract_mcq_answer(predicted, _MULTIPLE_CHOICE_LETTERS)
+            return SampleScore(1.0 if letter == answer.upper() else 0.0, letter or None)
+        cleaned = predicted.lower().strip().rstrip(".")
+        return SampleScore(1.0 if cleaned == answer.lower() else 0.0, cleaned)
 
 
 def options_in_question(question: str) -> tuple[str, ...]:

@@ -8,11 +8,15 @@ hint (context text, often empty), subject and others. Rows have no id column; a 
 Prompt (lmms-eval `scienceqa_img`, default model kwargs, "default" format): "Context: <hint>" and
 a newline when the hint is not empty, then the question, a newline, the choices one per line as
 "A. text", a newline and "Answer with the option's letter from the given choices directly.".
-Generation: up to 16 new tokens.
+Generation: up to 16 new tokens, no stop string (the YAML sets no `until`; lmms-eval's default
+"\n\n" is dropped by its `llava_onevision1_5` model). lmms-eval 0.7.3 reads the split from
+`lmms-lab-encoder/ScienceQA`.
 
-Score (lmms-eval's `sqa_process_results`, the LLaVA rule): right when the output is exactly the
-answer's letter, or starts with a capital letter and a period ("B. ...") and that letter is the
-answer's. Nothing is trimmed or lower-cased: "b", " B" and "(B)" are wrong, as in lmms-eval.
+Score (lmms-eval's `sqa_process_results`, the LLaVA rule), on the output as lmms-eval hands it to
+that function (`<think>`/`<analysis>` blocks removed and whitespace trimmed, see
+`ov_eval.tasks.lmms_output`): right when the output equals the answer's letter ignoring case
+("B", "b", " B\n"), or when it starts with an upper-case character and a period and that
+character, lower-cased, is the answer's letter ("B. cat"; "b. cat" and "(B)" are wrong).
 """
 
 from types import MappingProxyType
@@ -31,13 +35,14 @@ from ov_eval.rows import (
 )
 from ov_eval.sample import Sample
 from ov_eval.tasks.base import SampleScore, Task, format_options
+from ov_eval.tasks.lmms_output import lmms_eval_output
 
 
 class ScienceQAImg(Task):
     """ScienceQA-IMG test split, option letter match."""
 
     name = "scienceqa_img"
-    version = 1
+    version = 2
     summary = "ScienceQA-IMG test: science multiple choice with images, option-letter match"
     dataset = "lmms-lab/ScienceQA (config ScienceQA-IMG, split test)"
     data_files = ("ScienceQA-IMG/test-*.parquet", "test-*.parquet")
@@ -89,10 +94,11 @@ class ScienceQAImg(Task):
         )
 
     def score(self, sample: Sample, prediction: str) -> SampleScore:
-        """Exactly the letter, or "<capital letter>." at the start with the right letter."""
-        target = sample.answers[0]
-        if prediction == target:
-            return SampleScore(1.0, prediction)
-        if len(prediction) >= 2 and prediction[0].isupper() and prediction[1] == ".":
-            return SampleScore(1.0 if prediction[0] == target else 0.0, prediction[0])
+        """The letter ignoring case, or "<upper-case character>." at the start (trimmed output)."""
+        target = sample.answers[0].strip().lower()
+        predicted = lmms_eval_output(prediction)
+        if predicted.lower() == target:
+            return SampleScore(1.0, predicted)
+        if len(predicted) >= 2 and predicted[0].isupper() and predicted[1] == ".":
+            return SampleScore(1.0 if predicted[0].lower() == target else 0.0, predicted[0])
         return SampleScore(0.0, None)
