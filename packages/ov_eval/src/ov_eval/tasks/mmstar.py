@@ -15,9 +15,11 @@ Score (lmms-eval's `mmstar_process_results`): the output as lmms-eval hands it t
 (`<think>`/`<analysis>` blocks removed and whitespace trimmed, see `ov_eval.tasks.lmms_output`),
 its letter read with lmms-eval's `extract_mcq_answer` over the letters A-D
 (`ov_eval.metrics.choice.extract_mcq_answer`, which documents the rule), must equal the answer
-(trimmed, upper-cased). Aggregation as in lmms-eval: the
-mean score of each of the 18 sub-categories (l2_category), then `average` = the mean of those 18
-means (the headline), and one number per category = the mean of its sub-categories' means.
+(trimmed, upper-cased).
+
+Aggregation as in lmms-eval (`mmstar_aggregate_results`): the mean score of each of the 18
+sub-categories (l2_category), then `average` = the mean of those 18 means (the headline), and one
+number per category = the mean of its sub-categories' means.
 """
 
 from collections import defaultdict
