@@ -10,7 +10,10 @@ are, for a simple model:
   `llava_onevision` and `qwen2_vl` models run it) calls
   `doc_to_text(doc, previous_output=answers, round_idx=r, previous_round_info=info)`, which returns
   `(visuals, context, terminal, answers, info)`; the loop stops when `terminal` is true and the
-  request's result is the list of answers, one per round.
+  request's result is the list of answers, one per round. Each round is generated as
+  `generate_until` generates, the task's `until` included (lmms-eval's `llava_onevision` ignores
+  `until` in multi-round requests; of the two 0.7.3 tasks that send them, mmsearch_end2end stops
+  at "ASSISTANT:" and ovo_forward only at the default "\n\n", which the adapter drops).
 """
 
 import itertools
