@@ -396,13 +396,6 @@ def write_toy_tasks(folder) -> list[str]:
 
 @pytest.mark.slow
 @requires_lmms_eval
-@pytest.mark.xfail(
-    importlib.util.find_spec("lmms_eval") is not None
-    and importlib.util.find_spec("filelock._api") is None,
-    reason="lmms-eval 0.7.3's evaluator imports filelock._api, which filelock>=4 no longer has",
-    raises=AssertionError,
-    strict=True,
-)
 def test_lmms_eval_runs_a_local_task_end_to_end(model_folder, tmp_path):
     """`python -m lmms_eval --model onevision` (entry point only, offline) runs a generation and a
     multi-round task from local files and writes its results."""
