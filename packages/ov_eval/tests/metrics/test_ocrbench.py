@@ -14,6 +14,12 @@ from ov_eval.metrics import ocrbench_match
         ("helo", ["hello"], 0.0),
         ("", ["hello"], 0.0),  # empty output
         ("cat", ["dog", "cat"], 1.0),  # any answer
+        ("ＨＥＬＬＯ", ["hello"], 1.0),  # fullwidth ASCII folded (lmms-eval 0.7.3)
+        ("１２３", ["123"], 1.0),
+        ("hello", ["ｈｅｌｌｏ"], 1.0),  # in the answers too
+        ("a\u3000b", ["a b"], 1.0),  # ideographic space -> space
+        ("a\u00a0b", ["a b"], 0.0),  # but nothing broader than that (no NFKC)
+        ("line one\r\nline two", ["one line"], 0.0),  # only "\n" becomes a space
     ],
 )
 def test_general_items(prediction, answers, expected):
@@ -26,6 +32,7 @@ def test_general_items(prediction, answers, expected):
         ("x ^ { 2 } + y", ["x^{2}+y"], 1.0),  # spaces ignored
         ("X^{2}", ["x^{2}"], 0.0),  # case matters for formulas
         ("\\frac { a }\n{ b }", ["\\frac{a}{b}"], 1.0),
+        ("ｘ^{2}", ["x^{2}"], 0.0),  # no fullwidth folding for formulas
     ],
 )
 def test_handwritten_formulas(prediction, answers, expected):

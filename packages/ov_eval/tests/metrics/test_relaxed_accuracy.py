@@ -17,7 +17,11 @@ from ov_eval.metrics import relaxed_accuracy
         ("12%", "12%", 1.0),
         ("12", "12%", 0.0),  # 12 vs 0.12
         ("0.12", "12%", 1.0),
-        ("12%\n", "0.12", 1.0),  # surrounding whitespace is trimmed first
+        ("12%\n", "0.12", 1.0),  # the prediction is trimmed first (lmms-eval trims outputs)
+        ("12%", "12% ", 0.0),  # the answer is not ("12% " is no percentage)
+        ("yes", " Yes", 0.0),
+        ("12", " 12 ", 1.0),  # float() itself ignores the spaces
+        ("１２", "12", 1.0),  # float() reads fullwidth digits
         ("1,000", "1000", 0.0),  # commas are not numbers under the official rule...
         ("1,000", "1,000", 1.0),  # ...so they fall back to string equality
         ("5 kg", "5", 0.0),  # units too

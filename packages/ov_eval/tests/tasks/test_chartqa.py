@@ -27,6 +27,9 @@ def test_load_prompt_score_and_aggregate(tmp_path, make_parquet, make_image_cell
     assert bars.metadata["type"] == "human_test"
     assert task.build_prompt(bars) == "How many bars?\nAnswer the question with a single word."
     assert task.max_new_tokens == 16
+    assert task.stop_strings == ()
+    assert task.score(bars, " 12\n").score == 1.0  # lmms-eval trims the output first
+    assert task.score(bars, " 12\n").extracted == "12"
     assert task.score(bars, "12.5").score == 1.0  # 4.2 % off
     assert task.score(country, "japan").score == 1.0
     assert task.score(share, "0.36").score == 1.0  # 37 % -> 0.37, 2.7 % off

@@ -22,7 +22,7 @@ def rows(make_image_cell):
 
 @pytest.mark.parametrize(
     ("name", "folder", "budget"),
-    [("docvqa_val", "DocVQA", 128), ("infovqa_val", "InfographicVQA", 32)],
+    [("docvqa_val", "DocVQA", 32), ("infovqa_val", "InfographicVQA", 32)],
 )
 def test_load_prompt_and_score(
     tmp_path, make_parquet, make_image_cell, make_png, name, folder, budget
@@ -39,10 +39,15 @@ def test_load_prompt_and_score(
     assert task.build_prompt(first) == (
         "What is the date?\nAnswer the question using a single word or phrase."
     )
-    assert task.max_new_tokens == budget
+    assert task.max_new_tokens == budget  # both yamls of lmms-eval 0.7.3 set 32
+    assert task.stop_strings == ()
     assert task.score(first, "june 1, 1998").score == 1.0
     assert task.score(first, "June 1 1998").score == pytest.approx(1 - 1 / 12)
     assert task.score(first, "no idea").score == 0.0
+    # lmms-eval trims the output first: the length ANLS divides by is the trimmed one's
+    # (1 - 1/12, not 1 - 1/15 as for the untrimmed "  June 1 1998\n").
+    assert task.score(first, "  June 1 1998\n").score == pytest.approx(1 - 1 / 12)
+    assert task.score(first, "  June 1 1998\n").extracted == "June 1 1998"
     scored = [(first, task.score(first, "1 june 1998")), (second, task.score(second, "IBM"))]
     assert task.aggregate(scored) == {"anls": pytest.approx((1.0 + 0.0) / 2)}
 

@@ -1,5 +1,5 @@
 """mathvista_testmini: the bare-answer prompt per answer type, and MathVista's extraction and
-normalisation with rule-based extraction in place of GPT."""
+normalisation (lmms-eval 0.7.3's) with rule-based extraction where lmms-eval asks GPT."""
 
 import pytest
 
@@ -88,6 +88,13 @@ def test_prompts_per_answer_type(tmp_path, make_parquet, make_image_cell):
         (4, "Between 2007 and 2008: [2007, 2008]", 1.0, "[2007, 2008]"),
         (4, "2007 and 2008", 0.0, "2007 and 2008"),
         (1, "", 0.0, None),
+        (1, " 3\n", 1.0, "3"),  # trimmed first
+        (1, "１２", 0.0, "12"),  # int() reads fullwidth digits, as in lmms-eval
+        (1, "1_003", 0.0, "1003"),  # ... and underscores
+        (1, 'The answer is "3".', 1.0, "3"),  # lmms-eval's quick_extract pattern
+        (0, 'The answer is "B".', 1.0, "square"),
+        (0, "", 0.0, "circle"),  # nearest choice to "": the shortest, first on ties
+        (2, "1.45", 0.0, "1.4"),  # round() on the binary value: 1.4, not 1.5
     ],
 )
 def test_extraction_and_normalisation(
@@ -96,6 +103,35 @@ def test_extraction_and_normalisation(
     sample = samples(tmp_path, make_parquet, make_image_cell)[index]
     result = get_task("mathvista_testmini").score(sample, prediction)
     assert (result.score, result.extracted) == (score, extracted)
+
+
+def test_budget_and_stop_strings_follow_lmms_eval():
+    task = get_task("mathvista_testmini")
+    assert task.max_new_tokens == 16384  # mathvista_testmini_format.yaml, lmms-eval 0.7.3
+    assert task.stop_strings == ()
+    assert "mathvista_testmini_format" in task.reference
+
+
+@pytest.mark.parametrize(
+    ("index", "response", "direct"),
+    [
+        (0, "", ""),
+        (0, "square", "square"),  # one of the choices
+        (0, "B", None),  # lmms-eval asks its judge; here: rules
+        (1, "3", "3"),
+        (1, "3.0", None),  # int("3.0") fails: judge
+        (2, "1.53", "1.53"),
+        (2, "1e0", "1.0"),
+        (4, "[2007, 2008]", None),  # lists always go to the judge
+    ],
+)
+def test_judge_free_steps_are_lmms_evals(
+    tmp_path, make_parquet, make_image_cell, index, response, direct
+):
+    from ov_eval.tasks.mathvista_testmini import extract_without_judge
+
+    sample = samples(tmp_path, make_parquet, make_image_cell)[index]
+    assert extract_without_judge(response, sample) == direct
 
 
 def test_float_without_supported_precision_is_a_malformed_row(

@@ -8,11 +8,13 @@ Pix2Struct/Qwen-VL scorers that lmms-eval uses):
 - otherwise the two strings must be equal, ignoring case.
 
 A number is what Python's `float` accepts, or that followed by '%', which is divided by 100 (so
-"12%" and "0.12" are the same value). Nothing else is cleaned up, exactly as in the official rule:
-"1,000", "$5", "5 kg" or "about 5" do not parse and fall back to string equality, and a zero
-answer is only matched by the same string. The one liberty taken here is trimming surrounding
-whitespace first, which only ever turns a wrong score into a right one for an output such as
-"12%\\n" (the official rule would fail to see the '%').
+"12%" and "0.12" are the same value). Nothing else is cleaned up, exactly as in the official rule
+(lmms-eval 0.7.3's `relaxed_correctness`, tasks/chartqa/utils.py, from Qwen-VL): "1,000", "$5",
+"5 kg" or "about 5" do not parse and fall back to string equality, and a zero answer is only
+matched by the same string. The prediction is trimmed first, because lmms-eval trims every
+generated output before scoring (`ConfigurableTask.process_results`); the answer is used as
+given, as there (`float` itself ignores surrounding whitespace, but "12% " is not a percentage
+and " Yes" does not equal "yes").
 """
 
 
@@ -30,7 +32,6 @@ def relaxed_accuracy(prediction: str, answer: str, tolerance: float = 0.05) -> f
     if tolerance < 0:
         raise ValueError(f"tolerance must be non-negative, got {tolerance}")
     prediction = prediction.strip()
-    answer = answer.strip()
     predicted_number = _to_number(prediction)
     answer_number = _to_number(answer)
     if predicted_number is not None and answer_number:

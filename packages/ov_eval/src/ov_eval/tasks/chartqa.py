@@ -4,12 +4,16 @@ Data: `lmms-lab/ChartQA`, split `test` (2,500 questions: 1,250 human-written, 1,
 file `data/test-*.parquet`; columns type ("human_test" / "augmented_test"), question, answer,
 image. Rows have no id column; a sample's id is its 0-based position in the split.
 
-Prompt (lmms-eval `chartqa`, default model kwargs): the question, a newline, then
-"Answer the question with a single word.". Generation: up to 16 new tokens.
+Prompt (lmms-eval 0.7.3 `chartqa`, `chartqa_doc_to_text` with the yaml's default model kwargs):
+the question as given, a newline, then "Answer the question with a single word."; the image
+before it. Generation: up to 16 new tokens, no stop string (the yaml's default `until` is a blank
+line, which lmms-eval's `llava_onevision1_5` model drops).
 
-Score: relaxed accuracy of the raw output (`ov_eval.metrics.relaxed_accuracy`: numbers within
-5 %, other answers case-insensitively equal). Reported as lmms-eval does: `relaxed_overall` (the
-headline), and the means over the human and the augmented halves.
+Score: as lmms-eval's `chartqa_process_results`: relaxed accuracy (`relaxed_correctness`, here
+`ov_eval.metrics.relaxed_accuracy`: numbers within 5 %, other answers case-insensitively equal)
+of the trimmed output against the answer as given. Reported as lmms-eval does: `relaxed_overall`
+(the headline), and the means over the human ("human_test") and the augmented (any other type)
+halves.
 """
 
 from collections.abc import Sequence
@@ -27,7 +31,7 @@ class ChartQA(Task):
     """ChartQA test split, relaxed accuracy."""
 
     name = "chartqa"
-    version = 1
+    version = 2
     summary = "ChartQA test: questions on charts, relaxed accuracy (5% numeric tolerance)"
     dataset = "lmms-lab/ChartQA (split test)"
     data_files = ("data/test-*.parquet", "test-*.parquet")
@@ -55,8 +59,9 @@ class ChartQA(Task):
         return self.prompt_templates["prompt"].format(question=sample.question)
 
     def score(self, sample: Sample, prediction: str) -> SampleScore:
-        """Relaxed accuracy of the whole output against the answer."""
-        return SampleScore(relaxed_accuracy(prediction, sample.answers[0]), prediction)
+        """Relaxed accuracy of the trimmed output against the answer."""
+        answer = prediction.strip()
+        return SampleScore(relaxed_accuracy(answer, sample.answers[0]), answer)
 
     def aggregate(self, scored: Sequence[tuple[Sample, SampleScore]]) -> dict[str, float]:
         """`relaxed_overall` plus the human and augmented halves (when present)."""

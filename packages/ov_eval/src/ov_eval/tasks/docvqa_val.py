@@ -3,11 +3,17 @@
 Data: `lmms-lab/DocVQA`, config `DocVQA`, split `validation` (5,349 questions), files
 `DocVQA/validation-*.parquet`; columns questionId, question, answers (list), image.
 
-Prompt (lmms-eval `docvqa_val`, default model kwargs): the question, a newline, then
-"Answer the question using a single word or phrase.". Generation: up to 128 new tokens.
+Prompt (lmms-eval 0.7.3 `docvqa_val`, `docvqa_doc_to_text` with the yaml's default model
+kwargs): the question as given, a newline, then "Answer the question using a single word or
+phrase."; the image before it. Generation: up to 32 new tokens (the yaml's `max_new_tokens`), no
+stop string (the yaml's default `until` is a blank line, which lmms-eval's `llava_onevision1_5`
+model drops).
 
-Score: ANLS of the raw output against the reference answers (`ov_eval.metrics.anls`), averaged
-over questions; no answer extraction, exactly as in lmms-eval.
+Score: as lmms-eval's generic `generate_until` scoring with its `anls` metric
+(`lmms_eval.api.metrics.anls`): the output is trimmed (`ConfigurableTask.process_results` trims
+every output), then `ov_eval.metrics.anls` against all reference answers; no answer extraction.
+The trimming matters: ANLS divides by the length of the longer *un-normalised* string, so
+"Paris\n" would otherwise be longer than "Paris". Aggregation: the mean over questions.
 """
 
 from types import MappingProxyType
@@ -22,7 +28,7 @@ class DocVQAVal(Task):
     """DocVQA validation split, ANLS."""
 
     name = "docvqa_val"
-    version = 1
+    version = 2
     summary = "DocVQA validation: questions on scanned documents, ANLS"
     dataset = "lmms-lab/DocVQA (config DocVQA, split validation)"
     data_files = ("DocVQA/validation-*.parquet", "validation-*.parquet")
@@ -31,7 +37,7 @@ class DocVQAVal(Task):
         {"prompt": "{question}\nAnswer the question using a single word or phrase."}
     )
     pinned_prompt_hash = "e65ce3bc78ec"
-    max_new_tokens = 128
+    max_new_tokens = 32
     metric = "anls"
     reference = "lmms-eval 0.7.3, task docvqa_val"
 
@@ -49,5 +55,6 @@ class DocVQAVal(Task):
         return self.prompt_templates["prompt"].format(question=sample.question)
 
     def score(self, sample: Sample, prediction: str) -> SampleScore:
-        """ANLS of the whole output against the reference answers."""
-        return SampleScore(anls(prediction, sample.answers), prediction)
+        """ANLS of the trimmed output against the reference answers."""
+        answer = prediction.strip()
+        return SampleScore(anls(answer, sample.answers), answer)

@@ -3,11 +3,13 @@
 Data: `lmms-lab/DocVQA`, config `InfographicVQA`, split `validation` (2,801 questions), files
 `InfographicVQA/validation-*.parquet`; columns questionId, question, answers (list), image.
 
-Prompt (lmms-eval `infovqa_val`, default model kwargs): the question, a newline, then
-"Answer the question using a single word or phrase.". Generation: up to 32 new tokens.
+Prompt (lmms-eval 0.7.3 `infovqa_val`, `infovqa_doc_to_text` with the yaml's default model
+kwargs): the question, a newline, then "Answer the question using a single word or phrase.".
+Generation: up to 32 new tokens, no stop string (as for DocVQA).
 
-Score: ANLS of the raw output against the reference answers, averaged over questions. Same
-prompt and scoring as DocVQA, hence the shared code; only the data and the budget differ.
+Score: ANLS of the trimmed output against the reference answers (lmms-eval's generic `anls`
+metric), averaged over questions. Same prompt, budget and scoring as DocVQA in lmms-eval 0.7.3,
+hence the shared code; only the data differ.
 """
 
 from ov_eval.tasks.docvqa_val import DocVQAVal
@@ -18,8 +20,7 @@ class InfoVQAVal(DocVQAVal):
 
     name = "infovqa_val"
     reference = "lmms-eval 0.7.3, task infovqa_val"
-    version = 1
+    version = 2
     summary = "InfographicVQA validation: questions on infographics, ANLS"
     dataset = "lmms-lab/DocVQA (config InfographicVQA, split validation)"
     data_files = ("InfographicVQA/validation-*.parquet", "validation-*.parquet")
-    max_new_tokens = 32

@@ -18,23 +18,34 @@ newlines, empty ones left out, then trimmed:
       decimal place." (one line)
     float, 2 places: the same with "two decimal places."
     list: "Answer the question using a Python list."
-Generation: up to 1,024 new tokens (lmms-eval versions of this variant set 1,024 or 16,384; a
-bare answer needs a handful).
+Generation: up to 16,384 new tokens (the yaml's `max_new_tokens`; a bare answer needs a
+handful), no stop string (the yaml's default `until` is a blank line, which lmms-eval's
+`llava_onevision1_5` model drops).
 
-Score: MathVista's official pipeline (extract, normalise, compare as strings) with the GPT answer
-extractor replaced by rules, so no judge model is needed:
-1. extraction: an empty output gives ""; an output that is one of the choices, or (for integer /
-   float answers) parses as such a number as a whole, is taken as is; otherwise, by rule:
-   multiple choice -> `extract_choice`'s letter (else the output), integer/float -> the last
-   number in the output, list -> the last "[...]" in the output (else the output);
-2. normalisation (official): multiple choice -> a letter (or "(x)") maps to its choice's text,
-   anything else to the most similar choice by edit distance; integer -> str(int(float(x)));
-   float -> str(round(float(x), precision)); list -> str(x); failures become None;
-   (so an empty multiple-choice output becomes the shortest choice, as in the official code);
-3. the item is right when str(normalised).strip() == answer.strip().
-`accuracy` is the fraction of right items. Scores can differ from lmms-eval's GPT-judged ones
-where an output needs understanding rather than rules to read (long explanations, answers in
-words); with this bare-answer prompt such outputs are rare.
+Score: lmms-eval 0.7.3's `mathvista_process_results` (MathVista's official pipeline: extract,
+normalise, compare as strings) on the trimmed output, with two deliberate differences, both
+checked by the parity test (tests/lmms_parity/test_mathvista_testmini.py):
+1. extraction (`MathVistaEvaluator.extract_answer`, quick_extract off as in the yaml): an empty
+   output gives ""; an output that is one of the choices, or (integer / float answers) that
+   `int()` / `float()` accept as a whole, is taken as is. Every other output goes to a GPT judge
+   in lmms-eval (gpt-4o-2024-11-20 unless MODEL_VERSION says otherwise); 0.7.3 has no offline
+   path: without OPENAI_API_KEY the task module does not even import, and a failed judge call
+   extracts "" (a multiple-choice "B" then becomes the shortest choice). Here those outputs are
+   read by rules instead (`extract_by_rules`): lmms-eval's quick_extract pattern
+   `The answer is "(.*)".` first, then multiple choice -> `extract_choice`'s letter (else the
+   output), integer/float -> the last number in the output (thousands commas dropped), list ->
+   the last "[...]" in the output (else the output). Deliberate difference 1: the judge is
+   replaced by these rules.
+2. normalisation (`normalize_extracted_answer`): multiple choice -> a letter (or "(x)") maps to its
+   choice's text, anything else to the most similar choice by edit distance (the first on ties;
+   so an empty output becomes the shortest choice); integer -> str(int(float(x))); float ->
+   str(round(float(x), precision)); list -> str(x); failures become None. Deliberate difference
+   2: the dataset stores `precision` as float64 (1.0, 2.0) and lmms-eval 0.7.3 passes it to
+   round() as is, which raises TypeError, so every float answer normalises to None and scores 0
+   there; here precision is an int, as in MathVista's official code.
+3. the item is right when str(normalised).strip() == answer.strip() (`safe_equal`).
+`accuracy` is the fraction of right items (lmms-eval's `mathvista_aggregate_results` reports the
+same as a percentage rounded to 2 decimals).
 """
 
 import re
@@ -60,13 +71,14 @@ _ANSWER_TYPES = ("text", "integer", "float", "list")
 _BRACKETED_LETTER = re.compile(r"\(([a-zA-Z])\)")
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 _PYTHON_LIST = re.compile(r"\[[^\[\]]*\]")
+_QUICK_EXTRACT = re.compile(r'The answer is "(.*)"\.')
 
 
 class MathVistaTestmini(Task):
     """MathVista testmini, bare-answer prompt, rule-based extraction."""
 
     name = "mathvista_testmini"
-    version = 1
+    version = 2
     summary = "MathVista testmini: visual math, bare-answer prompt, rule-based extraction"
     dataset = "AI4Math/MathVista (split testmini)"
     data_files = ("data/testmini-*.parquet", "testmini-*.parquet")
@@ -87,9 +99,12 @@ class MathVistaTestmini(Task):
         }
     )
     pinned_prompt_hash = "097b7e59f23b"
-    max_new_tokens = 1024
+    max_new_tokens = 16384
     metric = "accuracy"
-    reference = "lmms-eval 0.7.3, task mathvista_testmini"
+    reference = (
+        "lmms-eval 0.7.3, task mathvista_testmini_format (of the mathvista_testmini group), "
+        "with rules in place of its GPT answer extractor and integer precision for float answers"
+    )
 
     def parse_row(self, row: dict, where: RowLocation, index: int) -> Sample:
         """A Sample keyed by pid; problem type, answer type, precision and unit in metadata."""
@@ -165,20 +180,35 @@ def _parses(text: str, kind: type) -> bool:
 
 
 def extract_answer(prediction: str, sample: Sample) -> str:
-    """The answer text MathVista's extractor would read from `prediction` (rules, no GPT)."""
+    """The answer text read from `prediction`: lmms-eval's judge-free steps, else the rules."""
     response = prediction.strip()
-    answer_type = sample.metadata["answer_type"]
+    direct = extract_without_judge(response, sample)
+    return extract_by_rules(response, sample) if direct is None else direct
+
+
+def extract_without_judge(response: str, sample: Sample) -> str | None:
+    """What lmms-eval's `extract_answer` returns before asking its judge, or None where it would
+    ask (`response` is the trimmed output)."""
     if not response:
         return ""
-    if sample.metadata["question_type"] == MULTI_CHOICE:
-        if response in sample.options:
-            return response
-        return extract_choice(response, sample.options) or response
+    if sample.metadata["question_type"] == MULTI_CHOICE and response in sample.options:
+        return response
+    answer_type = sample.metadata["answer_type"]
     if answer_type == "integer" and _parses(response, int):
         return str(int(response))
     if answer_type == "float" and _parses(response, float):
         return str(float(response))
-    if answer_type in ("integer", "float"):
+    return None
+
+
+def extract_by_rules(response: str, sample: Sample) -> str:
+    """The answer in `response` by rules: what this task uses where lmms-eval asks GPT."""
+    quoted = _QUICK_EXTRACT.search(response)
+    if quoted:
+        return quoted.group(1)
+    if sample.metadata["question_type"] == MULTI_CHOICE:
+        return extract_choice(response, sample.options) or response
+    if sample.metadata["answer_type"] in ("integer", "float"):
         numbers = _NUMBER.findall(response)
         return numbers[-1].replace(",", "") if numbers else response
     lists = _PYTHON_LIST.findall(response)

@@ -5,14 +5,22 @@ dataset, e.g. "IIIT5K", "HME100k"), question, question_type (one of the ten cate
 (list of acceptable answers), image. Rows have no id column; a sample's id is its 0-based
 position in the split.
 
-Prompt (lmms-eval `ocrbench`): the question with surrounding whitespace trimmed, nothing added.
-Generation: up to 128 new tokens.
+Prompt (lmms-eval 0.7.3 `ocrbench`, `ocrbench_doc_to_text` with the yaml's default model
+kwargs, empty pre and post prompts): the question with surrounding whitespace trimmed, nothing
+added; the image before it. Generation: up to 128 new tokens, no stop string (the yaml's default
+`until` is a blank line, which lmms-eval's `llava_onevision1_5` model drops).
 
-Score (`ov_eval.metrics.ocrbench_match`, the official rule): right when an answer occurs in the
-output (case-insensitive; for handwritten formulas case-sensitive and ignoring spaces).
-Aggregation: `ocrbench_accuracy` = right items / items (829 right out of 1000 -> 0.829, printed
-as 82.9), `correct` = the count of right items (OCRBench's "final score" out of 1000), and the
-accuracy of each category.
+Score: as lmms-eval's `ocrbench_process_results` (`ov_eval.metrics.ocrbench_match`): right when an
+answer occurs in the trimmed output, case-insensitively after folding fullwidth ASCII; for
+handwritten formulas (HME100k) case-sensitively and ignoring spaces and newlines.
+
+Aggregation: `ocrbench_accuracy` = right items / items, `correct` = the count of right items
+(OCRBench's "final score" out of 1000), and the accuracy of each category. lmms-eval's
+`ocrbench_aggregate_accuracy` returns right items / 1000 whatever the number of items: equal on
+the full test split (1000 items, e.g. 829 right -> 0.829), but on a `--limit` subset it would
+report e.g. 80 right out of 100 as 0.08. Dividing by the number of items is the one deliberate
+difference (lmms-eval also keeps its category counts in a module-level dict that grows with every
+call in one process; here each call starts from zero).
 """
 
 from collections import defaultdict
@@ -29,7 +37,7 @@ class OCRBench(Task):
     """OCRBench test split, answer containment."""
 
     name = "ocrbench"
-    version = 1
+    version = 2
     summary = "OCRBench: text recognition, scene/document VQA, KIE, formulas; answer containment"
     dataset = "echo840/OCRBench (split test)"
     data_files = ("data/test-*.parquet", "test-*.parquet")
@@ -58,9 +66,10 @@ class OCRBench(Task):
         return self.prompt_templates["prompt"].format(question=sample.question.strip())
 
     def score(self, sample: Sample, prediction: str) -> SampleScore:
-        """1 when an answer occurs in the output under OCRBench's normalisation."""
-        matched = ocrbench_match(prediction, sample.answers, sample.metadata["dataset"])
-        return SampleScore(matched, prediction)
+        """1 when an answer occurs in the trimmed output under OCRBench's normalisation."""
+        answer = prediction.strip()
+        matched = ocrbench_match(answer, sample.answers, sample.metadata["dataset"])
+        return SampleScore(matched, answer)
 
     def aggregate(self, scored: Sequence[tuple[Sample, SampleScore]]) -> dict[str, float]:
         """Accuracy, count of right items, and accuracy per category."""
