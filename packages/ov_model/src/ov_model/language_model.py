@@ -4,8 +4,12 @@
   sequence with `cu_seqlens`; causal attention through rice_vit's `varlen_attention`, so no token
   sees another sample and nothing is padded. Positions are given per token (they restart at 0 for
   every sample).
-- Cached generation path (`forward_cached`): a padded (batch, new tokens) block attending to a
-  `KVCache` of earlier tokens with an explicit mask (left padding), through torch's SDPA.
+- Cached generation path: `prefill` runs prompts packed in one row through the packed path above
+  while storing every layer's keys and values in a preallocated `KVCache` (`kv_cache.py`, prompts
+  right-aligned); `forward_cached` then runs a (batch, new tokens) block attending to the cache
+  with an explicit mask (hiding the left padding) through torch's SDPA. The cache is never
+  expanded to the query heads: one new token per row (a decode step) folds the query heads of
+  each kv head into that head's query rows; longer blocks use SDPA's `enable_gqa`.
 
 Numerics follow the official modeling code: RMSNorm in fp32 cast back before the weight;
 per-head q/k RMSNorm before RoPE (Qwen3); grouped-query attention; SwiGLU MLP. One dtype rule,
@@ -19,13 +23,14 @@ modules (their names match the HF checkpoint's).
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ov_model.config import TextConfig
+from ov_model.errors import InputError
+from ov_model.kv_cache import KVCache, PromptSlots
 from rice_vit import rope, varlen_attention
 from rice_vit.rope import apply_rope
 
@@ -83,37 +88,6 @@ def rope_cos_sin(
     return rope.rope_cos_sin(rope.position_rope_angles(positions, head_dim, theta))
 
 
-@dataclass
-class KVCache:
-    """Keys and values of earlier tokens per layer: (batch, kv_heads, length, head_dim) each."""
-
-    keys: list[torch.Tensor | None] = field(default_factory=list)
-    values: list[torch.Tensor | None] = field(default_factory=list)
-
-    @classmethod
-    def empty(cls, num_layers: int) -> "KVCache":
-        """A cache with nothing stored for `num_layers` layers."""
-        return cls([None] * num_layers, [None] * num_layers)
-
-    @property
-    def length(self) -> int:
-        """Tokens stored (0 when empty)."""
-        return 0 if not self.keys or self.keys[0] is None else self.keys[0].shape[2]
-
-    def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
-        """Store new keys/values for `layer`; returns all keys and values so far."""
-        if self.keys[layer] is not None:
-            keys = torch.cat([self.keys[layer], keys], dim=2)
-            values = torch.cat([self.values[layer], values], dim=2)
-        self.keys[layer], self.values[layer] = keys, values
-        return keys, values
-
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only the batch rows `rows` (generation drops finished sequences)."""
-        self.keys = [k[rows] if k is not None else None for k in self.keys]
-        self.values = [v[rows] if v is not None else None for v in self.values]
-
-
 class Attention(nn.Module):
     """Grouped-query attention with optional q/k RMSNorm (Qwen3) and q/k/v bias (Qwen2)."""
 
@@ -165,12 +139,18 @@ class Attention(nn.Module):
         batch, new = x.shape[:2]
         q, k, v = self._project(x, cos, sin)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (batch, heads, new, head_dim)
-        k, v = cache.append(self.layer_index, k, v)
-        groups = q.shape[1] // k.shape[1]
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        k, v = cache.write(self.layer_index, k, v)
+        heads, kv_heads = q.shape[1], k.shape[1]
+        if new == 1 and heads != kv_heads:
+            # One new token: the query heads of a kv head become that head's query rows (query
+            # head h reads kv head h // groups), one (groups x cached) product per kv head. The
+            # same result as enable_gqa, which on CPU runs every query head on its own (measured
+            # 2-5x slower at decode shapes).
+            q = q.reshape(batch, kv_heads, heads // kv_heads, -1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.o_proj(out.reshape(batch, 1, -1))
+        # enable_gqa: query head h reads kv head h // groups straight from the cache.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=heads != kv_heads)
         return self.o_proj(out.transpose(1, 2).reshape(batch, new, -1))
 
 
@@ -257,10 +237,15 @@ class LanguageModel(nn.Module):
     ) -> torch.Tensor:
         """Final-norm hidden states (batch, new, hidden) of new tokens after the cached ones.
 
-        `attention_mask` (batch, cached + new) is 1 for real tokens, 0 for left padding.
+        `attention_mask` (batch, cached + new) is 1 for real tokens, 0 for left padding; the new
+        tokens' keys and values are written into `cache` in place.
         """
         new = inputs_embeds.shape[1]
         total = attention_mask.shape[1]
+        if total != cache.length + new:
+            raise InputError(
+                f"attention_mask covers {total} tokens, the cache holds {cache.length} + {new} new"
+            )
         past = total - new
         device = inputs_embeds.device
         causal = torch.ones(new, total, dtype=torch.bool, device=device).tril(past)
@@ -274,4 +259,40 @@ class LanguageModel(nn.Module):
         x = inputs_embeds
         for layer in self.layers:
             x = layer.forward_cached(x, cos, sin, mask, cache)
+        cache.advance(new)
         return self.norm(x)
+
+    def prefill(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        sequence_lengths: Sequence[int],
+        cache: KVCache,
+        slots: PromptSlots,
+    ) -> torch.Tensor:
+        """Final-norm hidden states (tokens, hidden) of prompts packed in one row, computed by the
+        packed path (`forward`'s layers and attention, no padding) while every layer's keys and
+        values go to their `slots` in the empty `cache`, which then holds `slots.width` columns.
+        """
+        if cache.length:
+            raise InputError(f"prefill needs an empty cache, this one holds {cache.length} tokens")
+        attend = varlen_attend(
+            cu_seqlens, max(sequence_lengths), self.attention_backend, sequence_lengths
+        )
+        cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+        x = inputs_embeds
+        for index, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, _caching(attend, cache, index, slots))
+        cache.advance(slots.width)
+        return self.norm(x)
+
+
+def _caching(attend: Attend, cache: KVCache, layer: int, slots: PromptSlots) -> Attend:
+    """`attend` that first stores the layer's keys and values (after RoPE) in the cache."""
+
+    def attend_and_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        cache.scatter(layer, k, v, slots)
+        return attend(q, k, v)
+
+    return attend_and_store
