@@ -2,9 +2,10 @@
 
 It wraps ov_model: the processor renders each sample the way the release is evaluated (the
 qwen2-vl chat template with its default system prompt, the sample's images first, then the task's
-prompt, a generation prompt for the assistant), the model generates greedily with a KV cache over
-left-padded batches, and the output is cut at the end-of-turn token and at the task's stop
-strings. Greedy decoding keeps the answers independent of the batch size (tested).
+prompt, a generation prompt for the assistant), the model generates greedily with a KV cache
+(a batch's prompts prefilled packed, see `ov_model.generation`), and the output is cut at the
+end-of-turn token and at the task's stop strings. Greedy decoding keeps the answers independent
+of the batch size (tested).
 """
 
 from collections.abc import Sequence
