@@ -176,3 +176,19 @@ def test_an_empty_prompt_is_refused(make_model):
     model = make_model(24)
     with pytest.raises(InputError, match="prompt 1 is empty"):
         model.generate([torch.tensor([7, 8]), torch.tensor([], dtype=torch.int64)])
+
+
+def test_a_cache_that_grows_while_rows_leave_gives_the_same_tokens(make_model, monkeypatch):
+    """Answers longer than the cache's first reserve: the buffers double (copying what was
+    written) as rows finish, and every row's tokens are those of a cache reserved in full."""
+    from ov_model import generation
+
+    model = make_model(17)
+    prompts, pixels = _mixed_batch(5)
+    images = _images_of(prompts, pixels, range(len(prompts)))
+    free = model.generate(prompts, max_new_tokens=24, **images)
+    settings = {"max_new_tokens": 24, "stop_token_ids": (free[1][5],), **images}
+    full = model.generate(prompts, **settings)
+    assert len({len(tokens) for tokens in full}) > 1  # some rows leave early
+    monkeypatch.setattr(generation, "CACHE_RESERVE_NEW_TOKENS", 1)
+    assert model.generate(prompts, **settings) == full

@@ -35,6 +35,20 @@ def test_writing_past_the_capacity_is_refused():
         cache.write(0, torch.zeros(1, 1, 1, 4), torch.zeros(1, 1, 1, 4))
 
 
+def test_buffers_start_at_the_reserve_and_double_keeping_what_was_written():
+    cache = KVCache.empty(num_layers=1, batch=2, capacity=9, reserve=3)
+    written = torch.randn(2, 1, 9, 4)
+    for column in range(9):
+        step = written[:, :, column : column + 1]
+        keys, values = cache.write(0, step, -step)
+        cache.advance(1)
+        assert torch.equal(keys, written[:, :, : column + 1])
+        assert torch.equal(values, -keys)
+        assert cache.keys[0].shape[2] == {0: 3, 1: 3, 2: 3, 3: 6, 4: 6, 5: 6}.get(column, 9)
+    with pytest.raises(InputError, match="cannot hold 10"):
+        cache.write(0, step, step)
+
+
 def test_packed_prompts_are_scattered_right_aligned():
     slots = PromptSlots.right_aligned([2, 4, 1], "cpu")
     assert slots.width == 4

@@ -29,6 +29,9 @@ from ov_model.errors import InputError
 from ov_model.kv_cache import KVCache, PromptSlots
 from ov_model.packed_metadata import PackedMetadata
 
+CACHE_RESERVE_NEW_TOKENS = 256
+"""New-token columns the KV cache holds at first; it doubles when answers run longer."""
+
 TokenCallback = Callable[[int, int], None]
 """Called as callback(row, token_id) for every generated token (streaming)."""
 
@@ -115,7 +118,12 @@ def generate(
         ids.to(device, non_blocking=True), cu, pixel_values, image_grid_thw, placement=placement
     )
     slots = PromptSlots.right_aligned(lengths, device)
-    cache = KVCache.empty(len(language_model.layers), batch, slots.width + config.max_new_tokens)
+    cache = KVCache.empty(
+        len(language_model.layers),
+        batch,
+        capacity=slots.width + config.max_new_tokens,
+        reserve=slots.width + min(config.max_new_tokens, CACHE_RESERVE_NEW_TOKENS),
+    )
     hidden = language_model.prefill(
         embeds, metadata.position_ids.to(device, non_blocking=True), cu, lengths, cache, slots
     )

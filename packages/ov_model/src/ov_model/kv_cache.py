@@ -1,8 +1,11 @@
 """The generation KV cache: one preallocated buffer per layer, written in place.
 
-Layout: per layer a keys and a values buffer of shape (batch, kv_heads, capacity, head_dim),
-allocated once (at the layer's first write, in the dtype and device its keys arrive in, with as
-many kv heads as its projections produce) and never grown. Prompts are right-aligned: a prompt of
+Layout: per layer a keys and a values buffer of shape (batch, kv_heads, columns, head_dim),
+allocated at the layer's first write (in the dtype and device its keys arrive in, with as many kv
+heads as its projections produce) with `reserve` columns, and doubled (never past `capacity`, the
+most a generation can need) when a write needs more: a task with a 16,384-token budget whose
+answers stop after 20 tokens does not hold 16,384 columns per row, and the copies of the doublings
+add up to less than one copy of the final cache. Prompts are right-aligned: a prompt of
 n tokens fills columns width - n .. width - 1, left of it nothing is ever written and the
 attention mask hides it; decode step t writes column width + t for every row. So a step costs one
 in-place copy per layer instead of re-allocating the whole cache (`torch.cat` copies every earlier
@@ -61,7 +64,8 @@ class KVCache:
 
     `length`: columns written so far, the same for every row and layer (a row's prompt padding
     counts, the mask hides it). A layer writes its new keys at columns length .. length + new - 1
-    and the forward that called every layer then `advance`s `length`.
+    and the forward that called every layer then `advance`s `length`. `capacity`: the most
+    columns it may hold; `reserve`: the columns allocated at first (default: `capacity`).
     """
 
     batch: int
@@ -69,25 +73,40 @@ class KVCache:
     keys: list[torch.Tensor | None] = field(default_factory=list)
     values: list[torch.Tensor | None] = field(default_factory=list)
     length: int = 0
+    reserve: int = 0
 
     @classmethod
-    def empty(cls, num_layers: int, batch: int, capacity: int) -> "KVCache":
-        """A cache of `capacity` tokens per row for `num_layers` layers (buffers allocated at
-        each layer's first write)."""
+    def empty(
+        cls, num_layers: int, batch: int, capacity: int, reserve: int | None = None
+    ) -> "KVCache":
+        """A cache of at most `capacity` tokens per row for `num_layers` layers (buffers
+        allocated at each layer's first write with `reserve` columns, grown by doubling)."""
         if batch < 1 or capacity < 1:
             raise InputError(
                 f"a KV cache needs batch >= 1 and capacity >= 1, got {batch} and {capacity}"
             )
-        return cls(batch, capacity, [None] * num_layers, [None] * num_layers)
+        reserve = capacity if reserve is None else min(max(reserve, 1), capacity)
+        return cls(batch, capacity, [None] * num_layers, [None] * num_layers, reserve=reserve)
 
-    def _buffers(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer's buffers, allocated on first use like `like` (..., kv_heads, head_dim)
-        with zeros (never-written columns must not hold NaN: masked keys still enter the
-        matmul)."""
-        if self.keys[layer] is None:
-            shape = (self.batch, like.shape[-2], self.capacity, like.shape[-1])
-            self.keys[layer] = like.new_zeros(shape)
-            self.values[layer] = like.new_zeros(shape)
+    def _buffers(
+        self, layer: int, like: torch.Tensor, end: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's buffers, with at least `end` columns: allocated on first use like `like`
+        (..., kv_heads, head_dim), grown by doubling, with zeros (never-written columns must not
+        hold NaN: masked keys still enter the matmul)."""
+        if end > self.capacity:
+            raise InputError(f"KV cache of {self.capacity} tokens cannot hold {end}")
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None:
+            shape = (self.batch, like.shape[-2], max(self.reserve, end), like.shape[-1])
+            self.keys[layer], self.values[layer] = like.new_zeros(shape), like.new_zeros(shape)
+        elif keys.shape[2] < end:
+            columns = min(self.capacity, max(end, 2 * keys.shape[2]))
+            grown_keys = keys.new_zeros((*keys.shape[:2], columns, keys.shape[3]))
+            grown_values = torch.zeros_like(grown_keys)
+            grown_keys[:, :, : self.length] = keys[:, :, : self.length]
+            grown_values[:, :, : self.length] = values[:, :, : self.length]
+            self.keys[layer], self.values[layer] = grown_keys, grown_values
         return self.keys[layer], self.values[layer]
 
     def write(
@@ -96,9 +115,7 @@ class KVCache:
         """Write (batch, kv_heads, new, head_dim) keys/values at columns `length` onward; returns
         views of all keys and values so far (`length + new` columns)."""
         end = self.length + keys.shape[2]
-        if end > self.capacity:
-            raise InputError(f"KV cache of {self.capacity} tokens cannot hold {end}")
-        key_buffer, value_buffer = self._buffers(layer, keys.transpose(1, 2))
+        key_buffer, value_buffer = self._buffers(layer, keys.transpose(1, 2), end)
         key_buffer[:, :, self.length : end] = keys
         value_buffer[:, :, self.length : end] = values
         return key_buffer[:, :, :end], value_buffer[:, :, :end]
@@ -107,9 +124,7 @@ class KVCache:
         self, layer: int, keys: torch.Tensor, values: torch.Tensor, slots: PromptSlots
     ) -> None:
         """Write packed (tokens, kv_heads, head_dim) keys/values of prompts to their `slots`."""
-        if slots.width > self.capacity:
-            raise InputError(f"KV cache of {self.capacity} tokens cannot hold {slots.width}")
-        key_buffer, value_buffer = self._buffers(layer, keys)
+        key_buffer, value_buffer = self._buffers(layer, keys, slots.width)
         # Advanced indices on dims 0 and 2 around a slice: the indexed view is (tokens, heads, dim).
         key_buffer[slots.rows, :, slots.columns] = keys
         value_buffer[slots.rows, :, slots.columns] = values
