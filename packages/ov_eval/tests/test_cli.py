@@ -48,6 +48,7 @@ def test_list_prompts_prints_the_templates():
     assert result.exit_code == 0, result.output
     assert "[chartqa] ChartQA test" in result.output
     assert "prompt: '{question}\\nAnswer the question with a single word.'" in result.output
+    assert "  scored as: lmms-eval 0.7.3, task chartqa" in result.output
 
 
 def test_report_prints_markdown_or_writes_a_file(tmp_path):

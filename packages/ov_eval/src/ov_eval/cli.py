@@ -83,6 +83,7 @@ def list_tasks(prompts: bool) -> None:
     if prompts:
         for cls in TASKS.values():
             click.echo(f"\n[{cls.name}] {cls.summary}")
+            click.echo(f"  scored as: {cls.reference}")
             for key, template in cls.prompt_templates.items():
                 click.echo(f"  {key}: {template!r}")
 
