@@ -1,0 +1,150 @@
+"""Serving throughput: 32 concurrent requests through `ov_model.serve.Engine`, batched
+continuously (max_batch 8) against one request at a time (max_batch 1).
+
+Run: `OMP_NUM_THREADS=1 uv run --no-sync pytest packages/ov_model/benchmarks/bench_serve.py -s`
+(one intra-op thread: see bench_generation.py for why on a shared machine). The case submits all
+32 requests at once (32 clients arriving together) to an engine, waits for every answer, and
+prints, for both settings: generated tokens/s over the whole run (first submit to last answer),
+the p50/p95 latency of a request (submit to last token, waiting in the queue included) and the
+p50 time to its first token; then the ratio of the tokens/s. Both settings run twice,
+alternating, the faster run of each kept. Every batched answer is asserted equal to its answer
+one at a time (greedy, fp32), so batching buys speed without changing a token.
+
+Requests: prompts of 32-256 tokens, 16-96 new tokens each (uniform, seeded), so rows finish at
+different steps and waiting requests join the running batch as slots free up.
+
+CPU case: the decoder of bench_generation.py's CPU case (384 wide, 6 layers, 16 query heads over 2
+kv heads, head_dim 32, MLP 1,536, vocabulary 8,192), fp32. Measured on this machine's shared CPU
+(torch 2.15, one thread): RESULTS_PENDING
+
+With `--benchmark-disable` (CI) the case runs once, untimed, on a tiny model with images in a
+third of the prompts: both settings must give every request the tokens `LlavaOV.generate` gives
+it alone.
+"""
+
+import dataclasses
+import statistics
+
+import torch
+
+from ov_model.config import PRESETS
+from ov_model.model import LlavaOV
+from ov_model.serve import Engine, EngineRequest, SamplingSettings
+
+IMAGE, START, END = 5, 3, 4  # the tiny preset's image, vision start and vision end token ids
+
+CPU_DECODER = {
+    "vocab_size": 8192,
+    "hidden_size": 384,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+}
+
+
+def decoder_model(text_changes: dict, seed: int = 0) -> LlavaOV:
+    """The tiny preset (its small vision tower) with another decoder, random weights, eval."""
+    base = PRESETS["tiny"]
+    torch.manual_seed(seed)
+    return LlavaOV(base.replace(text=dataclasses.replace(base.text, **text_changes))).eval()
+
+
+def text_requests(
+    count: int, prompt_range: tuple[int, int], new_range: tuple[int, int], vocab: int, seed: int
+) -> list[EngineRequest]:
+    """Greedy requests with prompt and answer lengths uniform in the given ranges."""
+    generator = torch.Generator().manual_seed(seed)
+    requests = []
+    for _ in range(count):
+        length = int(torch.randint(prompt_range[0], prompt_range[1] + 1, (1,), generator=generator))
+        new = int(torch.randint(new_range[0], new_range[1] + 1, (1,), generator=generator))
+        prompt = torch.randint(10, vocab, (length,), generator=generator)
+        requests.append(EngineRequest(prompt, None, None, SamplingSettings(max_new_tokens=new)))
+    return requests
+
+
+def requests_with_images(count: int, seed: int) -> list[EngineRequest]:
+    """Tiny-model requests of mixed lengths, every third with a 4x4-patch image up front."""
+    requests = text_requests(count, (1, 30), (2, 20), 500, seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    for index in range(0, count, 3):
+        request = requests[index]
+        image = torch.tensor([START, *[IMAGE] * 4, END])
+        requests[index] = dataclasses.replace(
+            request,
+            input_ids=torch.cat([image, request.input_ids]),
+            pixel_values=torch.randn(16, 588, generator=generator),
+            image_grid_thw=torch.tensor([[1, 4, 4]]),
+        )
+    return requests
+
+
+def serve_all(model: LlavaOV, requests: list[EngineRequest], max_batch: int) -> dict:
+    """Submit every request at once to a fresh engine; answers and timings."""
+    with Engine(model, max_batch=max_batch, max_queue=len(requests)) as engine:
+        handles = [engine.submit(request) for request in requests]
+        answers = [handle.result() for handle in handles]
+    started = min(h.submitted_at for h in handles)
+    seconds = max(h.finished_at for h in handles) - started
+    latencies = sorted(h.finished_at - h.submitted_at for h in handles)
+    first_tokens = sorted(h.first_token_at - h.submitted_at for h in handles)
+    generated = sum(len(answer) for answer in answers)
+    return {
+        "answers": answers,
+        "seconds": seconds,
+        "tokens_per_s": generated / seconds,
+        "generated": generated,
+        "p50": statistics.median(latencies),
+        "p95": statistics.quantiles(latencies, n=20, method="inclusive")[-1],
+        "first_token_p50": statistics.median(first_tokens),
+    }
+
+
+def compare(model: LlavaOV, requests: list[EngineRequest], rounds: int) -> dict:
+    """Batched (max_batch 8) and one at a time (max_batch 1), alternating; the faster of each."""
+    best: dict[str, dict] = {}
+    for _ in range(rounds):
+        for name, max_batch in (("one_at_a_time", 1), ("batched", 8)):
+            result = serve_all(model, requests, max_batch)
+            if name not in best or result["seconds"] < best[name]["seconds"]:
+                best[name] = result
+    return best
+
+
+def _report(benchmark, label: str, result: dict) -> None:
+    ratio = result["batched"]["tokens_per_s"] / result["one_at_a_time"]["tokens_per_s"]
+    benchmark.extra_info["ratio"] = ratio
+    print(f"\n{label}: {result['batched']['generated']} tokens")
+    for name in ("one_at_a_time", "batched"):
+        run = result[name]
+        benchmark.extra_info[name] = {k: v for k, v in run.items() if k != "answers"}
+        print(
+            f"  {name}: {run['tokens_per_s']:,.0f} tokens/s, latency p50 {run['p50']:.2f} s, "
+            f"p95 {run['p95']:.2f} s, first token p50 {run['first_token_p50']:.2f} s"
+        )
+    print(f"  ratio (batched / one at a time): {ratio:.2f}")
+
+
+def test_serving_batched_vs_one_at_a_time_cpu(benchmark):
+    if benchmark.disabled:  # CI: a tiny model, images in a third of the prompts, untimed
+        model = decoder_model({}, seed=1)
+        requests = requests_with_images(12, seed=0)
+        result = benchmark.pedantic(compare, args=(model, requests, 1), rounds=1)
+        alone = [
+            model.generate(
+                [r.input_ids],
+                pixel_values=r.pixel_values,
+                image_grid_thw=r.image_grid_thw,
+                max_new_tokens=r.settings.max_new_tokens,
+            )[0]
+            for r in requests
+        ]
+        assert result["batched"]["answers"] == result["one_at_a_time"]["answers"] == alone
+        return
+    model = decoder_model(CPU_DECODER)
+    requests = text_requests(32, (32, 256), (16, 96), CPU_DECODER["vocab_size"], seed=0)
+    result = benchmark.pedantic(compare, args=(model, requests, 2), rounds=1)
+    assert result["batched"]["answers"] == result["one_at_a_time"]["answers"]
+    _report(benchmark, "CPU, 32 concurrent requests, max_batch 8 vs 1", result)
