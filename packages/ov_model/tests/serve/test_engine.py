@@ -3,7 +3,9 @@ whoever shares its batch and whenever it joins; cancellation, the bounded queue,
 inside a step, asyncio streaming."""
 
 import asyncio
+import dataclasses
 import threading
+import time
 
 import pytest
 import torch
@@ -86,6 +88,29 @@ def test_greedy_answers_equal_generate_alone_when_requests_join_a_running_batch(
     expected = [_alone(model, r) for r in [long, *requests]]
     assert answers == expected
     assert all(h.finish_reason == "length" for h in handles)
+
+
+def test_clients_on_many_threads_each_get_their_own_answer(make_model):
+    model = make_model(31)
+    requests = _mixed_requests(18, seed=6)
+    for index in range(1, len(requests), 4):  # some sampled, seeded
+        settings = SamplingSettings(max_new_tokens=9, temperature=0.8, seed=index)
+        requests[index] = dataclasses.replace(requests[index], settings=settings)
+    expected = [_alone(model, r) for r in requests]
+    answers: dict[int, list[int]] = {}
+
+    def client(indices: range) -> None:
+        for index in indices:
+            time.sleep(0.002 * (index % 5))  # arrive at different steps
+            answers[index] = list(engine.submit(requests[index]).tokens())
+
+    with Engine(model, max_batch=3) as engine:
+        clients = [threading.Thread(target=client, args=(range(i, 18, 6),)) for i in range(6)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(timeout=60)
+    assert [answers[i] for i in range(len(requests))] == expected
 
 
 def test_stop_tokens_end_a_request_and_are_its_last_token(make_model):
@@ -220,6 +245,8 @@ def test_malformed_requests_are_refused_at_submit(make_model):
     images = (torch.randn(8, 588), torch.tensor([[1, 4, 4]]))
     with pytest.raises(InputError, match="patches"):
         engine.submit(_request(torch.tensor([START, *[IMAGE] * 4, END]), images, max_new_tokens=2))
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        engine.submit(_request(torch.tensor([11, 10**6]), max_new_tokens=2))
     with pytest.raises(InputError, match="top_p"):
         SamplingSettings(max_new_tokens=2, top_p=0.0)
     engine.close()

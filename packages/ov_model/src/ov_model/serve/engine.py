@@ -202,7 +202,8 @@ class RequestHandle:
                 loop.call_soon_threadsafe(event.set)
 
     @property
-    def _count(self) -> int:
+    def num_generated(self) -> int:
+        """Tokens generated so far."""
         return len(self._generated)
 
 
@@ -294,11 +295,19 @@ class Engine:
             return self._outstanding
 
     def _check(self, request: EngineRequest) -> None:
-        """InputError unless the prompt is 1-D, not empty, and its image placeholders match its
-        images (checked here so that a bad request never reaches a shared prefill)."""
+        """InputError unless the prompt is 1-D, not empty, its ids inside the vocabulary and its
+        image placeholders match its images: checked here so that a bad request never reaches a
+        shared prefill (on a GPU an id out of range would not raise but poison the device)."""
         ids = request.input_ids
         if ids.dim() != 1 or ids.numel() == 0:
             raise InputError(f"input_ids must be 1-D and not empty, got shape {tuple(ids.shape)}")
+        vocab = self.model.config.text.vocab_size
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab:
+            raise InputError(
+                f"input_ids hold {low if low < 0 else high}, outside the vocabulary "
+                f"0 .. {vocab - 1}"
+            )
         if (request.pixel_values is None) != (request.image_grid_thw is None):
             raise InputError("pixel_values and image_grid_thw go together")
         grid = request.image_grid_thw
@@ -486,7 +495,7 @@ class Engine:
             row.pending = token
             if token in row.stops:
                 ended.append((first + i, "stop"))
-            elif row.handle._count >= row.config.max_new_tokens:
+            elif row.handle.num_generated >= row.config.max_new_tokens:
                 ended.append((first + i, "length"))
         for index, reason in reversed(ended):
             handle = self._rows[index].handle
