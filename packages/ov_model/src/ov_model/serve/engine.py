@@ -20,10 +20,11 @@ for the request alone, and so are seeded sampled ones (up to float rounding of t
 matmuls, which argmax and sampling absorb except at near ties).
 
 Requests beyond the free slots wait in a bounded queue (`submit` raises `QueueFull` when it is
-full: the HTTP layer answers 429). An exception while prefilling ends the requests of that
-prefill with finish_reason "error" (a packed prefill that fails is retried one request at a time,
-so one bad request does not take its batch-mates with it); one in a decode step ends the rows of
-that step, and the engine goes on serving the rest.
+full: the HTTP layer answers 429). Malformed requests are refused by `submit` itself. An
+exception while prefilling ends only the requests that fail, with finish_reason "error" (a packed
+prefill that fails is retried one request at a time, so a bad request does not take its
+batch-mates with it); one in a decode step ends the rows of that step (they were computed
+together); either way the engine goes on serving.
 
 What it costs: a prefill pauses the decode of the running rows for its duration (no chunked
 prefill); the cache holds `max_batch` rows as wide as the longest sequence since the batch last
