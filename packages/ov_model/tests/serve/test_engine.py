@@ -113,6 +113,23 @@ def test_clients_on_many_threads_each_get_their_own_answer(make_model):
     assert [answers[i] for i in range(len(requests))] == expected
 
 
+@pytest.mark.parametrize(
+    "text_changes",
+    [
+        {"num_key_value_heads": 4},  # no grouped-query attention
+        {"model_type": "qwen2", "attention_bias": True, "tie_word_embeddings": True},
+    ],
+    ids=["heads-equal-kv-heads", "qwen2-tied"],
+)
+def test_other_decoders_serve_the_answers_of_generate(make_model, text_changes):
+    model = make_model(32, **text_changes)
+    requests = _mixed_requests(6, seed=7)
+    expected = [_alone(model, r) for r in requests]
+    with Engine(model, max_batch=3) as engine:
+        handles = [engine.submit(r) for r in requests]
+        assert [h.result(timeout=30) for h in handles] == expected
+
+
 def test_stop_tokens_end_a_request_and_are_its_last_token(make_model):
     model = make_model(22)
     prompt = torch.randint(10, 500, (9,))
