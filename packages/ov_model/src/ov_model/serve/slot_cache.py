@@ -49,7 +49,7 @@ class SlotCache:
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self.lengths: list[int] = []
         """Columns written per active row (row i of the buffers); also its next position."""
-        self._columns: torch.Tensor | None = None
+        self._index: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def active(self) -> int:
@@ -102,19 +102,25 @@ class SlotCache:
             filled.to(device, non_blocking=True),
         )
         self.lengths.extend(lengths)
-        self._columns = None
+        self._index = None
         return PromptWriter(self), slots
 
     def truncate(self, active: int) -> None:
         """Forget rows active .. (a prefill that failed)."""
         del self.lengths[active:]
-        self._columns = None
+        self._index = None
+
+    def index(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(active,) int64 rows 0 .. active-1 and each row's next column, which is also its next
+        position id; built once per step (every layer's `write` uses them)."""
+        if self._index is None or self._index[1].device != torch.device(device):
+            columns = torch.tensor(self.lengths, dtype=torch.int64, device=device)
+            self._index = (torch.arange(self.active, device=device), columns)
+        return self._index
 
     def columns(self, device: torch.device | str) -> torch.Tensor:
         """(active,) int64: each row's next column, which is also its next position id."""
-        if self._columns is None or self._columns.device != torch.device(device):
-            self._columns = torch.tensor(self.lengths, dtype=torch.int64, device=device)
-        return self._columns
+        return self.index(device)[1]
 
     def decode_mask(self, device: torch.device | str) -> torch.Tensor:
         """(active, 1, 1, width) bool for one new token per row: each row sees its own columns,
@@ -136,8 +142,7 @@ class SlotCache:
             )
         end = max(self.lengths) + 1
         key_buffer, value_buffer = self._buffers(layer, keys.transpose(1, 2), end)
-        rows = torch.arange(self.active, device=keys.device)
-        columns = self.columns(keys.device)
+        rows, columns = self.index(keys.device)
         key_buffer[rows, :, columns] = keys[:, :, 0]
         value_buffer[rows, :, columns] = values[:, :, 0]
         return key_buffer[: self.active, :, :end], value_buffer[: self.active, :, :end]
@@ -145,7 +150,7 @@ class SlotCache:
     def advance(self, new: int) -> None:
         """Count `new` more columns in every active row (after every layer wrote them)."""
         self.lengths = [n + new for n in self.lengths]
-        self._columns = None
+        self._index = None
 
     def remove(self, row: int) -> None:
         """Free `row`: the last active row moves into it (callers mirror the move)."""
@@ -159,7 +164,7 @@ class SlotCache:
                     buffer[row, :, :used] = buffer[last, :, :used]
             self.lengths[row] = used
         self.lengths.pop()
-        self._columns = None
+        self._index = None
         if not self.lengths:
             self.clear()
 
@@ -168,7 +173,7 @@ class SlotCache:
         self.keys = [None] * self.num_layers
         self.values = [None] * self.num_layers
         self.lengths = []
-        self._columns = None
+        self._index = None
 
 
 class PromptWriter:
