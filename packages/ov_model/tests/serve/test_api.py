@@ -19,6 +19,7 @@ pytest.importorskip("fastapi")
 
 from ov_model.model import LlavaOV
 from ov_model.processor import OVProcessor
+from ov_model.serve import app as app_module
 from ov_model.serve.app import AnswerText, create_app
 from ov_model.serve.engine import Engine, EngineRequest, SamplingSettings
 
@@ -238,7 +239,7 @@ BAD_REQUESTS = [
     ),
     (
         "max_tokens over the server's limit",
-        {"messages": GOOD["messages"], "max_completion_tokens": 100},
+        {"messages": GOOD["messages"], "max_completion_tokens": 300},
         400,
         "max_completion_tokens",
         "max_tokens_too_large",
@@ -356,18 +357,41 @@ def test_a_stop_string_ends_the_answer_before_it_and_frees_the_slot(api, served)
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+def _wait_until_idle(engine) -> None:
+    deadline = time.monotonic() + 10
+    while engine.pending and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.pending == 0
+
+
 def test_a_client_that_disconnects_mid_stream_cancels_its_request(api, served):
-    body = {**GOOD, "max_tokens": 64, "stream": True}
+    body = {**GOOD, "max_tokens": 256, "stream": True}
     with api.stream("/v1/chat/completions", body) as (_, lines):
         assert next(lines).startswith("data: ")
+        assert next(lines).startswith("data: ")
         handle = served.handles[-1]
-    # the connection is closed: the handle ends cancelled (or had already finished)
-    handle.result(timeout=10)
-    assert handle.finish_reason in ("cancelled", "length", "stop")
+    tokens = handle.result(timeout=10)  # ends once the server notices the closed connection
+    assert handle.finish_reason == "cancelled"
+    assert len(tokens) < 256
+    _wait_until_idle(served.engine)
+
+
+def test_a_client_that_disconnects_before_a_plain_answer_cancels_its_request(served, monkeypatch):
+    monkeypatch.setattr(app_module, "DISCONNECT_POLL_SECONDS", 0.01)
+    parts = urlsplit(served.url)
+    connection = HTTPConnection(parts.hostname, parts.port, timeout=60)
+    count = len(served.handles)
+    body = json.dumps({**GOOD, "max_tokens": 256}).encode()
+    connection.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
     deadline = time.monotonic() + 10
-    while served.engine.pending and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert served.engine.pending == 0
+    while len(served.handles) == count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    connection.close()
+    handle = served.handles[count]
+    tokens = handle.result(timeout=10)
+    assert handle.finish_reason == "cancelled"
+    assert len(tokens) < 256
+    _wait_until_idle(served.engine)
 
 
 def test_concurrent_requests_each_get_their_sequential_answer(api, served):

@@ -111,7 +111,7 @@ def validation_error(error: RequestValidationError) -> APIError:
         message = f"unknown field {param!r}: this server does not support it"
         return APIError(400, message, param=param, code="unknown_field")
     if kind == "model_attributes_type" and param is None:
-        message = "the request body must be a JSON object"
+        message = "the request body must be a JSON object (sent as application/json)"
         return APIError(400, message, code="invalid_request")
     text = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     given = first.get("input")
