@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ov_model import __version__
+from ov_model.serve.command import serve
 from rice_vit.cli_conventions import (
     Group,
     claim_output,
@@ -209,3 +210,6 @@ def chat(
     )
     show(processor.decode(generated))
     sys.stdout.write("\n")
+
+
+main.add_command(serve)
