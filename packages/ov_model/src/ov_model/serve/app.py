@@ -175,13 +175,16 @@ def create_app(engine: Engine, processor: OVProcessor, settings: ServeSettings) 
             raise APIError(400, str(error), param="messages", code="invalid_messages") from None
         prompt_tokens = int(prompt.input_ids.numel())
         budget = _token_budget(body, prompt_tokens, settings)
-        sampling = SamplingSettings(
-            max_new_tokens=budget,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop_token_ids=stop_token_ids,
-        )
+        try:
+            sampling = SamplingSettings(
+                max_new_tokens=budget,
+                temperature=body.temperature,
+                top_p=body.top_p,
+                seed=body.seed,
+                stop_token_ids=stop_token_ids,
+            )
+        except InputError as error:  # the schema's bounds should have caught it first
+            raise APIError(400, str(error), code="invalid_value") from None
         request = EngineRequest(
             input_ids=prompt.input_ids,
             pixel_values=prompt.pixel_values,
