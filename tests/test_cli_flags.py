@@ -106,12 +106,14 @@ DEVICE = {
     "ov-concepts embed-concepts",
     "ov-concepts assign",
     "ov-model chat",
+    "ov-model serve",
     "ov-eval run",
 }
 # compute dtype: (choices, default)
 DTYPE = {
     "rice-vit embed": (COMPUTE_DTYPES, "auto"),
     "ov-model chat": (COMPUTE_DTYPES, "auto"),
+    "ov-model serve": (COMPUTE_DTYPES, "auto"),
     "ov-eval run": (COMPUTE_DTYPES, "float32"),
     "ov-concepts embed-images": (COMPUTE_DTYPES, "float32"),
     "ov-concepts embed-concepts": (COMPUTE_DTYPES, "float32"),
