@@ -1,7 +1,10 @@
-"""Fail unless every test root (each package's tests/ and the root tests/) ran at least one test.
+"""Fail unless every test root (each package's tests/ and the root tests/) ran at least one test,
+and every module named in MUST_RUN ran all its tests (none skipped).
 
 pytest exits 0 when a folder silently contributes nothing (a renamed file, a bad pattern), so the
-JUnit report is checked root by root: at least one test executed and not skipped.
+JUnit report is checked root by root: at least one test executed and not skipped. Modules that
+skip themselves when a system tool is missing (the chat-page test without chromium) are listed in
+MUST_RUN: CI installs the tool, so a skip there means the install went wrong.
 """
 
 import sys
@@ -20,12 +23,26 @@ def test_roots() -> list[str]:
     return [*roots, "tests."]
 
 
+MUST_RUN = ("packages.ov_model.tests.serve.test_chat_page",)
+"""Modules whose tests must all run in CI (CI installs what they need)."""
+
+
 def main(report: str) -> int:
     ran: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
     for case in ET.parse(report).iter("testcase"):
         if case.find("skipped") is None:
             ran[case.attrib["classname"]] += 1
+        else:
+            skipped[case.attrib["classname"]] += 1
     failures = 0
+    for module in MUST_RUN:
+        count = sum(n for name, n in ran.items() if name.startswith(module))
+        missed = sum(n for name, n in skipped.items() if name.startswith(module))
+        print(f"{module:<48} {count:>3} ran, {missed} skipped")
+        if count == 0 or missed:
+            print(f"error: {module} must run all its tests in CI", file=sys.stderr)
+            failures += 1
     for root in test_roots():
         count = sum(n for name, n in ran.items() if name.startswith(root))
         print(f"{root:<32} {count:>5} tests ran")
