@@ -15,8 +15,10 @@ usage equal to its one-at-a-time answer. Printed: generated tokens/s of both run
 p50/p95 latency of a request (send to full answer) in the concurrent run.
 
 CPU case: the tiny preset's vision tower with bench_serve.py's CPU decoder (384 wide, 6 layers,
-16 query heads over 2 kv heads, vocabulary 8,192), fp32. Measured on this machine's shared CPU:
-RESULTS_PENDING
+16 query heads over 2 kv heads, vocabulary 8,192), fp32. Measured on this machine's shared CPU
+(2 cores, one torch thread, 2026-12-03): 5,035 tokens in 128 requests; one at a time 52 tokens/s
+(latency p50 0.65 s); 32 clients x 4 at once 224 tokens/s (latency p50 5.2 s, p95 6.6 s, queueing
+included: 32 clients share 8 batch slots): 4.3x the throughput, every answer equal.
 
 With `--benchmark-disable` (CI) the case runs once, untimed, on the tiny model with 4-12 new
 tokens per request: the same 32 x 4 requests, the same assertions.
