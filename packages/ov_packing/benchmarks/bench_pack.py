@@ -59,24 +59,31 @@ def test_numpy_ffd_reference_packs_one_million(benchmark, million):
     print(f"\nnumpy FFD {distribution} {capacity}: {benchmark.extra_info}")
 
 
-def test_core_packs_with_a_patch_budget(benchmark):
+@pytest.mark.parametrize("patch_capacity", [8192, 16384])
+def test_core_packs_with_a_patch_budget(benchmark, patch_capacity):
+    """Two budgets (1M sft samples, 8192 tokens and `patch_capacity` ViT patches per bin): the
+    default against first-fit decreasing and best-fit decreasing alone, bins over the bound that
+    accounts for both budgets."""
     lengths = generate_lengths("sft", MILLION, seed=0, with_ids=False)
-    plan = benchmark.pedantic(
-        pack, args=(lengths,), kwargs={"capacity": 8192, "patch_capacity": 16384}, rounds=3
-    )
+    budgets = {"capacity": 8192, "patch_capacity": patch_capacity}
+    plan = benchmark.pedantic(pack, args=(lengths,), kwargs=budgets, rounds=3)
     stats = compute_stats(plan)
-    patch_bound = -(-int(plan.patches[plan.bin_samples].sum()) // 16384)
+    alone = {
+        name: pack(lengths, heuristics=(name,), **budgets).num_bins
+        for name in ("first-fit-decreasing", "best-fit-decreasing")
+    }
+    assert plan.num_bins <= alone["first-fit-decreasing"]
     benchmark.extra_info.update(
         bins=plan.num_bins,
-        token_lower_bound=stats.lower_bound_bins,
-        patch_lower_bound=patch_bound,
-        over_bound_percent=round(
-            100 * (plan.num_bins / max(patch_bound, stats.lower_bound_bins) - 1), 4
-        ),
+        first_fit_decreasing_bins=alone["first-fit-decreasing"],
+        best_fit_decreasing_bins=alone["best-fit-decreasing"],
+        lower_bound=stats.lower_bound_bins,
+        lower_bound_terms=stats.lower_bound_terms,
+        over_bound_percent=stats.bins_over_lower_bound_percent,
         rejected=stats.rejected,
         algorithm=plan.algorithm,
     )
-    print(f"\ncore sft 8192 with 16384 patches per bin: {benchmark.extra_info}")
+    print(f"\ncore sft 8192 with {patch_capacity} patches per bin: {benchmark.extra_info}")
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".txt"])

@@ -14,6 +14,7 @@
 
 #include "best_fit_levels.hpp"
 #include "first_fit_tree.hpp"
+#include "first_fit_two_budgets.hpp"
 #include "successor_set.hpp"
 
 namespace ov_packing {
@@ -23,14 +24,6 @@ namespace {
 // capacities its tables would cost too much memory and only first-fit runs.
 constexpr int64_t kBestFitMaxCapacity = int64_t{1} << 24;
 constexpr int64_t kBestFitMaxCapacityTwoBudgets = int64_t{1} << 20;
-
-// With two budgets, first-fit's tree search can degrade towards a scan of all bins when token-full
-// and patch-full bins interleave. It is abandoned as soon as it has examined more than this many
-// tree nodes per sample placed so far (after a grace allowance); best-fit (O(log capacity) per
-// sample) then decides. The count depends on the data only, so the outcome is still the same for
-// every thread count.
-constexpr uint64_t kFirstFitVisitsPerSample = 64;
-constexpr uint64_t kFirstFitVisitsGrace = 1 << 14;
 
 struct Items {
   std::vector<int32_t> order;  // accepted input indices, largest first
@@ -62,26 +55,22 @@ void sort_descending(std::vector<int32_t>& indices, Key key, int64_t max_key) {
   indices.swap(sorted);
 }
 
-// `may_abandon`: best-fit runs too, so first-fit may give up (num_bins = -1) when its two-budget
-// search gets too expensive.
-Assignment first_fit_decreasing(const Items& items, const PackRequest& request, bool may_abandon) {
+// One budget: a segment tree over bins, O(log bins) per sample. Two budgets: the eligible-bins
+// tree of first_fit_two_budgets.hpp, also O(log bins) per sample. Both are exact first-fit, so the
+// winner is never worse than first-fit decreasing.
+Assignment first_fit_decreasing(const Items& items, const PackRequest& request) {
   const bool two_dimensions = items.patches != nullptr;
   const auto capacity = static_cast<int32_t>(request.capacity);
   const auto patch_capacity = static_cast<int32_t>(request.patch_capacity);
-  FirstFitTree tree(two_dimensions, request.capacity, request.patch_capacity);
-  const bool bounded = two_dimensions && may_abandon;
-  uint64_t visits = 0;
+  FirstFitTree tree;
+  FirstFitTwoBudgets two_budget_tree(capacity);
   std::vector<int32_t> tokens_left, patches_left, counts;
   Assignment result{std::vector<int32_t>(items.order.size()), 0, "first-fit-decreasing"};
   for (std::size_t k = 0; k < items.order.size(); ++k) {
     const int32_t index = items.order[k];
     const int32_t tokens = items.tokens[index];
     const int32_t patches = two_dimensions ? items.patches[index] : 0;
-    int64_t bin = tree.find_first(tokens, patches, visits);
-    if (bounded && visits > kFirstFitVisitsPerSample * (k + kFirstFitVisitsGrace)) {
-      result.num_bins = -1;  // abandoned: see kFirstFitVisitsPerSample
-      return result;
-    }
+    int64_t bin = two_dimensions ? two_budget_tree.find_first(tokens, patches) : tree.find_first(tokens);
     if (bin < 0) {
       bin = static_cast<int64_t>(tokens_left.size());
       tokens_left.push_back(capacity);
@@ -93,7 +82,11 @@ Assignment first_fit_decreasing(const Items& items, const PackRequest& request, 
     patches_left[b] -= patches;
     ++counts[b];
     const bool closed = request.max_per_bin > 0 && counts[b] >= request.max_per_bin;
-    tree.set(bin, closed ? -1 : tokens_left[b], closed ? -1 : patches_left[b]);
+    if (two_dimensions) {
+      two_budget_tree.set(bin, tokens_left[b], patches_left[b], closed);
+    } else {
+      tree.set(bin, closed ? -1 : tokens_left[b]);
+    }
     result.bin_of[k] = static_cast<int32_t>(bin);
   }
   result.num_bins = static_cast<int64_t>(tokens_left.size());
@@ -211,12 +204,12 @@ void write_bins(const Items& items, const Assignment& assignment, uint64_t seed,
 }
 
 // Runs the selected candidates, at the same time when threads >= 2. A candidate that did not run
-// (or gave up) has num_bins = -1.
+// has num_bins = -1.
 std::pair<Assignment, Assignment> run_candidates(const Items& items, const PackRequest& request,
                                                  bool run_first_fit, bool run_best_fit) {
   Assignment first_fit, best_fit;
   first_fit.num_bins = best_fit.num_bins = -1;
-  auto first = [&] { first_fit = first_fit_decreasing(items, request, run_best_fit); };
+  auto first = [&] { first_fit = first_fit_decreasing(items, request); };
   auto best = [&] { best_fit = best_fit_decreasing(items, request); };
   if (run_first_fit && run_best_fit && request.threads >= 2) {
     std::exception_ptr worker_error;

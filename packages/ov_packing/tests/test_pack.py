@@ -197,6 +197,44 @@ def test_two_budget_packing_stays_within_both_budgets_at_scale():
     assert plan.num_bins <= lower_bound * 1.02
 
 
+def test_never_more_bins_than_first_fit_decreasing_with_two_budgets_at_100k():
+    # The regression case: sft-like lengths with a patch budget, where first-fit used to give up
+    # on its search and best-fit's 24,468 bins were kept against first-fit decreasing's 24,395.
+    lengths = generate_lengths("sft", 100_000, seed=0, with_ids=False)
+    plan = pack(lengths, capacity=CAPACITY, patch_capacity=8192, threads=2)
+    oracle = first_fit_decreasing_reference(
+        lengths.tokens, CAPACITY, patches=lengths.patches, patch_capacity=8192
+    )
+    assert len(oracle) == 24_395
+    assert plan.num_bins <= len(oracle)
+    assert plan.algorithm == "first-fit-decreasing"
+    assert bins_as_sets(plan) == oracle_as_sets(oracle)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # sft-like at a larger patch budget, and two synthetic mixes where first-fit's two-budget
+        # search is the most expensive (independent and anti-correlated budgets)
+        lambda rng: (generate_lengths("sft", 100_000, seed=1).tokens, None, 16_384),
+        lambda rng: (rng.integers(819, 4096, 100_000), rng.integers(819, 4096, 100_000), 8192),
+        lambda rng: (t := rng.integers(400, 4096, 100_000), np.maximum(4500 - t, 0), 8192),
+    ],
+    ids=["sft-16384", "independent", "anti-correlated"],
+)
+def test_two_budget_winner_is_never_worse_than_first_fit_alone(make):
+    rng = np.random.default_rng(7)
+    tokens, patches, patch_capacity = make(rng)
+    if patches is None:
+        patches = generate_lengths("sft", 100_000, seed=1).patches
+    problem = {"capacity": CAPACITY, "patches": patches, "patch_capacity": patch_capacity}
+    plan = pack(tokens, **problem)
+    first_fit_only = pack(tokens, heuristics=("first-fit-decreasing",), **problem)
+    best_fit_only = pack(tokens, heuristics=("best-fit-decreasing",), **problem)
+    assert plan.num_bins == min(first_fit_only.num_bins, best_fit_only.num_bins)
+    assert plan.num_bins <= first_fit_only.num_bins
+
+
 def test_unknown_heuristic_is_refused():
     with pytest.raises(ValueError, match="heuristics must be"):
         pack(np.array([1]), capacity=4, heuristics=("worst-fit",))

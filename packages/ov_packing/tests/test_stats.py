@@ -43,3 +43,21 @@ def test_perfect_packing_reports_no_padding_left():
 def test_empty_plan_has_zero_stats():
     stats = compute_stats(pack(np.zeros(0, dtype=np.int32), capacity=10))
     assert (stats.bins, stats.samples_in, stats.padding_tokens) == (0, 0, 0)
+
+
+def test_lower_bound_accounts_for_the_patch_budget():
+    # tokens alone need 1 bin of 100; patches 6 + 6 + 6 in bins of 10 need 2 (18 / 10), and the
+    # three samples over half the patch budget cannot share: 3
+    plan = pack(
+        np.array([5, 5, 5, 5]), patches=np.array([6, 6, 6, 1]), capacity=100, patch_capacity=10
+    )
+    stats = compute_stats(plan)
+    assert stats.lower_bound_terms == {
+        "tokens": 1,
+        "large_tokens": 0,
+        "patches": 2,
+        "large_patches": 3,
+    }
+    assert stats.lower_bound_bins == 3
+    assert stats.bins == 3
+    assert "lower bound 3 from large patches, +0.000%" in format_stats(stats)

@@ -14,7 +14,7 @@ modules here are a thin, typed Python API over it:
 
 from importlib.metadata import version
 
-from ov_packing.bounds import lower_bound_bins
+from ov_packing.bounds import LowerBound, lower_bound_bins, packing_lower_bound
 from ov_packing.errors import (
     InputFormatError,
     PackingError,
@@ -31,6 +31,7 @@ from ov_packing.verify import verify_plan
 __version__ = version("ov-packing")
 __all__ = [
     "InputFormatError",
+    "LowerBound",
     "PackParams",
     "PackPlan",
     "PackStats",
@@ -44,6 +45,7 @@ __all__ = [
     "compute_stats",
     "lower_bound_bins",
     "pack",
+    "packing_lower_bound",
     "read_lengths",
     "verify_plan",
     "write_lengths",

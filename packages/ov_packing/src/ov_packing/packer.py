@@ -15,21 +15,21 @@ Algorithm (csrc/packing.cpp):
      (skipped above 2^24 tokens per bin, where its tables would cost too much memory).
    With patches and a patch capacity both heuristics check the two budgets together; with a sample
    cap a bin closes when it reaches the cap. Best-fit then finds its bin through a segment tree
-   over remaining-token levels holding each level's best patch room, O(log capacity). First-fit's
-   tree search, which can degrade towards a scan when token-full and patch-full bins interleave,
-   gives up once it has examined more than 64 tree nodes per sample (a count that depends on the
-   data alone), leaving the choice to best-fit.
+   over remaining-token levels holding each level's best patch room, O(log capacity). First-fit
+   keeps a segment tree of patch room over the bins whose token room is at least the current
+   sample's tokens ("eligible"; since tokens only decrease, a bin that falls below waits in a
+   bucket of its token room until the samples get that short), O(log bins) per sample.
 4. List the winner's bins in a seeded pseudo-random order, so a reader walking the bins in sequence
    does not see every large sample first. Inside a bin, samples stay largest first.
 
 Guarantees. No bin exceeds any budget; every input sample is in exactly one bin or rejected; the
-bin count is never above FFD's (FFD is a candidate, and the numpy reference in `reference.py`
-reproduces it exactly; with two budgets this holds whenever first-fit did not give up), hence at
-most 11/9 OPT + 6/9 bins in one dimension (Dósa 2007), and in practice within a hair of
-ceil(total / capacity) on realistic lengths (see the benchmarks). The result depends only on the
-input and the seed: the two candidates are sequential, deterministic computations and
-`threads >= 2` merely runs them at the same time. Cost: O(n log n) time (a counting sort and
-O(log) searches), about 30 bytes of working memory per sample (see the memory benchmark).
+bin count is never above FFD's, with one budget or two (FFD is always a complete candidate, and the
+numpy reference in `reference.py` reproduces it exactly), hence at most 11/9 OPT + 6/9 bins in one
+dimension (Dósa 2007), and in practice within a hair of the lower bound on realistic lengths (see
+`bounds.py` and the benchmarks). The result depends only on the input and the seed: the two
+candidates are sequential, deterministic computations and `threads >= 2` merely runs them at the
+same time. Cost: O(n log n + capacity) time (a counting sort and O(log) searches), about 30 bytes
+of working memory per sample (see the memory benchmark).
 """
 
 import os

@@ -9,12 +9,15 @@ Padding is measured against two stated baselines, both over the packed (not reje
 
 The compression ratio is baseline padding / packed padding, where packed padding is
 bins x capacity - packed tokens (None when packing leaves no padding at all).
+
+The lower bound accounts for every budget of the plan (tokens, ViT patches, samples per bin; see
+`bounds.packing_lower_bound`), and names the term that decides it.
 """
 
 import msgspec
 import numpy as np
 
-from ov_packing.bounds import lower_bound_bins
+from ov_packing.bounds import packing_lower_bound
 from ov_packing.plan import PackPlan, RejectReason
 
 
@@ -26,6 +29,7 @@ class PackStats(msgspec.Struct, frozen=True):
     rejected: dict[str, int]
     bins: int
     lower_bound_bins: int
+    lower_bound_terms: dict[str, int]
     bins_over_lower_bound_percent: float
     capacity: int
     packed_tokens: int
@@ -70,7 +74,16 @@ def compute_stats(plan: PackPlan, batch_size: int = 8) -> PackStats:
     padding = bins * capacity - packed_tokens
     pad_to_capacity = packed_lengths.size * capacity - packed_tokens
     batched = batched_padding(packed_lengths, batch_size)
-    lower_bound = lower_bound_bins(packed_lengths, capacity)
+    patch_capacity = plan.params.patch_capacity
+    with_patches = plan.patches is not None and patch_capacity is not None
+    bound = packing_lower_bound(
+        packed_lengths,
+        capacity,
+        patches=plan.patches[packed] if with_patches else None,
+        patch_capacity=patch_capacity if with_patches else None,
+        max_per_bin=plan.params.max_per_bin,
+    )
+    lower_bound = bound.bins
     return PackStats(
         samples_in=plan.num_samples,
         samples_packed=int(packed_lengths.size),
@@ -80,6 +93,7 @@ def compute_stats(plan: PackPlan, batch_size: int = 8) -> PackStats:
         },
         bins=bins,
         lower_bound_bins=lower_bound,
+        lower_bound_terms=bound.terms,
         bins_over_lower_bound_percent=100.0 * (bins - lower_bound) / lower_bound
         if lower_bound
         else 0.0,
@@ -101,6 +115,11 @@ def compute_stats(plan: PackPlan, batch_size: int = 8) -> PackStats:
     )
 
 
+def _deciding(terms: dict[str, int]) -> str:
+    best = max(terms.values(), default=0)
+    return "/".join(name.replace("_", " ") for name, value in terms.items() if value == best)
+
+
 def format_stats(stats: PackStats) -> str:
     """Human-readable multi-line summary."""
 
@@ -111,8 +130,9 @@ def format_stats(stats: PackStats) -> str:
     lines = [
         f"samples      {stats.samples_in:,} in, {stats.samples_packed:,} packed, "
         f"rejected: {rejected}",
-        f"bins         {stats.bins:,} (lower bound {stats.lower_bound_bins:,}, "
-        f"+{stats.bins_over_lower_bound_percent:.3f}%) by {stats.algorithm}",
+        f"bins         {stats.bins:,} (lower bound {stats.lower_bound_bins:,} from "
+        f"{_deciding(stats.lower_bound_terms)}, +{stats.bins_over_lower_bound_percent:.3f}%) "
+        f"by {stats.algorithm}",
         f"fill         {100 * stats.fill_efficiency:.3f}% of {stats.capacity:,} tokens per bin "
         f"(fullest bin {stats.max_bin_tokens:,})",
         f"per bin      {stats.samples_per_bin_min} min, {stats.samples_per_bin_mean:.2f} mean, "
