@@ -19,6 +19,11 @@ Facts that shape the fields:
   LLaVA-OV configs do not record it (it reads back as the default there).
 - Whether a post-layernorm exists (MLCD has one, LLaVA-OV not) is decided by the checkpoint's
   tensors, so it is a field here but no key of either dialect.
+- Region attention (RICE pretraining, `region_attention`): `region_layers` and `region_query`
+  are written to `config.json` in both dialects only when they differ from the defaults (so
+  configs of plain encoders stay byte-identical to the released ones) and read with defaults
+  0 / "class_token" when absent. Both are extra keys to the official loaders, which keep unknown
+  config keys as attributes and ignore them.
 """
 
 import dataclasses
@@ -34,6 +39,8 @@ from rice_vit.errors import ConfigError
 Layout = Literal["mlcd", "llava-ov"]
 LAYOUTS: tuple[Layout, ...] = ("mlcd", "llava-ov")
 SUPPORTED_ACTIVATIONS = ("gelu",)
+RegionQuery = Literal["class_token", "learned"]
+REGION_QUERIES: tuple[RegionQuery, ...] = ("class_token", "learned")
 LLAVA_OV_BLOCK_NORM_EPS = 1e-5
 
 
@@ -57,6 +64,14 @@ class RiceViTConfig:
     """Pretraining resolution recorded in MLCD configs; unused by the native-resolution forward."""
     has_post_layernorm: bool = False
     """MLCD checkpoints carry a post_layernorm applied to the class token only (`pool="cls"`)."""
+    region_layers: int = 0
+    """The last `region_layers` blocks also run region attention when `encode` gets regions
+    (0: none; at most `depth`). Adds no parameters with `region_query="class_token"`."""
+    region_query: RegionQuery = "class_token"
+    """The initial state of each region token at the first region layer: its image's class token
+    there ("class_token", no extra parameters, the default: see `rice_vit.region_attention`), or a
+    learned vector shared by all regions ("learned": one extra parameter `region_query` that the
+    MLCD and LLaVA-OV layouts cannot hold: `save_pretrained` drops it and reports it)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -92,6 +107,17 @@ class RiceViTConfig:
             raise ConfigError(
                 f"RiceViTConfig.hidden_act {self.hidden_act!r} is not supported; "
                 f"choose one of {list(SUPPORTED_ACTIVATIONS)}"
+            )
+        layers = self.region_layers
+        if isinstance(layers, bool) or not isinstance(layers, int) or not 0 <= layers <= self.depth:
+            raise ConfigError(
+                f"RiceViTConfig.region_layers must be an integer in [0, depth = {self.depth}], "
+                f"got {layers!r}"
+            )
+        if self.region_query not in REGION_QUERIES:
+            raise ConfigError(
+                f"RiceViTConfig.region_query must be one of {list(REGION_QUERIES)}, "
+                f"got {self.region_query!r}"
             )
         if not isinstance(self.has_post_layernorm, bool):
             raise ConfigError(
@@ -150,6 +176,13 @@ def _config(source: str, **fields: Any) -> RiceViTConfig:
         raise ConfigError(f"{source}: {error}") from None
 
 
+def _region_fields(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    return {
+        "region_layers": _get(data, "region_layers", 0, source),
+        "region_query": _get(data, "region_query", "class_token", source),
+    }
+
+
 def _from_mlcd(data: Mapping[str, Any], source: str) -> RiceViTConfig:
     groups = data.get("num_key_value_groups", 1)
     if groups != 1:
@@ -170,6 +203,7 @@ def _from_mlcd(data: Mapping[str, Any], source: str) -> RiceViTConfig:
         hidden_act=_get(data, "hidden_act", "gelu", source),
         layer_norm_eps=eps,
         block_layer_norm_eps=eps,
+        **_region_fields(data, source),
     )
 
 
@@ -191,6 +225,7 @@ def _from_rice(data: Mapping[str, Any], source: str) -> RiceViTConfig:
         hidden_act=_get(data, "hidden_act", "gelu", source),
         layer_norm_eps=_get(data, "layer_norm_eps", 1e-5, source),
         block_layer_norm_eps=LLAVA_OV_BLOCK_NORM_EPS,
+        **_region_fields(data, source),
     )
 
 
@@ -280,6 +315,9 @@ def config_to_hf_dict(
             data["text_hidden_size"] = text_hidden_size
     else:
         raise ConfigError(f"unknown layout {layout!r}; choose one of {list(LAYOUTS)}")
+    if config.region_layers or config.region_query != "class_token":
+        data["region_layers"] = config.region_layers
+        data["region_query"] = config.region_query
     if torch_dtype is not None:
         data["torch_dtype"] = torch_dtype
     return data

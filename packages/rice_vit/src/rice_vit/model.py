@@ -25,12 +25,17 @@ Dtypes: RoPE runs in fp32 and returns its input's dtype (`rope`), the LayerNorms
 input's dtype (`layer_norm`), so under bf16 autocast q, k and v reach attention in bf16 and with
 bf16 weights everything is bf16.
 
+Region attention (RICE pretraining): `encode(..., regions=RegionBoxes)` also returns one
+embedding per region box from the last `config.region_layers` blocks (`region_attention`); image
+tokens never see the region tokens, so patch features and class tokens are bitwise those of a
+plain encode, and without regions the forward is the plain code path.
+
 Model code is single-device: parallelism (FSDP, tensor parallel) is applied from outside by
 ov_train to the plain `nn.Linear`/`LayerNorm` modules here.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -40,8 +45,10 @@ from torch import nn
 
 from rice_vit.attention import Backend, varlen_attention
 from rice_vit.config import Layout, RiceViTConfig
-from rice_vit.errors import InputError
+from rice_vit.errors import CheckpointError, InputError
 from rice_vit.layer_norm import LayerNorm
+from rice_vit.region_attention import RegionAttentionPlan, RegionTokens, region_attention
+from rice_vit.region_boxes import RegionBoxes
 from rice_vit.rope import apply_rope, patch_rope_angles, rope_cos_sin
 from rice_vit.token_layout import TokenLayout
 
@@ -84,13 +91,45 @@ class Attention(nn.Module):
         backend: Backend | None,
         sequence_lengths: Sequence[int] | None = None,
     ) -> torch.Tensor:
+        q, k, v = self.project(x, cos, sin)
+        return self.attend(q, k, v, cu_seqlens, max_seqlen, backend, sequence_lengths)
+
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k (RoPE'd) and v, each (tokens, heads, head_dim)."""
         tokens = x.shape[0]
         q, k, v = self.qkv(x).view(tokens, 3, self.num_heads, self.head_dim).unbind(1)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_seqlen: int,
+        backend: Backend | None,
+        sequence_lengths: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """proj(varlen attention of q over k, v within each image)."""
+        tokens = q.shape[0]
         attended = varlen_attention(
             q, k, v, cu_seqlens, max_seqlen, backend=backend, sequence_lengths=sequence_lengths
         )
         return self.proj(attended.reshape(tokens, self.num_heads * self.head_dim))
+
+    def attend_regions(
+        self, regions: RegionTokens, normed: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """proj(region attention): queries from the normed region tokens (the q part of qkv,
+        rotated by the class angle) over the image tokens' keys/values `k`, `v` in each box."""
+        width = self.num_heads * self.head_dim
+        q = F.linear(normed, self.qkv.weight[:width], self.qkv.bias[:width])
+        q = apply_rope(q.view(-1, self.num_heads, self.head_dim), regions.cos, regions.sin)
+        attended = region_attention(q, k, v, regions.plan)
+        return self.proj(attended.reshape(-1, width))
 
 
 class MLP(nn.Module):
@@ -124,12 +163,23 @@ class Block(nn.Module):
         max_seqlen: int,
         backend: Backend | None,
         sequence_lengths: Sequence[int] | None = None,
-    ) -> torch.Tensor:
-        attended = self.attn(
-            self.norm1(x), cos, sin, cu_seqlens, max_seqlen, backend, sequence_lengths
-        )
-        x = x + attended
-        return x + self.mlp(self.norm2(x))
+        regions: RegionTokens | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The block on the packed tokens `x`; with `regions`, also on the region tokens and
+        returns (x, region hidden states). Region tokens read the image tokens' keys/values;
+        nothing reads theirs, so `x`'s result is the same computation either way."""
+        if regions is None:
+            attended = self.attn(
+                self.norm1(x), cos, sin, cu_seqlens, max_seqlen, backend, sequence_lengths
+            )
+            x = x + attended
+            return x + self.mlp(self.norm2(x))
+        q, k, v = self.attn.project(self.norm1(x), cos, sin)
+        x = x + self.attn.attend(q, k, v, cu_seqlens, max_seqlen, backend, sequence_lengths)
+        x = x + self.mlp(self.norm2(x))
+        r = regions.hidden
+        r = r + self.attn.attend_regions(regions, self.norm1(r), k, v)
+        return x, r + self.mlp(self.norm2(r))
 
 
 @dataclass
@@ -148,6 +198,9 @@ class RiceViTOutput:
     hidden_states: tuple[torch.Tensor, ...] | None = None
     """With `output_hidden_states`: depth + 1 packed sequences (tokens, hidden), class tokens
     included: [0] after pre_layernorm, [i] after block i."""
+    region_embeddings: torch.Tensor | None = None
+    """With `regions`: (regions, hidden) one embedding per region box after the last block, in
+    the boxes' order (no post-layernorm); None without regions."""
 
 
 class RiceViT(nn.Module):
@@ -170,6 +223,9 @@ class RiceViT(nn.Module):
         )
         nn.init.normal_(self.class_embedding, std=config.hidden_size**-0.5)
         nn.init.normal_(self.class_pos_emb, std=1.0)
+        if config.region_layers and config.region_query == "learned":
+            self.region_query = nn.Parameter(torch.empty(config.hidden_size))
+            nn.init.normal_(self.region_query, std=config.hidden_size**-0.5)
 
     def forward(
         self,
@@ -190,15 +246,33 @@ class RiceViT(nn.Module):
         *,
         output_hidden_states: bool = False,
         layout: TokenLayout | None = None,
+        regions: RegionBoxes | None = None,
     ) -> RiceViTOutput:
         """Patch features, class tokens and optionally every layer's packed hidden states.
 
         `layout`: the `TokenLayout` of `grid_thw` with this encoder's merge size, built ahead of
         time on the host (then `grid_thw` is not read and may be None): the forward reads nothing
         back from the device. Without it the layout is built here from `grid_thw` (a device
-        `grid_thw` is copied to the host: one sync)."""
+        `grid_thw` is copied to the host: one sync).
+
+        `regions`: boxes on the patch grid (`RegionBoxes`, best kept on the host: they are
+        checked against the grid there); needs `config.region_layers > 0`. The output then has
+        `region_embeddings` (see `rice_vit.region_attention`); everything else is unchanged."""
         config = self.config
         device = self.class_embedding.device
+        plan = None
+        if regions is not None:
+            if not config.region_layers:
+                raise InputError(
+                    "encode got regions but this encoder has region_layers = 0; build it with "
+                    "RiceViTConfig(region_layers=L) to add region attention to its last L blocks"
+                )
+            if layout is None:
+                if grid_thw is None:
+                    raise InputError("RiceViT needs grid_thw or a TokenLayout")
+                layout = TokenLayout.from_grid_thw(grid_thw, config.spatial_merge_size)
+            if len(regions):
+                plan = RegionAttentionPlan.build(layout, regions).to(device)
         if layout is None:
             if grid_thw is None:
                 raise InputError("RiceViT needs grid_thw or a TokenLayout")
@@ -225,25 +299,58 @@ class RiceViT(nn.Module):
 
         x = self.pre_layernorm(x)
         hidden_states = [x] if output_hidden_states else None
-        for block in self.blocks:
-            x = block(
-                x,
-                cos,
-                sin,
-                layout.cu_seqlens,
-                layout.max_seqlen,
-                self.attention_backend,
-                layout.sequence_lengths,
-            )
+        first_region_block = config.depth - config.region_layers if plan is not None else None
+        region_tokens: RegionTokens | None = None
+        for index, block in enumerate(self.blocks):
+            if index == first_region_block:
+                region_tokens = self._region_tokens(x, plan)
+            if region_tokens is None:
+                x = block(
+                    x,
+                    cos,
+                    sin,
+                    layout.cu_seqlens,
+                    layout.max_seqlen,
+                    self.attention_backend,
+                    layout.sequence_lengths,
+                )
+            else:
+                x, region_hidden = block(
+                    x,
+                    cos,
+                    sin,
+                    layout.cu_seqlens,
+                    layout.max_seqlen,
+                    self.attention_backend,
+                    layout.sequence_lengths,
+                    regions=region_tokens,
+                )
+                region_tokens = replace(region_tokens, hidden=region_hidden)
             if hidden_states is not None:
                 hidden_states.append(x)
+        region_embeddings = None
+        if region_tokens is not None:
+            region_embeddings = region_tokens.hidden
+        elif regions is not None:  # no region in the call
+            region_embeddings = x.new_empty(0, config.hidden_size)
         return RiceViTOutput(
             patch_features=x[layout.patch_index],
             class_tokens=x[layout.class_index],
             patch_counts=layout.patch_counts,
             cu_seqlens=layout.cu_seqlens,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            region_embeddings=region_embeddings,
         )
+
+    def _region_tokens(self, x: torch.Tensor, plan: RegionAttentionPlan) -> RegionTokens:
+        """The region tokens entering the first region block (`x` is that block's input): each
+        region's image's class token there, or the learned query (`config.region_query`)."""
+        if self.config.region_query == "learned":
+            hidden = self.region_query.to(x.dtype).expand(plan.num_regions, -1)
+        else:
+            hidden = x[plan.class_token_index]
+        cos, sin = rope_cos_sin(self.class_pos_emb.to(torch.float32))
+        return RegionTokens(hidden=hidden, cos=cos, sin=sin, plan=plan)
 
     def pool(self, output: RiceViTOutput, method: Literal["mean", "cls"]) -> torch.Tensor:
         """(images, hidden) one vector per image: the mean of its patch features, or its class
@@ -285,6 +392,13 @@ class RiceViT(nn.Module):
         from rice_vit.checkpoint import load_checkpoint
 
         config, state, _ = load_checkpoint(path, device=device)
+        if config.region_layers and config.region_query == "learned":
+            raise CheckpointError(
+                f"{path}: config.json asks for region_layers = {config.region_layers} with a "
+                "learned region_query, a tensor the MLCD and LLaVA-OV layouts cannot hold (such "
+                "an export has region_layers 0); use region_query 'class_token' or load the "
+                "pretraining checkpoint instead"
+            )
         with torch.device("meta"):
             model = cls(config, attention_backend=attention_backend)
         model.load_state_dict(state, strict=True, assign=True)
@@ -302,15 +416,19 @@ class RiceViT(nn.Module):
     ) -> list[str]:
         """Write `config.json` and safetensors weights in `layout` ('llava-ov': `visual.*` names,
         'mlcd': MLCDVisionModel names), sharded above `max_shard_size`. Returns the module tensors
-        the layout cannot hold and were therefore not written (the post-layernorm in llava-ov)."""
+        the layout cannot hold and were therefore not written (the post-layernorm in llava-ov; a
+        learned `region_query` in both: the export is then written with region_layers 0, the
+        plain encoder; region layers with the class-token query need no tensor and are kept in
+        `config.json`)."""
         from rice_vit.checkpoint import save_checkpoint
 
+        config, state = self.config, self.state_dict()
+        dropped_here: list[str] = []
+        if "region_query" in state:
+            state = {name: tensor for name, tensor in state.items() if name != "region_query"}
+            config = config.replace(region_layers=0, region_query="class_token")
+            dropped_here.append("region_query")
         _, dropped = save_checkpoint(
-            path,
-            self.config,
-            self.state_dict(),
-            layout,
-            max_shard_size=max_shard_size,
-            overwrite=overwrite,
+            path, config, state, layout, max_shard_size=max_shard_size, overwrite=overwrite
         )
-        return dropped
+        return dropped + dropped_here
