@@ -165,6 +165,17 @@ def test_iteration_resumes_exactly_from_a_state_dict(manifest_path):
         _batches(manifest_path, seed=1).load_state_dict(state)
 
 
+def test_prefetched_steps_equal_step_by_step_batches(manifest_path):
+    batches = _batches(manifest_path)
+    prefetched = list(batches.steps(1, 6, prefetch=2))
+    assert [step for step, _ in prefetched] == [1, 2, 3, 4, 5]
+    for step, batch in prefetched:
+        assert _equal(batch, batches.batch_for_step(step))
+    endless = batches.steps(3, prefetch=3)
+    assert [next(endless)[0] for _ in range(4)] == [3, 4, 5, 6]
+    endless.close()
+
+
 def test_missing_or_bad_labels_are_errors_naming_the_region(manifest_path, tmp_path):
     with pytest.raises(InputError, match="no ocr_classes labeler"):
         _batches(manifest_path, ocr_classes=None)

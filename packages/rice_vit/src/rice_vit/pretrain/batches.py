@@ -23,7 +23,10 @@ never a silently skipped region. This keeps one small tuple of classes per valid
 memory (a few hundred bytes per image).
 """
 
+import itertools
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +138,7 @@ class RegionBatches:
                 f"RegionBatches: {count} usable images make no batch of {batch_images} images"
             )
         self._positives = self._label_regions(ocr_classes, clusters, num_classes)
+        self._order: tuple[int, np.ndarray] | None = None
         self._epoch = 0
         self._batch = 0
 
@@ -197,8 +201,12 @@ class RegionBatches:
         """Positions into `images` in the order epoch `epoch` visits them (all ranks)."""
         if epoch < 0:
             raise InputError(f"RegionBatches: epoch must be >= 0, got {epoch}")
-        generator = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
-        return generator.permutation(len(self.images))
+        if self._order is None or self._order[0] != epoch:
+            seeds = np.random.SeedSequence([self.seed, epoch])
+            order = np.random.Generator(np.random.PCG64(seeds)).permutation(len(self.images))
+            order.flags.writeable = False
+            self._order = (epoch, order)  # one permutation per epoch, not one per batch
+        return self._order[1]
 
     def images_of(self, epoch: int, number: int) -> np.ndarray:
         """Positions into `images` of this rank's share of batch `number` of `epoch`."""
@@ -275,6 +283,34 @@ class RegionBatches:
                 "changed after validation"
             )
         return patches, grid
+
+    def steps(
+        self, start: int = 0, stop: int | None = None, *, prefetch: int = 0
+    ) -> Iterator[tuple[int, RegionBatch]]:
+        """(step, `batch_for_step(step)`) for step = start, start + 1, ... up to `stop`
+        (excluded; None: forever). `prefetch` > 0 builds that many upcoming batches in
+        background threads (PIL decoding and resizing release the GIL) while the caller
+        trains; the batches are the same either way."""
+        if prefetch < 0:
+            raise InputError(f"RegionBatches.steps: prefetch must be >= 0, got {prefetch}")
+        numbers = itertools.count(start) if stop is None else iter(range(start, stop))
+        if prefetch == 0:
+            for step in numbers:
+                yield step, self.batch_for_step(step)
+            return
+        pool = ThreadPoolExecutor(max_workers=prefetch, thread_name_prefix="region-batches")
+        pending: deque[tuple[int, Future[RegionBatch]]] = deque()
+        try:
+            for step in itertools.islice(numbers, prefetch):
+                pending.append((step, pool.submit(self.batch_for_step, step)))
+            while pending:
+                step, future = pending.popleft()
+                following = next(numbers, None)
+                if following is not None:
+                    pending.append((following, pool.submit(self.batch_for_step, following)))
+                yield step, future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # ------------------------------------------------------------ iteration and resume
 
