@@ -77,6 +77,13 @@ def main() -> None:
 @seed_option("Seed of the bin order.", maximum=2**64 - 1)
 @out_option("Plan file to write.", folder=False, hidden_aliases=("--output",))
 @overwrite_option()
+@click.option(
+    "--plan-format",
+    type=click.Choice(["2", "1"]),
+    default="2",
+    help="Plan file format version: 2 is an Arrow IPC file (memory-mapped when read); 1 is the "
+    "format of ov-packing < 0.3, for older readers.",
+)
 def plan(
     input_path: Path,
     capacity: int,
@@ -86,11 +93,13 @@ def plan(
     seed: int,
     out: Path,
     overwrite: bool,
+    plan_format: str,
 ) -> None:
     """Pack the samples listed in INPUT into bins and write a plan file.
 
-    INPUT is JSONL ({"id", "tokens", "patches"?} per line), the `name:length` text format or a
-    .npy array, each optionally zstd-compressed (.zst).
+    INPUT is Parquet (columns id, tokens, patches?), JSONL ({"id", "tokens", "patches"?} per
+    line), the `name:length` text format or a .npy array; all but Parquet optionally
+    zstd-compressed (.zst).
     """
     from ov_packing.inputs import read_lengths
     from ov_packing.packer import pack
@@ -114,7 +123,7 @@ def plan(
         threads=workers,
     )
     _say(f"packed into {result.num_bins:,} bins in {time.perf_counter() - started:.2f} s")
-    result.save(out)
+    result.save(out, version=int(plan_format))
     _say(f"wrote {out}")
     click.echo(format_stats(compute_stats(result)))
 
@@ -144,17 +153,28 @@ def show(plan_path: Path) -> None:
     from ov_packing.plan import PackPlan
 
     loaded = PackPlan.load(plan_path)
-    tokens = loaded.bin_tokens()
+    tokens = loaded.bin_tokens().tolist()
     patches = loaded.bin_patches()
+    patches = None if patches is None else patches.tolist()
+    offsets = loaded.bin_offsets
     out = sys.stdout
-    for index in range(loaded.num_bins):
-        row = {
-            "bin": index,
-            "ids": [loaded.sample_id(int(i)) for i in loaded.bin(index)],
-            "tokens": int(tokens[index]),
-            "patches": None if patches is None else int(patches[index]),
-        }
-        out.write(msgspec.json.encode(row).decode() + "\n")
+    block = 1 << 14  # bins whose ids are fetched from the Arrow column at once
+    for first in range(0, loaded.num_bins, block):
+        last = min(loaded.num_bins, first + block)
+        low, high = int(offsets[first]), int(offsets[last])
+        members = loaded.bin_samples[low:high]
+        if loaded.ids is not None:
+            names = loaded.ids.take(members).arrow.to_pylist()
+        else:
+            names = members.astype(str).tolist()
+        for index in range(first, last):
+            row = {
+                "bin": index,
+                "ids": names[int(offsets[index]) - low : int(offsets[index + 1]) - low],
+                "tokens": tokens[index],
+                "patches": None if patches is None else patches[index],
+            }
+            out.write(msgspec.json.encode(row).decode() + "\n")
 
 
 @main.command()
@@ -168,12 +188,11 @@ def show(plan_path: Path) -> None:
 )
 def verify(plan_path: Path, input_path: Path | None) -> None:
     """Re-check every invariant of a plan independently of the packer (exit status 1 if broken)."""
-    from ov_packing.inputs import read_lengths
     from ov_packing.plan import PackPlan
     from ov_packing.verify import verify_plan
 
     loaded = PackPlan.load(plan_path)
-    verify_plan(loaded, read_lengths(input_path) if input_path is not None else None)
+    verify_plan(loaded, input_path)  # the input is compared block by block as it is read
     checked = f" against {input_path}" if input_path is not None else ""
     click.echo(
         f"ok: {plan_path}{checked}: {loaded.num_samples:,} samples, {loaded.num_bins:,} bins"
@@ -243,7 +262,7 @@ def write(
     "--capacity", type=click.IntRange(10, 2**31 - 1), default=8192, help="Shapes `uniform` lengths."
 )
 @out_option(
-    "Output file: .jsonl, .txt (name:length) or .npy, optionally with .zst.",
+    "Output file: .parquet, or .jsonl, .txt (name:length) or .npy, optionally with .zst.",
     folder=False,
     hidden_aliases=("--output",),
 )

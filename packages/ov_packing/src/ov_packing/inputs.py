@@ -1,8 +1,11 @@
 """Reading and writing the per-sample lengths the packer consumes.
 
 The packer's input is numbers: for every sample an id, its LLM token count and, optionally, its ViT
-patch count. Three formats carry them, each optionally zstd-compressed:
+patch count. Four formats carry them:
 
+- Parquet (`.parquet`, or any file starting with `PAR1`): columns `id` (string), `tokens`
+  (integer) and optionally `patches` (integer); other columns are ignored and not read. Read with
+  pyarrow, row group by row group; errors name the 0-based row.
 - JSONL, one object per line: `{"id": "a/b.jpg", "tokens": 1234, "patches": 980}`. "patches" is
   optional, but either every row has it or none does; other keys are ignored.
 - Text, one `name:length` per line, as written by the original LLaVA-OneVision-1.5 release. The name
@@ -10,49 +13,62 @@ patch count. Three formats carry them, each optionally zstd-compressed:
 - `.npy`: a 1-D integer array of token counts, or an (n, 2) integer array of [tokens, patches].
   Samples have no ids; sample i is called `str(i)`. Loaded with `allow_pickle=False`.
 
-Detection goes by content first: a file starting with the zstd magic `28 B5 2F FD` is decompressed
-(whatever its name), then the `\\x93NUMPY` magic means npy, a first non-blank character `{` means
-JSONL, and anything else is read as text. The name is a hint on top of that: a `.npy` file that is
-not npy is an error, a `.jsonl` file is always parsed as JSONL (so a broken first line gets a JSON
-error rather than a text one), a `.txt` file is JSONL only if its first line also ends with '}'
-(so a text name may start with '{'), and a non-empty `.zst` file that is not zstd is an error.
-Text is UTF-8; a leading byte-order mark is ignored.
+JSONL, text and npy may be zstd-compressed. Detection goes by content first: a file starting with
+the zstd magic `28 B5 2F FD` is decompressed (whatever its name), then the `\\x93NUMPY` magic means
+npy, a first non-blank character `{` means JSONL, and anything else is read as text. The name is a
+hint on top of that: a `.npy` file that is not npy is an error, a `.jsonl` file is always parsed as
+JSONL (so a broken first line gets a JSON error rather than a text one), a `.txt` file is JSONL
+only if its first line also ends with '}' (so a text name may start with '{'), and a non-empty
+`.zst` file that is not zstd is an error. Text is UTF-8; a leading byte-order mark is ignored.
 
 Error policy: every malformed input raises `InputFormatError` naming the file and the 1-based line
-(the array index for npy) and what is wrong; nothing is skipped or clamped. Blank lines are skipped
-but still counted, so line numbers match an editor's. Token counts must be positive, patch counts
-non-negative (a text-only sample has no patches, and the packing core accepts 0), both must fit in
-int32; ids must be non-empty and unique. An empty input is not an error: it yields zero samples.
+(the array index for npy, the row for Parquet) and what is wrong; nothing is skipped or clamped.
+Blank lines are skipped but still counted, so line numbers match an editor's. Token counts must be
+positive, patch counts non-negative (a text-only sample has no patches, and the packing core
+accepts 0), both must fit in int32; ids must be non-empty and unique (a repeated id names both
+lines or rows). An empty input is not an error: it yields zero samples.
 
-Speed: a million rows must read in about a second, so the common case never runs Python per line.
-JSONL rows are decoded by msgspec in one call, text rows by two regex passes over the whole buffer
-(one for the lengths, one leaving the names). When that fast path fails, a slow line-by-line
-parser runs instead; it defines what is accepted and finds the first bad line to report, so the
-fast path only has to be conservative.
+Memory and speed: ids are one Arrow string column (`SampleIds`), never a Python string per sample.
+JSONL and text are streamed in blocks of about 16 MiB (decompressed on the fly): each block is
+parsed by pyarrow (`pyarrow.json` for JSONL, Arrow regex kernels for text) after a vectorised
+check that every line is one clean row; a block that fails any check is re-read by a slow
+line-by-line parser, which defines what is accepted and names the first bad line, so the fast path
+only has to be conservative. Repeated ids are found by hashing (see `sample_ids`).
 """
 
 import io
+import itertools
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
 import zstandard
 
 from ov_packing.errors import InputFormatError
+from ov_packing.sample_ids import SampleIds
 
 INT32_MAX = int(np.iinfo(np.int32).max)
-FORMATS = ("jsonl", "text", "npy")
+FORMATS = ("jsonl", "text", "npy", "parquet")
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _NPY_MAGIC = b"\x93NUMPY"
 _UTF8_BOM = b"\xef\xbb\xbf"
 _ZSTD_LEVEL = 3
-_SUFFIX_FORMATS = {".jsonl": "jsonl", ".txt": "text", ".npy": "npy"}
+_PARQUET_MAGIC = b"PAR1"
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".txt": "text", ".npy": "npy", ".parquet": "parquet"}
+_BLOCK_BYTES = 16 << 20  # text read per block
+_READ_BYTES = 4 << 20  # file bytes read per call
+_JSONL_SCHEMA = pa.schema([("id", pa.string()), ("tokens", pa.int64()), ("patches", pa.int64())])
+_TEXT_ROW = r"^(?P<name>.+):(?P<length>[0-9]{1,10})$"
 _FIRST_NON_BLANK = re.compile(rb"\S")
 _TEXT_LENGTH = re.compile(rb"[+-]?[0-9]+")
 _TEXT_ROW_END = re.compile(rb":([0-9]{1,10})\n")
@@ -65,14 +81,6 @@ MIN_TOKENS = 1
 MIN_PATCHES = 0
 _TokenCount = Annotated[int, msgspec.Meta(ge=MIN_TOKENS, le=INT32_MAX)]
 _PatchCount = Annotated[int, msgspec.Meta(ge=MIN_PATCHES, le=INT32_MAX)]
-
-
-class _JsonlRow(msgspec.Struct, forbid_unknown_fields=False):
-    """One JSONL row as the fast path accepts it; anything else goes to the slow path."""
-
-    id: Annotated[str, msgspec.Meta(min_length=1)]
-    tokens: _TokenCount
-    patches: _PatchCount | msgspec.UnsetType = msgspec.UNSET
 
 
 class _JsonlRowOut(msgspec.Struct):
@@ -91,14 +99,15 @@ class SampleLengths:
     """Per-sample lengths read from one input file.
 
     Construction checks the shapes and converts integer arrays to int32 (tokens must be positive,
-    patches non-negative, both fit in int32); it does not check that ids are unique (the readers and
-    `write_lengths` do).
+    patches non-negative, both fit in int32) and any sequence of id strings (or Arrow string array)
+    to `SampleIds`; it does not check that ids are unique (the readers, `write_lengths`, `pack`
+    and `PackPlan` do).
     """
 
     source: str
     """The path as given, for messages."""
-    ids: list[str] | None
-    """Sample ids, or None for npy input (sample i is then called `str(i)`)."""
+    ids: SampleIds | None
+    """Sample ids (one Arrow string column), or None for npy input (sample i is then `str(i)`)."""
     tokens: np.ndarray
     """int32, shape (n,): LLM tokens per sample."""
     patches: np.ndarray | None
@@ -112,8 +121,11 @@ class SampleLengths:
             if patches.shape != tokens.shape:
                 raise ValueError(f"patches has {len(patches)} entries but tokens {len(tokens)}")
             object.__setattr__(self, "patches", patches)
-        if self.ids is not None and len(self.ids) != len(tokens):
-            raise ValueError(f"ids has {len(self.ids)} entries but tokens {len(tokens)}")
+        if self.ids is not None:
+            if not isinstance(self.ids, SampleIds):
+                object.__setattr__(self, "ids", SampleIds(self.ids))
+            if len(self.ids) != len(tokens):
+                raise ValueError(f"ids has {len(self.ids)} entries but tokens {len(tokens)}")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -133,27 +145,144 @@ def _as_counts(values: Any, name: str, minimum: int) -> np.ndarray:
     return array.astype(np.int32, copy=False)
 
 
-def read_lengths(path: str | Path) -> SampleLengths:
-    """Read per-sample lengths from a JSONL, text or npy file, optionally zstd-compressed.
+@dataclass
+class _Part:
+    """The rows of one block: ids, counts, and the 1-based line of the block's first line."""
 
-    Raises `InputFormatError` naming the file and line (or npy index) on any malformed input.
+    ids: pa.LargeStringArray
+    tokens: np.ndarray
+    patches: np.ndarray | None
+    first_line: int
+
+
+def read_lengths(path: str | Path) -> SampleLengths:
+    """Read per-sample lengths from a Parquet, JSONL, text or npy file (JSONL, text and npy
+    optionally zstd-compressed).
+
+    Raises `InputFormatError` naming the file and line (npy index, Parquet row) on any malformed
+    input, a repeated id included.
     """
     source = os.fspath(path)
-    data = _read_decompressed(Path(path), source)
-    hint = _suffix_format(Path(path))
-    if data.startswith(_NPY_MAGIC):
-        return _parse_npy(data, source)
-    if data.startswith(_UTF8_BOM):
-        data = data[len(_UTF8_BOM) :]
-    first = _FIRST_NON_BLANK.search(data)
-    if first is None:
-        empty = np.zeros(0, dtype=np.int32)
-        return SampleLengths(source, None if hint == "npy" else [], empty, None)
+    opened = _open_parts(Path(path), source)
+    if isinstance(opened, SampleLengths):
+        return opened
+    unit, parts = opened
+    return _combine(list(parts), source, Path(path), unit)
+
+
+def iter_lengths(path: str | Path) -> Iterator[SampleLengths]:
+    """The samples of a lengths file in consecutive blocks (a Parquet row group, about 16 MiB of
+    JSONL or text, a whole npy), each checked as `read_lengths` checks it, except that ids are
+    not checked unique across blocks. Memory: one block at a time."""
+    source = os.fspath(path)
+    opened = _open_parts(Path(path), source)
+    if isinstance(opened, SampleLengths):
+        yield opened
+        return
+    for part in opened[1]:
+        yield SampleLengths(source, SampleIds(part.ids), part.tokens, part.patches)
+
+
+def _open_parts(path: Path, source: str) -> "SampleLengths | tuple[str, Iterator[_Part]]":
+    """A whole SampleLengths (npy, empty input) or ("line" or "row", the blocks' parts)."""
+    hint = _suffix_format(path)
+    if hint == "parquet" or _starts_with(path, source, _PARQUET_MAGIC):
+        return "row", _parquet_parts(path, source)
+    blocks = _text_blocks(path, source)
+    first = next(blocks, b"")
+    if first.startswith(_NPY_MAGIC):
+        return _parse_npy(first + b"".join(blocks), source)
+    if first.startswith(_UTF8_BOM):
+        first = first[len(_UTF8_BOM) :]
+    pending = [first]
+    while (found := _FIRST_NON_BLANK.search(pending[-1])) is None:
+        following = next(blocks, None)
+        if following is None:
+            empty = np.zeros(0, dtype=np.int32)
+            return SampleLengths(source, None if hint == "npy" else [], empty, None)
+        pending.append(following)
     if hint == "npy":
         raise InputFormatError(f"{source}: not an npy file (it does not start with the npy magic)")
-    if hint == "jsonl" or _looks_like_jsonl(data, first.start(), hint):
-        return _parse_jsonl(data, source)
-    return _parse_text(data, source)
+    jsonl = hint == "jsonl" or _looks_like_jsonl(pending[-1], found.start(), hint)
+    parse = _parse_jsonl_block if jsonl else _parse_text_block
+
+    def parts() -> Iterator[_Part]:
+        first_part: _Part | None = None
+        line = 1
+        for block in itertools.chain(pending, blocks):
+            part = parse(block, source, line)
+            if part is not None:
+                if first_part is None:
+                    first_part = part
+                elif (part.patches is None) != (first_part.patches is None):
+                    _raise_patch_pattern(
+                        source,
+                        part.first_line,
+                        first_part.first_line,
+                        first_part.patches is not None,
+                    )
+                yield part
+            line += block.count(b"\n")
+
+    return "line", parts()
+
+
+def _combine(parts: list[_Part], source: str, path: Path, unit: str) -> SampleLengths:
+    if not parts:
+        return SampleLengths(source, [], np.zeros(0, dtype=np.int32), None)
+    ids = SampleIds(
+        pa.concat_arrays([part.ids for part in parts]) if len(parts) > 1 else parts[0].ids
+    )
+    tokens = np.concatenate([part.tokens for part in parts]) if len(parts) > 1 else parts[0].tokens
+    patches = None
+    if parts[0].patches is not None:
+        patches = (
+            np.concatenate([part.patches for part in parts]) if len(parts) > 1 else parts[0].patches
+        )
+    parts.clear()
+    duplicate = ids.first_duplicate()
+    if duplicate is not None:
+        first, second = duplicate
+        sample_id = _shorten(ids[second])
+        if unit == "row":
+            raise InputFormatError(
+                f"{source}: row {second}: duplicate id {sample_id} (first in row {first})"
+            )
+        first_line, second_line = _lines_of_rows(path, source, (first, second))
+        raise InputFormatError(
+            f"{source}:{second_line}: duplicate id {sample_id} (first on line {first_line})"
+        )
+    ids.mark_unique()
+    return SampleLengths(source, ids, tokens, patches)
+
+
+def _lines_of_rows(path: Path, source: str, rows: tuple[int, int]) -> tuple[int, int]:
+    """1-based lines of the given 0-based rows (non-blank lines), by reading the file again."""
+    found: dict[int, int] = {}
+    row = 0
+    line = 1
+    for index, block in enumerate(_text_blocks(path, source)):
+        if index == 0 and block.startswith(_UTF8_BOM):
+            block = block[len(_UTF8_BOM) :]
+        for text in block.split(b"\n")[: block.count(b"\n") + (not block.endswith(b"\n"))]:
+            if text.strip():
+                if row in rows:
+                    found[row] = line
+                row += 1
+            line += 1
+        if len(found) == len(set(rows)):
+            break
+    return found[rows[0]], found[rows[1]]
+
+
+def _starts_with(path: Path, source: str, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(magic)) == magic
+    except FileNotFoundError as exc:
+        raise InputFormatError(f"{source}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise InputFormatError(f"{source}: is a directory, not a lengths file") from exc
 
 
 def _looks_like_jsonl(data: bytes, start: int, hint: str | None) -> bool:
@@ -175,63 +304,64 @@ def _suffix_format(path: Path) -> str | None:
     return _SUFFIX_FORMATS.get(Path(name).suffix)
 
 
-def _read_decompressed(path: Path, source: str) -> bytes:
+def _file_chunks(path: Path, source: str) -> Iterator[bytes]:
+    """The file's bytes, decompressed on the fly when it starts with the zstd magic."""
     try:
-        data = path.read_bytes()
+        handle = open(path, "rb")  # noqa: SIM115 (closed by the `with` below)
     except FileNotFoundError as exc:
         raise InputFormatError(f"{source}: no such file") from exc
     except IsADirectoryError as exc:
         raise InputFormatError(f"{source}: is a directory, not a lengths file") from exc
-    if not data.startswith(_ZSTD_MAGIC):
-        if path.suffix == ".zst" and data:
-            raise InputFormatError(f"{source}: has a .zst suffix but is not zstd-compressed")
-        return data
-    # decompressobj rather than stream_reader: a stream reader returns a truncated frame's partial
-    # output without complaint, and `eof` is how a truncated file is told from a whole one.
-    chunks = []
-    try:
-        while data:
-            decompressor = zstandard.ZstdDecompressor().decompressobj()
-            chunks.append(decompressor.decompress(data))
-            if not decompressor.eof:
-                raise InputFormatError(f"{source}: zstd data is truncated")
-            data = decompressor.unused_data
-    except zstandard.ZstdError as exc:
-        raise InputFormatError(f"{source}: corrupt zstd data ({exc})") from exc
-    return b"".join(chunks)
+    with handle:
+        data = handle.read(_READ_BYTES)
+        if not data.startswith(_ZSTD_MAGIC):
+            if path.suffix == ".zst" and data:
+                raise InputFormatError(f"{source}: has a .zst suffix but is not zstd-compressed")
+            while data:
+                yield data
+                data = handle.read(_READ_BYTES)
+            return
+        # decompressobj rather than stream_reader: a stream reader returns a truncated frame's
+        # partial output without complaint, and `eof` is how a truncated file is told from a
+        # whole one. One decompressor per frame; frames may be concatenated.
+        decompressor = zstandard.ZstdDecompressor().decompressobj()
+        fed = False
+        try:
+            while data:
+                output = decompressor.decompress(data)
+                fed = True
+                if output:
+                    yield output
+                data = decompressor.unused_data if decompressor.eof else b""
+                if decompressor.eof:
+                    decompressor = zstandard.ZstdDecompressor().decompressobj()
+                    fed = False
+                if not data:
+                    data = handle.read(_READ_BYTES)
+        except zstandard.ZstdError as exc:
+            raise InputFormatError(f"{source}: corrupt zstd data ({exc})") from exc
+        if fed and not decompressor.eof:
+            raise InputFormatError(f"{source}: zstd data is truncated")
 
 
-def _stripped_lines(data: bytes) -> list[bytes]:
-    return [line.strip() for line in data.split(b"\n")]
-
-
-def _line_numbers(stripped: list[bytes]) -> list[int]:
-    """1-based line numbers of the non-blank lines."""
-    return [number for number, line in enumerate(stripped, 1) if line]
-
-
-def _first_duplicate(ids: list[str]) -> tuple[int, int] | None:
-    """Indices of the earliest repeat of an id and of its first occurrence, or None."""
-    if len(set(ids)) == len(ids):
-        return None
-    first_index: dict[str, int] = {}
-    for index, sample_id in enumerate(ids):
-        if sample_id in first_index:
-            return first_index[sample_id], index
-        first_index[sample_id] = index
-    raise AssertionError("unreachable: the set was smaller than the list")
-
-
-def _check_unique(ids: list[str], data: bytes, source: str) -> None:
-    """Raise on a repeated id; row i of `ids` must come from the i-th non-blank line of `data`."""
-    duplicate = _first_duplicate(ids)
-    if duplicate is not None:
-        line_numbers = _line_numbers(_stripped_lines(data))
-        first, second = line_numbers[duplicate[0]], line_numbers[duplicate[1]]
-        sample_id = _shorten(ids[duplicate[1]])
-        raise InputFormatError(
-            f"{source}:{second}: duplicate id {sample_id} (first on line {first})"
-        )
+def _text_blocks(path: Path, source: str) -> Iterator[bytes]:
+    """The (decompressed) file in blocks of about _BLOCK_BYTES, each ending after a newline
+    (except the last, which ends where the file does)."""
+    pending: list[bytes] = []
+    size = 0
+    for chunk in _file_chunks(path, source):
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= _BLOCK_BYTES:
+            data = b"".join(pending)
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield data[:cut]
+                data = data[cut:]
+            pending, size = [data], len(data)
+    data = b"".join(pending)
+    if data:
+        yield data
 
 
 def _shorten(value: Any) -> str:
@@ -239,59 +369,95 @@ def _shorten(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _clean_lines(block: bytes, first: bytes, last: bytes) -> int | None:
+    """The number of lines when every line of `block` starts with `first` and ends with `last`
+    (so none is blank or has whitespace around it), else None. Vectorised."""
+    buffer = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero(buffer == 10)
+    if not block.endswith(b"\n"):
+        ends = np.append(ends, len(block))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    if np.any(ends <= starts):
+        return None
+    if first and not np.all(buffer[starts] == first[0]):
+        return None
+    if last and not np.all(buffer[ends - 1] == last[0]):
+        return None
+    return int(ends.size)
+
+
+def _checked_counts(values: pa.Array, minimum: int) -> np.ndarray | None:
+    """int32 numpy counts, or None when a value is null or out of range (the slow path reports)."""
+    if values.null_count:
+        return None
+    array = values.to_numpy(zero_copy_only=False)
+    if array.size and (array.min() < minimum or array.max() > INT32_MAX):
+        return None
+    return array.astype(np.int32)
+
+
 # ---- JSONL ------------------------------------------------------------------------------------
 
 
-def _parse_jsonl(data: bytes, source: str) -> SampleLengths:
-    stripped = _stripped_lines(data)
-    nonblank = stripped if all(stripped) else [line for line in stripped if line]
-    rows = _decode_jsonl_fast(data, nonblank)
-    if rows is None:
-        return _parse_jsonl_slow(data, source)
-    ids = [row.id for row in rows]
-    tokens = np.fromiter((row.tokens for row in rows), dtype=np.int32, count=len(rows))
-    patch_values = [row.patches for row in rows]
-    unset = patch_values.count(msgspec.UNSET)
-    patches = None
-    if unset == 0:
-        patches = np.array(patch_values, dtype=np.int32)
-    elif unset != len(rows):
-        has_first = patch_values[0] is not msgspec.UNSET
-        index = next(i for i, p in enumerate(patch_values) if (p is not msgspec.UNSET) != has_first)
-        line_numbers = _line_numbers(stripped)
-        _raise_patch_pattern(source, line_numbers[index], line_numbers[0], has_first)
-    _check_unique(ids, data, source)
-    return SampleLengths(source, ids, tokens, patches)
+def _parse_jsonl_block(block: bytes, source: str, line: int) -> _Part | None:
+    """The rows of one block (None if it has none); `line` is the block's first line number."""
+    rows = _clean_lines(block, b"{", b"}")
+    if rows is not None:
+        part = _parse_jsonl_fast(block, rows, line)
+        if part is not None:
+            return part
+    return _parse_jsonl_slow(block, source, line)
 
 
-def _decode_jsonl_fast(data: bytes, nonblank: list[bytes]) -> list[_JsonlRow] | None:
-    """Decode every row in one msgspec call; None when anything is off (the slow path reports it).
+def _parse_jsonl_fast(block: bytes, rows: int, line: int) -> _Part | None:
+    """pyarrow's JSON reader on a block of clean lines; None when anything is off.
 
-    `decode_lines` reads whitespace-separated values, not lines, so two checks make it line-exact:
-    one value per non-blank line, and every such line opening with '{' and closing with '}'. With
-    the latter no value can continue onto the next line (after a closing '}' inside a value JSON
-    needs ',', '}' or ']', never '{'), so equal counts mean exactly one object per line.
+    pyarrow reads whitespace-separated objects, so two checks make it line-exact: every line opens
+    with '{' and closes with '}', and there are as many objects as lines. With the former no value
+    can continue onto the next line (after a closing '}' inside a value JSON needs ',', '}' or ']',
+    never '{'), so equal counts mean exactly one object per line.
     """
-    if not (
-        all(map(bytes.startswith, nonblank, repeat(b"{")))
-        and all(map(bytes.endswith, nonblank, repeat(b"}")))
-    ):
-        return None
     try:
-        rows = msgspec.json.Decoder(_JsonlRow).decode_lines(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+        table = pajson.read_json(
+            io.BytesIO(block),
+            read_options=pajson.ReadOptions(use_threads=True, block_size=1 << 22),
+            parse_options=pajson.ParseOptions(
+                explicit_schema=_JSONL_SCHEMA, unexpected_field_behavior="ignore"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
-    return rows if len(rows) == len(nonblank) else None
+    if table.num_rows != rows:
+        return None
+    ids = table.column("id").combine_chunks()
+    try:
+        ids.validate(full=True)  # pyarrow's JSON reader does not check UTF-8
+    except pa.ArrowInvalid:
+        return None
+    if ids.null_count or pc.any(pc.equal(pc.binary_length(ids), 0)).as_py():
+        return None
+    tokens = _checked_counts(table.column("tokens").combine_chunks(), MIN_TOKENS)
+    if tokens is None:
+        return None
+    patch_column = table.column("patches").combine_chunks()
+    patches = None
+    if patch_column.null_count == rows and b'"patches"' in block:
+        return None  # an explicit null (or the word in a string): the slow path tells which
+    if patch_column.null_count != rows:
+        patches = _checked_counts(patch_column, MIN_PATCHES)
+        if patches is None:
+            return None
+    return _Part(ids.cast(pa.large_string()), tokens, patches, line)
 
 
-def _parse_jsonl_slow(data: bytes, source: str) -> SampleLengths:
-    stripped = _stripped_lines(data)
+def _parse_jsonl_slow(block: bytes, source: str, line_offset: int) -> _Part | None:
     ids: list[str] = []
     tokens: list[int] = []
     patches: list[int] = []
     first_line = 0
     first_has_patches = False
-    for number, line in enumerate(stripped, 1):
+    for number, line in enumerate(block.split(b"\n"), line_offset):
+        line = line.strip()
         if not line:
             continue
         where = f"{source}:{number}"
@@ -320,12 +486,13 @@ def _parse_jsonl_slow(data: bytes, source: str) -> SampleLengths:
             _raise_patch_pattern(source, number, first_line, first_has_patches)
         if "patches" in row:
             patches.append(_check_count(row["patches"], '"patches"', where, MIN_PATCHES))
-    _check_unique(ids, data, source)
-    return SampleLengths(
-        source,
-        ids,
+    if not ids:
+        return None
+    return _Part(
+        pa.array(ids, pa.large_string()),
         np.array(tokens, dtype=np.int32),
         np.array(patches, dtype=np.int32) if patches else None,
+        first_line,
     )
 
 
@@ -351,48 +518,48 @@ def _check_count(value: Any, name: str, where: str, minimum: int) -> int:
 # ---- name:length text -------------------------------------------------------------------------
 
 
-def _parse_text(data: bytes, source: str) -> SampleLengths:
-    parsed = _parse_text_fast(data)
-    if parsed is None:
-        return _parse_text_slow(data, source)
-    ids, tokens = parsed
-    _check_unique(ids, data, source)
-    return SampleLengths(source, ids, tokens, None)
+def _parse_text_block(block: bytes, source: str, line: int) -> _Part | None:
+    rows = _clean_lines(block, b"", b"")
+    if rows is not None and not any(mark in block for mark in _UNCLEAN_LINE_MARKS):
+        part = _parse_text_fast(block, rows, line)
+        if part is not None:
+            return part
+    return _parse_text_slow(block, source, line)
 
 
-def _parse_text_fast(data: bytes) -> tuple[list[str], np.ndarray] | None:
-    """Parse every row with whole-buffer regex passes; None when a line needs the slow path.
-
-    On lines that are stripped, non-blank and '\n'-terminated, `name:digits` is exactly "the
-    line ends with ':' and 1 to 10 digits": each match of `_TEXT_ROW_END` ends a line, so as many
-    matches as lines means every line has one (the name is what precedes it, maybe with ':'s).
-    """
-    if not data.endswith(b"\n"):
-        data += b"\n"
-    if data[:1].isspace() or any(mark in data for mark in _UNCLEAN_LINE_MARKS):
-        data = b"".join(line + b"\n" for line in _stripped_lines(data) if line)
-    lengths = _TEXT_ROW_END.findall(data)
-    if len(lengths) != data.count(b"\n"):
+def _parse_text_fast(block: bytes, rows: int, line: int) -> _Part | None:
+    """Arrow regex kernels over a block of stripped, non-blank lines; None when a line needs the
+    slow path. On such lines `name:digits` is exactly "the line ends with ':' and 1 to 10 digits"
+    (the name is what precedes them, maybe with ':'s)."""
+    if block[:1].isspace() or block.rstrip(b"\n")[-1:].isspace():
+        return None
+    text = block[:-1] if block.endswith(b"\n") else block
+    whole = pa.StringArray.from_buffers(
+        1, pa.py_buffer(np.array([0, len(text)], dtype=np.int32)), pa.py_buffer(text)
+    )
+    try:
+        whole.validate(full=True)  # UTF-8
+    except pa.ArrowInvalid:
+        return None
+    lines = pc.split_pattern(whole, "\n").flatten()
+    if len(lines) != rows:
+        return None
+    matched = pc.extract_regex(lines, _TEXT_ROW)
+    if matched.null_count:
         return None
     # At most 10 digits cannot overflow int64; the range check is left to the slow path's messages.
-    tokens = np.array(list(map(int, lengths)), dtype=np.int64)
-    if tokens.size and (tokens.min() < 1 or tokens.max() > INT32_MAX):
+    tokens = _checked_counts(pc.cast(matched.field("length"), pa.int64()), MIN_TOKENS)
+    if tokens is None:
         return None
-    try:
-        # Names cannot contain '\n' (lines were split on it), so one decode serves all of them.
-        ids = _TEXT_ROW_END.sub(b"\n", data).decode("utf-8").split("\n")[:-1]
-    except UnicodeDecodeError:
-        return None
-    if not all(ids):
-        return None
-    return ids, tokens.astype(np.int32)
+    return _Part(matched.field("name").cast(pa.large_string()), tokens, None, line)
 
 
-def _parse_text_slow(data: bytes, source: str) -> SampleLengths:
-    stripped = _stripped_lines(data)
+def _parse_text_slow(block: bytes, source: str, line_offset: int) -> _Part | None:
     ids: list[str] = []
     tokens: list[int] = []
-    for number, line in enumerate(stripped, 1):
+    first_line = 0
+    for number, line in enumerate(block.split(b"\n"), line_offset):
+        line = line.strip()
         if not line:
             continue
         where = f"{source}:{number}"
@@ -410,10 +577,86 @@ def _parse_text_slow(data: bytes, source: str) -> SampleLengths:
             raise InputFormatError(
                 f"{where}: length {_shorten(length.decode('utf-8', 'replace'))} is not an integer"
             )
+        first_line = first_line or number
         ids.append(sample_id)
         tokens.append(_check_count(int(length), "length", where, MIN_TOKENS))
-    _check_unique(ids, data, source)
-    return SampleLengths(source, ids, np.array(tokens, dtype=np.int32), None)
+    if not ids:
+        return None
+    return _Part(
+        pa.array(ids, pa.large_string()), np.array(tokens, dtype=np.int32), None, first_line
+    )
+
+
+# ---- Parquet ----------------------------------------------------------------------------------
+
+
+def _parquet_parts(path: Path, source: str) -> Iterator[_Part]:
+    try:
+        parquet = pq.ParquetFile(path)
+    except FileNotFoundError as exc:
+        raise InputFormatError(f"{source}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise InputFormatError(f"{source}: is a directory, not a lengths file") from exc
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputFormatError(f"{source}: not a readable Parquet file ({exc})") from exc
+    schema = parquet.schema_arrow
+    for name in ("id", "tokens"):
+        if name not in schema.names:
+            raise InputFormatError(f"{source}: Parquet file has no {name!r} column")
+    with_patches = "patches" in schema.names
+    for name in ("id", "tokens", "patches")[: 3 if with_patches else 2]:
+        kind = schema.field(name).type
+        ok = (
+            pa.types.is_string(kind) or pa.types.is_large_string(kind)
+            if name == "id"
+            else pa.types.is_integer(kind)
+        )
+        if not ok:
+            wanted = "strings" if name == "id" else "integers"
+            raise InputFormatError(f"{source}: column {name!r} must hold {wanted}, has {kind}")
+    columns = ["id", "tokens"] + (["patches"] if with_patches else [])
+    row = 0
+    for group in range(parquet.num_row_groups):
+        try:
+            table = parquet.read_row_group(group, columns=columns)
+            ids = table.column("id").combine_chunks().cast(pa.large_string())
+            _check_parquet_ids(ids, source, row)
+            tokens = _parquet_counts(table.column("tokens"), '"tokens"', source, row, MIN_TOKENS)
+            patches = None
+            if with_patches:
+                patches = _parquet_counts(
+                    table.column("patches"), '"patches"', source, row, MIN_PATCHES
+                )
+            del table
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputFormatError(
+                f"{source}: corrupt Parquet data in row group {group} (from row {row}) ({exc})"
+            ) from exc
+        yield _Part(ids, tokens, patches, row)
+        row += len(tokens)
+
+
+def _check_parquet_ids(ids: pa.Array, source: str, row: int) -> None:
+    if ids.null_count:
+        first = int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputFormatError(f'{source}: row {row + first}: "id" is null')
+    empty = pc.equal(pc.binary_length(ids), 0).to_numpy(zero_copy_only=False)
+    if empty.any():
+        raise InputFormatError(f'{source}: row {row + int(np.argmax(empty))}: "id" is empty')
+
+
+def _parquet_counts(
+    column: pa.ChunkedArray, name: str, source: str, row: int, minimum: int
+) -> np.ndarray:
+    values = column.combine_chunks()
+    if values.null_count:
+        first = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+        raise InputFormatError(f"{source}: row {row + first}: {name} is null")
+    array = values.to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero((array < minimum) | (array > INT32_MAX))
+    if bad.size:
+        _check_count(int(array[bad[0]]), name, f"{source}: row {row + int(bad[0])}", minimum)
+    return array.astype(np.int32)
 
 
 # ---- npy --------------------------------------------------------------------------------------
@@ -445,52 +688,79 @@ def _parse_npy(data: bytes, source: str) -> SampleLengths:
 
 
 def write_lengths(path: str | Path, lengths: SampleLengths, format: str | None = None) -> None:
-    """Write `lengths` as "jsonl", "text" or "npy"; zstd-compressed (level 3) if the name ends .zst.
+    """Write `lengths` as "parquet", "jsonl", "text" or "npy"; JSONL, text and npy are
+    zstd-compressed (level 3) if the name ends .zst.
 
-    With `format=None` the format comes from the suffix (`.jsonl`, `.txt`, `.npy`, each optionally
-    followed by `.zst`). Samples without ids are written as `str(i)`. The same input always gives
-    the same bytes. Raises InputFormatError for an unknown format, patch counts in the text format
-    (it has no place for them), or ids the format cannot read back (duplicate, empty, or for text
-    containing a newline or starting with whitespace).
+    With `format=None` the format comes from the suffix (`.parquet`, or `.jsonl`, `.txt`, `.npy`,
+    each optionally followed by `.zst`). Parquet gets columns `id` (string), `tokens` and
+    `patches` (int32, only with patch counts), zstd-compressed, row groups of 1M rows. Samples
+    without ids are written as `str(i)`. The same input always gives the same bytes. Raises
+    InputFormatError for an unknown format, patch counts in the text format (it has no place for
+    them), or ids the format cannot read back (duplicate, empty, or for text containing a newline
+    or starting with whitespace).
     """
     path = Path(path)
     if format is None:
         format = _suffix_format(path)
         if format is None:
             raise InputFormatError(
-                f"{path}: cannot infer the format from the name; use a .jsonl, .txt or .npy "
-                "suffix (optionally followed by .zst) or pass format="
+                f"{path}: cannot infer the format from the name; use a .parquet, .jsonl, .txt or "
+                ".npy suffix (the last three optionally followed by .zst) or pass format="
             )
     if format not in FORMATS:
         raise InputFormatError(f"unknown lengths format {format!r}; expected one of {FORMATS}")
     if format == "text" and lengths.patches is not None:
         raise InputFormatError("the text format has no place for patch counts; use jsonl or npy")
-    ids = lengths.ids if lengths.ids is not None else [str(i) for i in range(len(lengths))]
-    if format == "npy":
-        data = _encode_npy(lengths)
-    else:
-        _check_writable_ids(ids, text=format == "text")
-        if format == "jsonl":
-            data = _encode_jsonl(ids, lengths)
-        else:
-            data = "".join(map("{}:{}\n".format, ids, lengths.tokens.tolist())).encode()
-    if path.name.endswith(".zst"):
-        data = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
     if not path.parent.is_dir():
         raise InputFormatError(f"{path}: folder {path.parent} does not exist")
+    ids = (
+        lengths.ids
+        if lengths.ids is not None
+        else SampleIds(pa.array(np.arange(len(lengths)).astype(str), pa.large_string()))
+    )
+    if format != "npy":
+        _check_writable_ids(ids, text=format == "text")
+    if format == "parquet":
+        _write_parquet(path, ids, lengths)
+        return
+    if format == "npy":
+        data = _encode_npy(lengths)
+    elif format == "jsonl":
+        data = _encode_jsonl(ids, lengths)
+    else:
+        data = "".join(map("{}:{}\n".format, ids, lengths.tokens.tolist())).encode()
+    if path.name.endswith(".zst"):
+        data = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
     path.write_bytes(data)
 
 
-def _check_writable_ids(ids: list[str], text: bool) -> None:
-    for index, sample_id in enumerate(ids):
-        if not sample_id:
+def _write_parquet(path: Path, ids: SampleIds, lengths: SampleLengths) -> None:
+    columns = {"id": ids.arrow.cast(pa.string()), "tokens": pa.array(lengths.tokens)}
+    if lengths.patches is not None:
+        columns["patches"] = pa.array(lengths.patches)
+    pq.write_table(
+        pa.table(columns), path, row_group_size=1 << 20, compression="zstd", store_schema=False
+    )
+
+
+def _check_writable_ids(ids: SampleIds, text: bool) -> None:
+    array = ids.arrow
+    empty = pc.equal(pc.binary_length(array), 0).to_numpy(zero_copy_only=False)
+    bad = empty
+    if text:
+        bad = bad | pc.match_substring(array, "\n").to_numpy(zero_copy_only=False)
+        bad = bad | pc.match_substring_regex(array, "^[ \t\n\r\x0b\x0c]").to_numpy(
+            zero_copy_only=False
+        )
+    if bad.any():
+        index = int(np.argmax(bad))
+        if empty[index]:
             raise InputFormatError(f"sample {index} has an empty id")
-        if text and ("\n" in sample_id or sample_id[0] in _ASCII_WHITESPACE):
-            raise InputFormatError(
-                f"sample {index} id {_shorten(sample_id)} cannot be written as text "
-                "(it contains a newline or starts with whitespace)"
-            )
-    duplicate = _first_duplicate(ids)
+        raise InputFormatError(
+            f"sample {index} id {_shorten(ids[index])} cannot be written as text "
+            "(it contains a newline or starts with whitespace)"
+        )
+    duplicate = ids.first_duplicate()
     if duplicate is not None:
         first, second = duplicate
         raise InputFormatError(
@@ -498,7 +768,7 @@ def _check_writable_ids(ids: list[str], text: bool) -> None:
         )
 
 
-def _encode_jsonl(ids: list[str], lengths: SampleLengths) -> bytes:
+def _encode_jsonl(ids: SampleIds, lengths: SampleLengths) -> bytes:
     encode = msgspec.json.Encoder().encode
     tokens = lengths.tokens.tolist()
     if lengths.patches is None:
