@@ -16,6 +16,15 @@ from rice_vit.pretrain.margin_loss import (
 S, M = 64.0, 0.3
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny problems: one intra-op thread avoids thread start-up and contention costs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def naive_loss(embeddings, centres, positive_sets, margin_type, classes=None):
     """Mean over regions of log(1 + sum_P exp(-s phi)) + log(1 + sum_{classes \\ P} exp(s cos)),
     one region at a time, with phi(c) = cos(arccos c + m) or c - m; `classes` = the classes
