@@ -176,6 +176,14 @@ def test_prefetched_steps_equal_step_by_step_batches(manifest_path):
     endless.close()
 
 
+def test_a_multiprocess_loader_gives_the_same_batches_in_order(manifest_path):
+    batches = _batches(manifest_path)
+    loaded = list(batches.loader(2, 6, workers=2))
+    assert len(loaded) == 4
+    for step, batch in zip(range(2, 6), loaded, strict=True):
+        assert _equal(batch, batches.batch_for_step(step))
+
+
 def test_missing_or_bad_labels_are_errors_naming_the_region(manifest_path, tmp_path):
     with pytest.raises(InputError, match="no ocr_classes labeler"):
         _batches(manifest_path, ocr_classes=None)

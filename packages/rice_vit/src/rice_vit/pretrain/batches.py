@@ -312,6 +312,22 @@ class RegionBatches:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def loader(
+        self, start: int, stop: int, *, workers: int = 2, prefetch_factor: int = 2
+    ) -> "torch.utils.data.DataLoader[RegionBatch]":
+        """A torch `DataLoader` yielding `batch_for_step(step)` for step in [start, stop), in
+        order, built by `workers` processes (each keeps `prefetch_factor` batches ahead): the
+        data path of a GPU run, where one process cannot decode and resize fast enough. Same
+        batches as `steps`; `workers=0` builds them in the calling process."""
+        if not 0 <= start <= stop:
+            raise InputError(f"RegionBatches.loader: need 0 <= start <= stop, got {start}, {stop}")
+        return torch.utils.data.DataLoader(
+            _StepDataset(self, start, stop),
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=prefetch_factor if workers else None,
+        )
+
     # ------------------------------------------------------------ iteration and resume
 
     def __iter__(self) -> Iterator[RegionBatch]:
@@ -350,3 +366,18 @@ class RegionBatches:
         if epoch < 0 or not 0 <= number < self.batches_per_epoch:
             raise InputError(f"RegionBatches: bad position epoch {epoch}, batch {number}")
         self._epoch, self._batch = epoch, number
+
+
+class _StepDataset(torch.utils.data.Dataset):
+    """Steps [start, stop) of a `RegionBatches` as a map-style dataset (item i = step start+i)."""
+
+    def __init__(self, batches: RegionBatches, start: int, stop: int) -> None:
+        self.batches, self.start, self.stop = batches, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, item: int) -> RegionBatch:
+        if not 0 <= item < len(self):
+            raise IndexError(item)
+        return self.batches.batch_for_step(self.start + item)
