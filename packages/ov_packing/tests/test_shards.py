@@ -16,7 +16,7 @@ from ov_packing import shards
 from ov_packing.errors import ShardError
 from ov_packing.plan import PackParams, PackPlan
 from ov_packing.shards import ShardIndex, iter_bins, write_shards
-from ov_packing.source_tars import scan_sources
+from ov_packing.source_tars import merge_tar_indexes
 
 
 def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
@@ -216,13 +216,12 @@ def test_size_limit_starts_a_new_shard_and_gives_an_oversized_bin_its_own(tmp_pa
     assert [packed.samples[0].id for packed in iter_bins(tmp_path / "out")] == list(sizes)
 
 
-def test_progress_bar_counts_bins_on_stderr(corpus, plan, tmp_path, capsys):
+def test_progress_counts_shards_on_stderr(corpus, plan, tmp_path, capsys):
     paths, _ = corpus
-    write_shards(plan, paths, tmp_path / "out", progress=True)
+    write_shards(plan, paths, tmp_path / "out", progress=True, max_bins_per_shard=2)
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "4/4" in captured.err
-    assert "bin" in captured.err
+    assert "writing shards: 100% 2/2" in captured.err
 
 
 def test_sources_may_be_a_directory_or_a_glob(corpus, plan, tmp_path):
@@ -369,20 +368,31 @@ def test_truncated_source_tar_is_refused(tmp_path):
     source = _write_tar(tmp_path / "src.tar", [("a.jpg", bytes(600)), ("b.jpg", bytes(5000))])
     with open(source, "r+b") as file:
         file.truncate(512 + 1024 + 512 + 1000)  # b.jpg's header survives, its data does not
-    with pytest.raises(ShardError, match=r"src\.tar: unreadable tar \(unexpected end of data\)"):
+    with pytest.raises(
+        ShardError, match=r"src\.tar: truncated: member 'b\.jpg' needs 5000 bytes at offset 2048"
+    ):
         write_shards(_make_plan(["a", "b"], [[0], [1]]), [source], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_source_tar_cut_at_a_header_boundary_is_refused(tmp_path):
+    source = _write_tar(tmp_path / "src.tar", [("a.jpg", bytes(600)), ("b.jpg", bytes(5000))])
+    with open(source, "r+b") as file:
+        file.truncate(512 + 1024)  # a.jpg complete, then nothing: no end-of-archive blocks
+    with pytest.raises(ShardError, match=r"src\.tar: truncated: no end-of-archive block at byte"):
+        write_shards(_make_plan(["a"], [[0]]), [source], tmp_path / "out")
 
 
 def test_source_truncated_after_indexing_fails_and_leaves_nothing_behind(tmp_path, monkeypatch):
     source = _write_tar(tmp_path / "src.tar", [("a.jpg", bytes(600)), ("b.jpg", bytes(5000))])
 
-    def scan_then_truncate(paths):
-        index = scan_sources(paths)
+    def scan_then_truncate(paths, parts):
+        index = merge_tar_indexes(paths, parts)
         with open(source, "r+b") as file:
             file.truncate(512 + 1024 + 512 + 1000)
         return index
 
-    monkeypatch.setattr(shards, "scan_sources", scan_then_truncate)
+    monkeypatch.setattr(shards, "merge_tar_indexes", scan_then_truncate)
     plan = _make_plan(["a", "b"], [[0], [1]])
     with pytest.raises(ShardError, match=r"src\.tar: truncated: 5000 bytes expected"):
         write_shards(plan, [source], tmp_path / "out", max_bins_per_shard=1)
@@ -400,7 +410,9 @@ def written(corpus, plan, tmp_path):
 
 
 def _rewrite_first_shard(out_dir: Path, edit) -> None:
-    """Replace shard-000000.tar by `edit(members)` and fix its size and hash in index.json."""
+    """Replace shard-000000.tar by `edit(members)` and fix its size and hash in index.json,
+    as a forger would; the bin table (whose per-bin hashes would refuse it first) is dropped, so
+    the checks of the member-by-member reader are what is tested."""
     path = out_dir / "shard-000000.tar"
     with tarfile.open(path) as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
@@ -410,7 +422,9 @@ def _rewrite_first_shard(out_dir: Path, edit) -> None:
     first = msgspec.structs.replace(
         index.shards[0], bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
     )
-    fixed = msgspec.structs.replace(index, shards=[first, *index.shards[1:]])
+    fixed = msgspec.to_builtins(msgspec.structs.replace(index, shards=[first, *index.shards[1:]]))
+    fixed["version"] = 1
+    del fixed["table"]
     (out_dir / "index.json").write_bytes(msgspec.json.encode(fixed))
 
 

@@ -9,7 +9,8 @@ a second per 100,000 members on a local disk, far more on a network file system)
     bins.npy      one row per bin (a structured array): `shard` (index into the index's shard
                   list), `offset` (byte offset of the bin's first member header in its shard),
                   `length` (bytes to the end of its last member, padding included), `tokens`,
-                  `samples` (sub-samples), `patches` (-1 when the plan has no patch counts), and
+                  `samples` (sub-samples), `patches` (-1 when the plan has no patch counts),
+                  `sha256` (the SHA-256 of the bin's byte range, 32 bytes; table version 2), and
                   one int64 field per caller column: its sum over the bin's sub-samples
     samples.npy   one row per sub-sample, bins in order and sub-samples in bin order: `tokens`,
                   `patches`, and each caller column's value
@@ -22,15 +23,22 @@ Safety and checks: `.npy` is NumPy's own header plus raw little-endian data, loa
 `allow_pickle=False`, so reading a table never runs code; the files are byte-deterministic;
 `index.json` (format version 2) lists them with their SHA-256 under `table`, and `load_table`
 checks the hashes, the fields and dtypes, the row counts and the agreement with the index's
-shards, raising a ShardError naming the file. A directory written before tables existed (index
+shards, raising a ShardError naming the file. The table is complete: every bin has a row, the
+bins of a shard lie back to back from its first byte, and the last one ends where the shard's
+end-of-archive blocks start. A reader that opens a bin by its range checks the bin's `sha256`
+(`shards.read_bin`, `shards.check_bin_digest`), so a flipped byte is an error naming the shard
+and bin without reading the whole shard. Version-1 tables (no `sha256`) are still read.
+A directory written before tables existed (index
 version 1) has none: `load_table` returns None and the reader decides (scan the tars, or refuse).
 
-Cost: 40 bytes per bin and 16 per sub-sample, plus 8 per caller column in each file.
+Cost: 72 bytes per bin and 16 per sub-sample, plus 8 per caller column in each file.
 """
 
 import hashlib
 import io
+import os
 import re
+import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +53,8 @@ from ov_packing.plan import PackPlan
 if TYPE_CHECKING:
     from ov_packing.shards import ShardIndex
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2
+_READABLE_TABLE_VERSIONS = (1, 2)
 BINS_NAME = "bins.npy"
 SAMPLES_NAME = "samples.npy"
 _BIN_FIELDS = (
@@ -56,8 +65,11 @@ _BIN_FIELDS = (
     ("samples", "<i4"),
     ("patches", "<i8"),
 )
+_DIGEST_FIELD = (("sha256", "u1", (32,)),)
 _SAMPLE_FIELDS = (("tokens", "<i8"), ("patches", "<i8"))
-_RESERVED = frozenset(name for name, _ in _BIN_FIELDS)
+_RESERVED = frozenset([*(name for name, _ in _BIN_FIELDS), "sha256"])
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
 _COLUMN_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
@@ -94,6 +106,8 @@ class ShardTable:
     """Caller column -> int64 (sub-samples,): per sub-sample, bins in order."""
     first_sample: np.ndarray
     """int64 (bins + 1,): bin b's sub-samples are rows first_sample[b]:first_sample[b + 1]."""
+    sha256: np.ndarray | None = None
+    """uint8 (bins, 32): SHA-256 of each bin's byte range; None in a version-1 table."""
 
     @property
     def num_bins(self) -> int:
@@ -131,9 +145,11 @@ def write_table(
     plan: PackPlan,
     places: np.ndarray,
     sample_columns: dict[str, np.ndarray],
+    digests: np.ndarray,
 ) -> tuple[TableInfo, list[Path]]:
     """Write `bins.npy` and `samples.npy` for `plan` into `out_dir`; `places` is int64
-    (bins, 3): shard, offset, length of each bin. Returns the index entry and the files."""
+    (bins, 3): shard, offset, length of each bin, `digests` uint8 (bins, 32) the SHA-256 of
+    each bin's bytes. Returns the index entry and the files."""
     members = plan.bin_samples.astype(np.int64)
     starts = plan.bin_offsets.astype(np.int64)
     samples = np.zeros(members.shape[0], dtype=_dtype(_SAMPLE_FIELDS, sample_columns))
@@ -141,8 +157,9 @@ def write_table(
     samples["patches"] = -1 if plan.patches is None else plan.patches[members]
     for name, values in sample_columns.items():
         samples[name] = values[members]
-    bins = np.zeros(plan.num_bins, dtype=_dtype(_BIN_FIELDS, sample_columns))
+    bins = np.zeros(plan.num_bins, dtype=_dtype(_BIN_FIELDS + _DIGEST_FIELD, sample_columns))
     bins["shard"], bins["offset"], bins["length"] = places.T
+    bins["sha256"] = digests
     bins["samples"] = np.diff(starts)
     bins["tokens"] = _segment_sums(samples["tokens"], starts)
     bins["patches"] = -1 if plan.patches is None else _segment_sums(samples["patches"], starts)
@@ -155,7 +172,10 @@ def write_table(
         data = buffer.getvalue()
         hashes[name] = hashlib.sha256(data).hexdigest()
         temporary = out_dir / f"{name}.tmp"
-        temporary.write_bytes(data)
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         temporary.replace(out_dir / name)
     info = TableInfo(
         version=TABLE_VERSION,
@@ -179,12 +199,13 @@ def load_table(out_dir: str | Path, index: "ShardIndex | None" = None) -> ShardT
     info = index.table
     if info is None:
         return None
-    if info.version != TABLE_VERSION:
+    if info.version not in _READABLE_TABLE_VERSIONS:
         raise ShardError(
             f"{out_dir}: bin table version {info.version} is not supported (this ov_packing "
-            f"reads version {TABLE_VERSION}); upgrade ov-packing"
+            f"reads versions {', '.join(map(str, _READABLE_TABLE_VERSIONS))}); upgrade ov-packing"
         )
-    bins = _load(out_dir / info.bins, info.bins_sha256, _dtype(_BIN_FIELDS, info.columns))
+    bin_fields = _BIN_FIELDS + (_DIGEST_FIELD if info.version >= 2 else ())
+    bins = _load(out_dir / info.bins, info.bins_sha256, _dtype(bin_fields, info.columns))
     samples = _load(
         out_dir / info.samples, info.samples_sha256, _dtype(_SAMPLE_FIELDS, info.columns)
     )
@@ -201,10 +222,11 @@ def load_table(out_dir: str | Path, index: "ShardIndex | None" = None) -> ShardT
         bin_columns={name: np.ascontiguousarray(bins[name]) for name in info.columns},
         sample_columns={name: np.ascontiguousarray(samples[name]) for name in info.columns},
         first_sample=first_sample,
+        sha256=np.ascontiguousarray(bins["sha256"]) if info.version >= 2 else None,
     )
 
 
-def _dtype(fields: tuple[tuple[str, str], ...], columns: Mapping[str, object] | list[str]):
+def _dtype(fields: tuple[tuple, ...], columns: Mapping[str, object] | list[str]):
     return np.dtype([*fields, *((name, "<i8") for name in columns)])
 
 
@@ -255,6 +277,31 @@ def _check_agreement(
         or bool((bins["offset"] + bins["length"] > sizes[expected_shard]).any())
     ):
         raise ShardError(f"{where}: a bin's byte range lies outside its shard")
+    if first_sample[-1] != samples.shape[0]:
+        raise ShardError(
+            f"{where}: bins hold {first_sample[-1]} sub-samples, {SAMPLES_NAME} has "
+            f"{samples.shape[0]} rows"
+        )
+    _check_complete(where, index, bins)
     for name in ("tokens", *columns):
         if not np.array_equal(bins[name], _segment_sums(samples[name], first_sample)):
             raise ShardError(f"{where}: column {name!r} is not the sum of its sub-samples")
+
+
+def _check_complete(where: Path, index: "ShardIndex", bins: np.ndarray) -> None:
+    """Every shard's bins lie back to back from byte 0, and the last ends where the shard's
+    end-of-archive blocks (two zero blocks, padded to a 10 KiB record) begin."""
+    for number, shard in enumerate(index.shards):
+        rows = bins[shard.first_bin : shard.first_bin + shard.num_bins]
+        ends = rows["offset"] + rows["length"]
+        if int(rows["offset"][0]) != 0 or not np.array_equal(rows["offset"][1:], ends[:-1]):
+            raise ShardError(
+                f"{where}: the bins of {shard.name} (shard {number}) do not lie back to back "
+                "from its first byte; the table is incomplete"
+            )
+        end = int(ends[-1]) + 2 * _BLOCK
+        if end + (-end % _RECORD) != shard.bytes:
+            raise ShardError(
+                f"{where}: the bins of {shard.name} end at byte {int(ends[-1])}, which does not "
+                f"account for its {shard.bytes} bytes; the table is incomplete"
+            )
