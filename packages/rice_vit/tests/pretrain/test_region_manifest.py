@@ -1,6 +1,7 @@
 """The region manifest: reading JSONL/Parquet, malformed rows, path escapes, validation counts."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,10 @@ def test_attach_clusters_labels_object_regions_and_round_trips(folder):
         attach_clusters(rows, np.array([[0, 9]]), np.array([1]))
     with pytest.raises(ManifestError, match="labelled twice"):
         attach_clusters(rows, np.array([[0, 0], [0, 0]]), np.array([1, 2]))
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "m.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ManifestError, match=r"pip install 'rice-vit\[parquet\]'"):
+        read_manifest(tmp_path / "m.parquet")

@@ -298,7 +298,7 @@ def _pyarrow_parquet() -> Any:
         import pyarrow.parquet as pq
     except ImportError:
         raise ManifestError(
-            "Parquet manifests need pyarrow (pip install pyarrow); JSONL needs nothing"
+            "Parquet manifests need pyarrow (pip install 'rice-vit[parquet]'); JSONL needs nothing"
         ) from None
     return pq
 
