@@ -57,10 +57,19 @@ def test_min_similarity_replaces_weak_concepts_with_minus_one(tmp_path, inputs):
     assert (result.scores[~weak] >= 0.449).all()
 
 
-def test_a_killed_assignment_resumes_at_the_first_unfinished_block(tmp_path, inputs, monkeypatch):
+def _all_files(directory):
+    return {
+        p.relative_to(directory).as_posix(): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_killed_assignment_resumes_at_the_first_unfinished_unit(tmp_path, inputs, monkeypatch):
     images, concepts = inputs
-    config = AssignConfig(topk=5, image_block=128)
+    config = AssignConfig(topk=5, image_block=128, unit_rows=256)
     assign_concepts(images, concepts, tmp_path / "whole", config)
+    assert sorted(_all_files(tmp_path / "whole")) == ["ids.npy", "manifest.json", "scores.npy"]
 
     calls = {"n": 0}
     real = assign_module.blocked_topk
@@ -75,22 +84,53 @@ def test_a_killed_assignment_resumes_at_the_first_unfinished_block(tmp_path, inp
     with pytest.raises(KeyboardInterrupt):
         assign_concepts(images, concepts, tmp_path / "resumed", config)
     partial = read_manifest(tmp_path / "resumed", AssignmentManifest)
-    assert partial.done_rows == 3 * 128
     assert not partial.complete
+    records = sorted(p.name for p in (tmp_path / "resumed" / ".units").glob("rows-*.json"))
+    assert records == ["rows-000000000000.json"]  # rows 0..255; the unit of 256..511 died
     with pytest.raises(ManifestError, match=r"not finished"):
         Assignments.open(tmp_path / "resumed")
 
-    calls["n"] = -100
     seen = []
     monkeypatch.setattr(
         assign_module, "blocked_topk", lambda x, *a, **k: seen.append(len(x)) or real(x, *a, **k)
     )
     assign_concepts(images, concepts, tmp_path / "resumed", config)
-    assert sum(seen) == 1000 - 3 * 128
-    for name in ("ids.npy", "scores.npy"):
-        assert (tmp_path / "whole" / name).read_bytes() == (
-            tmp_path / "resumed" / name
-        ).read_bytes()
+    assert sum(seen) == 1000 - 256
+    assert _all_files(tmp_path / "whole") == _all_files(tmp_path / "resumed")
+
+
+def test_unit_rows_and_workers_do_not_change_the_bytes(tmp_path, inputs):
+    images, concepts = inputs
+    reference = None
+    for unit_rows in (128, 384, 1 << 18):
+        out = tmp_path / f"units-{unit_rows}"
+        config = AssignConfig(topk=5, image_block=128, unit_rows=unit_rows)
+        assign_concepts(images, concepts, out, config)
+        arrays = {name: (out / name).read_bytes() for name in ("ids.npy", "scores.npy")}
+        reference = reference or arrays
+        assert arrays == reference, unit_rows
+    with pytest.raises(AssignmentError, match=r"multiple of image_block \(128\)"):
+        AssignConfig(image_block=128, unit_rows=200)
+
+
+def test_concept_block_and_image_block_are_pinned_in_the_resume_check(tmp_path, inputs):
+    images, concepts = inputs
+    out = tmp_path / "out"
+    config = AssignConfig(topk=5, image_block=128, unit_rows=256, concept_block=100)
+    # a run interrupted after its manifest: any other block size would mix kernels' last bits
+    assign_concepts(images, concepts, out, config)
+    (out / "manifest.json").write_bytes(
+        msgspec.json.encode(
+            msgspec.structs.replace(read_manifest(out, AssignmentManifest), complete=False)
+        )
+    )
+    for changed, message in (
+        (AssignConfig(topk=5, image_block=128, unit_rows=256, concept_block=64), "concept_block"),
+        (AssignConfig(topk=5, image_block=64, unit_rows=256, concept_block=100), "image_block"),
+        (AssignConfig(topk=5, image_block=128, unit_rows=512, concept_block=100), "unit_rows"),
+    ):
+        with pytest.raises(ManifestError, match=rf"different assignment \({message}: "):
+            assign_concepts(images, concepts, out, changed)
 
 
 def test_a_different_assignment_in_the_same_directory_is_refused(tmp_path, inputs):

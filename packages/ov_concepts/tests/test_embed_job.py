@@ -1,6 +1,11 @@
 """Chunked embedding jobs: resume after a kill, corrupt images, bad embeddings, job mismatches."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import msgspec
 import numpy as np
@@ -14,6 +19,7 @@ from ov_concepts.errors import ConceptsError, EmbeddingError, ManifestError
 from ov_concepts.inputs import ConceptTexts, EmbeddingRows, ImageFiles
 from ov_concepts.manifest import EmbeddingManifest, read_manifest, write_manifest
 from ov_concepts.vocabulary import Vocabulary
+from ov_concepts.work_units import UnitFailed
 
 CONFIG = EmbedJobConfig(chunk_inputs=7, batch_size=3)
 
@@ -48,8 +54,13 @@ def rows(tmp_path):
     return EmbeddingMatrix(tmp_path / "source.npy"), data
 
 
-def _files(directory):
-    return {p.name: p.read_bytes() for p in sorted(directory.glob("chunk-*.npy"))}
+def _all_files(directory):
+    """Every file under `directory` (records included) by relative path, with its bytes."""
+    return {
+        p.relative_to(directory).as_posix(): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_a_killed_job_resumes_without_redoing_finished_chunks(tmp_path, rows):
@@ -62,17 +73,20 @@ def test_a_killed_job_resumes_without_redoing_finished_chunks(tmp_path, rows):
     assert len(whole.chunks) == 5
 
     dying = CountingEncoder(PrecomputedEncoder(images=matrix), die_after=7)  # in the 3rd chunk
-    with pytest.raises(Killed):
+    with pytest.raises(UnitFailed, match=r"chunk-000002"):
         run_embedding_job(EmbeddingRows(30), dying, tmp_path / "b", CONFIG)
     interrupted = read_manifest(tmp_path / "b", EmbeddingManifest)
     assert not interrupted.complete
-    assert [chunk.index for chunk in interrupted.chunks] == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "b" / ".units").glob("chunk-*.json")) == [
+        "chunk-000000.json",
+        "chunk-000001.json",
+    ]
 
     resumed_encoder = CountingEncoder(PrecomputedEncoder(images=matrix))
     resumed = run_embedding_job(EmbeddingRows(30), resumed_encoder, tmp_path / "b", CONFIG)
     assert resumed_encoder.encoded == 30 - 14  # chunks 0 and 1 were not encoded again
     assert resumed.complete
-    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert _all_files(tmp_path / "a") == _all_files(tmp_path / "b")
     stored = EmbeddingMatrix(tmp_path / "b").read(0, 30)
     np.testing.assert_allclose(
         stored, data / np.linalg.norm(data, axis=1, keepdims=True), rtol=1e-6
@@ -84,21 +98,63 @@ def test_a_killed_job_resumes_without_redoing_finished_chunks(tmp_path, rows):
     assert again.encoded == 0  # a finished job is not redone
 
 
-def test_chunks_missing_from_the_manifest_or_damaged_on_disk_are_redone(tmp_path, rows):
+def test_chunks_unrecorded_or_damaged_on_disk_are_redone(tmp_path, rows):
     matrix, _ = rows
     out = tmp_path / "out"
     run_embedding_job(EmbeddingRows(30), PrecomputedEncoder(images=matrix), out, CONFIG)
-    reference = _files(out)
+    reference = _all_files(out)
     manifest = read_manifest(out, EmbeddingManifest)
-    # killed after writing chunk 4's file but before recording it; chunk 1's file got truncated
-    write_manifest(
-        out, msgspec.structs.replace(manifest, chunks=manifest.chunks[:4], complete=False)
-    )
+    # killed after writing chunk 4's files but before its record; chunk 1's file got truncated
+    write_manifest(out, msgspec.structs.replace(manifest, chunks=[], complete=False))
+    (out / ".units" / "chunk-000004.json").unlink()
     (out / "chunk-000001.npy").write_bytes(reference["chunk-000001.npy"][:50])
     encoder = CountingEncoder(PrecomputedEncoder(images=matrix))
     run_embedding_job(EmbeddingRows(30), encoder, out, CONFIG)
     assert encoder.encoded == 7 + 2  # chunk 1 (7 inputs) and chunk 4 (the last 2)
-    assert _files(out) == reference
+    assert _all_files(out) == reference
+
+
+_KILLED_JOB = """
+import sys, time
+from pathlib import Path
+from ov_concepts.embed_job import EmbedJobConfig, run_embedding_job
+from ov_concepts.embeddings import EmbeddingMatrix
+from ov_concepts.encoders import PrecomputedEncoder
+from ov_concepts.inputs import EmbeddingRows
+
+class Slow(PrecomputedEncoder):
+    def encode_images(self, images):
+        time.sleep(0.05)
+        return super().encode_images(images)
+
+source, out = Path(sys.argv[1]), Path(sys.argv[2])
+run_embedding_job(EmbeddingRows(30), Slow(images=EmbeddingMatrix(source)), out,
+                  EmbedJobConfig(chunk_inputs=7, batch_size=3))
+"""
+
+
+def test_sigkill_mid_job_then_rerun_writes_the_same_bytes_as_one_uninterrupted_run(tmp_path, rows):
+    matrix, _ = rows
+    run_embedding_job(EmbeddingRows(30), PrecomputedEncoder(images=matrix), tmp_path / "a", CONFIG)
+    out = tmp_path / "b"
+    script = tmp_path / "job.py"
+    script.write_text(_KILLED_JOB)
+    process = subprocess.Popen([sys.executable, str(script), str(matrix.path), str(out)])
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".units" / "chunk-000001.json").exists():
+            assert process.poll() is None, "the job ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not read_manifest(out, EmbeddingManifest).complete
+    encoder = CountingEncoder(PrecomputedEncoder(images=matrix))
+    run_embedding_job(EmbeddingRows(30), encoder, out, CONFIG)
+    assert encoder.encoded <= 30 - 14  # at least chunks 0 and 1 were kept
+    assert _all_files(tmp_path / "a") == _all_files(out)
 
 
 def test_a_different_job_in_the_same_directory_is_refused(tmp_path, rows):

@@ -49,14 +49,67 @@ class _Group(Group):
     """Turns ov_concepts' input errors into clean CLI errors."""
 
     def invoke(self, ctx: click.Context):
+        from ov_concepts.work_units import WorkUnitError
+
         try:
             return super().invoke(ctx)
-        except ConceptsError as error:
+        except (ConceptsError, WorkUnitError) as error:
             raise _usage_error(error) from error
 
 
 def _say(message: str) -> None:
     click.echo(message, err=True)
+
+
+def _unit_options(workers_help: str):
+    """`--workers N`, `--engine local|ray`, `--ray-address ADDR`: how the work units run (the
+    spelling of every onevision command that runs `work_units`)."""
+
+    def decorate(function):
+        options = [
+            click.option(
+                "--workers",
+                type=click.IntRange(min=1),
+                default=None,
+                help=workers_help,
+            ),
+            click.option(
+                "--engine",
+                type=click.Choice(["local", "ray"]),
+                default="local",
+                help="local: this machine's processes; ray: actors of a Ray cluster (the `ray` "
+                "extra), one unit at a time each.",
+            ),
+            click.option(
+                "--ray-address",
+                envvar="RAY_ADDRESS",
+                default=None,
+                help="Ray cluster to join (e.g. ray://head:10001, or auto); also RAY_ADDRESS. "
+                "Default: start a local Ray.",
+            ),
+        ]
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+_WORKERS_MODEL = (
+    "Processes (or Ray actors) running units, each with its own copy of the model. Default: 1 "
+    "locally (one model; parallelism comes from --decode-workers and the device); with --engine "
+    "ray, as many actors as the cluster's CPUs/GPUs hold."
+)
+
+
+def _engine(engine: str, workers: int | None, ray_address: str | None, device: str, cpus=1):
+    """The work-units engine; Ray actors reserve a GPU each when the device is CUDA."""
+    from ov_concepts.work_units import make_engine
+
+    if engine == "local":
+        return make_engine("local", workers or 1)
+    gpus = 1 if device.startswith("cuda") else 0
+    return make_engine("ray", workers, ray_address, num_cpus_per_unit=cpus, num_gpus_per_unit=gpus)
 
 
 @click.group(name="ov-concepts", cls=_Group, context_settings=_CONTEXT)
@@ -152,7 +205,7 @@ def _encoder_options(function):
     ]
     for option in reversed(options):
         function = option(function)
-    return function
+    return _unit_options(_WORKERS_MODEL)(function)
 
 
 def _check_source(checkpoint, from_embeddings) -> None:
@@ -181,9 +234,18 @@ def _job_config(batch_size: int, chunk_size: int, store_dtype: str):
     help="Image directory (recursive) or a list file of paths, one per line. "
     "Default: none (required with --checkpoint).",
 )
+@click.option(
+    "--decode-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Processes decoding and resizing images for each model, feeding it batches in input "
+    "order (0: decode in the model's process; results are the same bytes). With --engine ray, "
+    "each actor reserves this many CPUs. Default: all cores.",
+)
 @_encoder_options
 def embed_images(
     images_path,
+    decode_workers,
     checkpoint,
     clip_model,
     from_embeddings,
@@ -196,40 +258,49 @@ def embed_images(
     out_dir,
     overwrite,
     quiet,
+    workers,
+    engine,
+    ray_address,
 ) -> None:
     """Embed images into a chunked, resumable embedding directory (rerun to resume).
 
     Corrupt images are skipped and listed in OUT/failures.jsonl; OUT/keys.txt names the image of
     each embedding row.
     """
+    import os
+
     from ov_concepts.embed_job import run_embedding_job
 
     _check_source(checkpoint, from_embeddings)
     claim_output(out_dir, overwrite, resumable=True)
     if from_embeddings is not None:
         from ov_concepts.embeddings import EmbeddingMatrix
-        from ov_concepts.encoders import PrecomputedEncoder
+        from ov_concepts.encoders import PrecomputedImagesSpec
         from ov_concepts.inputs import EmbeddingRows
 
         matrix = EmbeddingMatrix(from_embeddings, tensor)
-        encoder = PrecomputedEncoder(images=matrix)
+        encoder = PrecomputedImagesSpec(matrix.path, tensor)
         inputs = EmbeddingRows(matrix.rows)
     else:
         if images_path is None:
             raise click.UsageError("--images is required with --checkpoint")
-        from ov_concepts.clip import load_clip_encoder
+        from ov_concepts.clip import ClipEncoderSpec
         from ov_concepts.inputs import ImageFiles
 
         inputs = ImageFiles.from_path(images_path)
-        encoder = load_clip_encoder(
+        encoder = ClipEncoderSpec(
             checkpoint, clip_model, device=device, dtype=_clip_dtype(dtype, device)
         )
+    if decode_workers is None:
+        decode_workers = os.cpu_count() or 1
     manifest = run_embedding_job(
         inputs,
         encoder,
         out_dir,
         _job_config(batch_size, chunk_size, store_dtype),
         progress=not quiet,
+        engine=_engine(engine, workers, ray_address, device, cpus=max(1, decode_workers)),
+        decode_workers=decode_workers,
     )
     failed = sum(len(chunk.failed) for chunk in manifest.chunks)
     _say(f"wrote {manifest.rows:,} image embeddings ({manifest.dim} dims) to {out_dir}")
@@ -262,6 +333,9 @@ def embed_concepts(
     out_dir,
     overwrite,
     quiet,
+    workers,
+    engine,
+    ray_address,
 ) -> None:
     """Embed the concepts of VOCABULARY (.txt, one per line, or .jsonl {"concept": ...}).
 
@@ -285,16 +359,17 @@ def embed_concepts(
         _say(f"dropped {len(vocabulary.duplicates):,} duplicates: {shown}{more}")
     if from_embeddings is not None:
         from ov_concepts.embeddings import EmbeddingMatrix
-        from ov_concepts.encoders import PrecomputedEncoder
+        from ov_concepts.encoders import PrecomputedTextsSpec
 
         matrix = EmbeddingMatrix(from_embeddings, tensor)
-        encoder = PrecomputedEncoder(texts=matrix, vocabulary=vocabulary)
+        encoder = PrecomputedTextsSpec(matrix.path, tensor, vocabulary_path)
+        encoder.build()  # rows and vocabulary must match: checked here, before any unit
     else:
         if tokenizer is None:
             raise click.UsageError("--tokenizer is required with --checkpoint")
-        from ov_concepts.clip import load_clip_encoder
+        from ov_concepts.clip import ClipEncoderSpec
 
-        encoder = load_clip_encoder(
+        encoder = ClipEncoderSpec(
             checkpoint,
             clip_model,
             tokenizer=tokenizer,
@@ -308,6 +383,7 @@ def embed_concepts(
         out_dir,
         _job_config(batch_size, chunk_size, store_dtype),
         progress=not quiet,
+        engine=_engine(engine, workers, ray_address, device),
     )
     _say(f"wrote {manifest.rows:,} concept embeddings ({manifest.dim} dims) to {out_dir}")
 
@@ -345,6 +421,18 @@ def embed_concepts(
 @click.option(
     "--concept-block", type=click.IntRange(min=1), default=16384, help="Concepts per matmul block."
 )
+@click.option(
+    "--unit-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images per work unit (resumable, atomic), a multiple of --image-block; the bytes do not "
+    "depend on it. Default: 64 image blocks.",
+)
+@_unit_options(
+    "Processes (or Ray actors) running units, each holding the concept matrix. Default: 1 "
+    "locally (the matmuls use every core already; more help on several GPUs, through Ray); "
+    "with --engine ray, as many actors as the cluster holds."
+)
 @device_option("Where the similarities are computed.")
 @dtype_option(
     "Similarity dtype; auto: bfloat16 on CUDA, float32 on CPU.",
@@ -363,6 +451,10 @@ def assign(
     min_similarity,
     image_block,
     concept_block,
+    unit_rows,
+    workers,
+    engine,
+    ray_address,
     device,
     dtype,
     out_dir,
@@ -381,6 +473,7 @@ def assign(
         min_similarity=min_similarity,
         image_block=image_block,
         concept_block=concept_block,
+        unit_rows=unit_rows,
         device=device,
         precision={"auto": "auto", "float32": "fp32", "bfloat16": "bf16"}[dtype],
     )
@@ -388,7 +481,14 @@ def assign(
     concepts = EmbeddingMatrix(concepts_path, concepts_tensor)
     claim_output(out_dir, overwrite, resumable=True)
     started = time.perf_counter()
-    manifest = assign_concepts(images, concepts, out_dir, config, progress=not quiet)
+    manifest = assign_concepts(
+        images,
+        concepts,
+        out_dir,
+        config,
+        progress=not quiet,
+        engine=_engine(engine, workers, ray_address, device),
+    )
     seconds = time.perf_counter() - started
     _say(
         f"assigned top-{manifest.topk} of {manifest.concepts:,} concepts to {manifest.images:,} "

@@ -1,36 +1,51 @@
 """Chunked, resumable embedding jobs: `ov-concepts embed-images` and `embed-concepts`.
 
-The inputs are cut into fixed chunks of `chunk_inputs` (the last one shorter). Each chunk is encoded
-in batches, its rows are validated and L2-normalised, and it is written to `chunk-NNNNNN.npy`
-(temporary file, fsync, rename) before the manifest records it. A job killed at any point therefore
-loses at most the chunk it was working on: rerunning the same command reads the manifest, checks
-that encoder, inputs (a SHA-256 over every key), chunk size and dtype are unchanged, and encodes
-only the chunks the manifest does not list. Chunk boundaries depend only on `chunk_inputs`, so a
-resumed job writes the same bytes as an uninterrupted one.
+The inputs are cut into fixed chunks of `chunk_inputs` (the last one shorter); each chunk is a work
+unit (`ov_concepts.work_units`): the unit carries the chunk's keys (image paths, row numbers or
+concept texts), encodes them in batches of `batch_size`, validates and L2-normalises the rows, and
+writes `chunk-NNNNNN.npy` plus `chunk-NNNNNN.json` (its `EmbeddingChunk`: input range, rows, the
+inputs that failed to load). Units are written atomically and recorded with their SHA-256, so a job
+killed at any point (SIGKILL included) loses at most the chunks in flight: rerunning the same
+command verifies the finished chunks and encodes only the others. When every unit is done the
+manifest lists the chunks in order (the merge is that list: the directory reads as one matrix) and
+`keys.txt` and `failures.jsonl` are written. A manifest names the job (encoder, inputs and their
+SHA-256, chunk size, dtype); a different job in the same directory is refused.
 
-Inputs that fail to load (corrupt images) are recorded in their chunk's manifest entry and skipped;
-when the job completes it writes `keys.txt` (the key of each embedding row, in row order, so row i
-of the matrix is the i-th line) and `failures.jsonl`. A NaN/inf or zero-norm embedding is an error
-naming the input, because it means the encoder, not the image, is broken.
+Bytes do not depend on how the job runs: chunk boundaries depend only on `chunk_inputs`, batch
+boundaries only on `batch_size`, and each chunk is a pure function of its keys and the encoder, so
+an interrupted and resumed run, 1 or N unit workers (`--workers`, each with its own encoder, e.g.
+one per GPU through Ray) and any number of decoding processes (`decode_workers`, feeding one
+encoder batches in input order, `ov_concepts.decode`) write the same files.
 
-Chunks cost one file each; 8192 inputs per chunk makes about 10,000 files for 85M images, and a
-kill redoes at most 8192 encodings.
+Inputs that fail to load (corrupt images) are recorded in their chunk and skipped; `keys.txt` holds
+the key of each embedding row, in row order. A NaN/inf or zero-norm embedding is an error naming the
+input, because it means the encoder, not the image, is broken.
+
+Chunks cost two files each; 8192 inputs per chunk makes about 10,400 chunks for 85M images, and a
+kill redoes at most 8192 encodings per worker.
 """
 
-import os
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from ov_concepts.decode import DecodePool, load_images
 from ov_concepts.embeddings import normalise_rows
-from ov_concepts.encoders import Encoder
+from ov_concepts.encoders import Encoder, EncoderSpec
 from ov_concepts.errors import ConceptsError, EmbeddingError, ManifestError
-from ov_concepts.inputs import Inputs, LoadFailure, inputs_digest, iter_ranges
+from ov_concepts.inputs import (
+    ImageLoader,
+    Inputs,
+    RowLoader,
+    TextLoader,
+    inputs_digest,
+    iter_ranges,
+)
 from ov_concepts.manifest import (
     EmbeddingChunk,
     EmbeddingManifest,
@@ -39,7 +54,13 @@ from ov_concepts.manifest import (
     read_manifest,
     write_manifest,
 )
-from ov_concepts.progress import progress_bar
+from ov_concepts.work_units import (
+    Engine,
+    LocalEngine,
+    UnitFailed,
+    WorkUnit,
+    run_units,
+)
 
 KEYS_NAME = "keys.txt"
 FAILURES_NAME = "failures.jsonl"
@@ -65,14 +86,31 @@ class EmbedJobConfig:
 
 def run_embedding_job(
     inputs: Inputs,
-    encoder: Encoder,
+    encoder: Encoder | EncoderSpec,
     out_dir: Path,
     config: EmbedJobConfig | None = None,
     *,
     progress: bool = False,
+    engine: Engine | None = None,
+    decode_workers: int = 0,
 ) -> EmbeddingManifest:
-    """Embed every input into `out_dir`, resuming a previous run of the same job there."""
+    """Embed every input into `out_dir`, resuming a previous run of the same job there.
+
+    `engine`: where the chunks run (default: this process). An engine with worker processes or Ray
+    actors needs an `EncoderSpec` (picklable), built once per worker. `decode_workers`: processes
+    decoding and preparing images for each encoder (0: in the encoder's process).
+    """
     config = config or EmbedJobConfig()
+    engine = engine or LocalEngine(1)
+    if decode_workers < 0:
+        raise ConceptsError(f"decode_workers must be >= 0, got {decode_workers}")
+    inline = isinstance(engine, LocalEngine) and engine.workers == 1
+    if not inline and not is_spec(encoder):
+        raise ConceptsError(
+            f"{engine.describe()} runs chunks in other processes: pass an EncoderSpec "
+            f"(picklable, e.g. ClipEncoderSpec or PrecomputedImagesSpec), not a "
+            f"{type(encoder).__name__}"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = EmbeddingManifest(
@@ -84,124 +122,169 @@ def run_embedding_job(
         inputs_digest=inputs_digest(inputs),
         chunk_inputs=config.chunk_inputs,
     )
-    chunks = _finished_chunks(out_dir, wanted)
-    manifest = msgspec.structs.replace(wanted, chunks=chunks)
-    if len(chunks) == _chunk_count(wanted) and has_manifest(out_dir):
-        previous = read_manifest(out_dir, EmbeddingManifest)
-        if previous.complete:
-            return previous
-    write_manifest(out_dir, manifest)
-    done = {chunk.index for chunk in chunks}
-    bar = progress_bar(
-        len(inputs),
-        f"embed {inputs.kind}",
-        progress,
-        unit=inputs.kind[:-1],
-        initial=sum(chunk.inputs for chunk in chunks),
+    if _previous_job(out_dir, wanted):
+        return read_manifest(out_dir, EmbeddingManifest)
+    write_manifest(out_dir, wanted)
+    units = [
+        WorkUnit(
+            key=_chunk_name(index),
+            outputs=(_chunk_name(index) + ".npy", _chunk_name(index) + ".json"),
+            params=msgspec.msgpack.encode([index, first, list(inputs.keys(first, stop))]),
+        )
+        for index, (first, stop) in enumerate(iter_ranges(len(inputs), config.chunk_inputs))
+    ]
+    task = EmbedTask(
+        kind=inputs.kind,
+        loader=inputs.loader(),
+        encoder=encoder,
+        dim=encoder.dim,
+        dtype=config.dtype,
+        batch_size=config.batch_size,
+        decode_workers=decode_workers,
     )
-    with bar:
-        for index, (first, stop) in enumerate(iter_ranges(len(inputs), config.chunk_inputs)):
-            if index in done:
-                continue
-            chunks.append(_embed_chunk(inputs, encoder, out_dir, config, index, first, stop, bar))
-            failed = sum(len(chunk.failed) for chunk in chunks)
-            if failed:
-                bar.set_postfix(failed=failed, refresh=False)
-            chunks.sort(key=lambda chunk: chunk.index)
-            manifest = msgspec.structs.replace(manifest, chunks=list(chunks))
-            write_manifest(out_dir, manifest)
+    try:
+        run_units(
+            task,
+            units,
+            out_dir,
+            engine=engine,
+            job_digest=_job_digest(wanted),
+            progress=progress,
+            description=f"embed {inputs.kind} ({config.chunk_inputs} per chunk)",
+        )
+    except UnitFailed as failure:
+        if isinstance(failure.error, ConceptsError):  # names the input already
+            raise failure.error from None
+        raise
+    finally:
+        task.close()
+    chunks = [_read_chunk(out_dir, unit.outputs[1]) for unit in units]
     _write_keys_and_failures(inputs, out_dir, chunks)
-    manifest = msgspec.structs.replace(manifest, complete=True)
+    manifest = msgspec.structs.replace(wanted, chunks=chunks, complete=True)
     write_manifest(out_dir, manifest)
     return manifest
 
 
-def _chunk_count(manifest: EmbeddingManifest) -> int:
-    return -(-manifest.inputs // manifest.chunk_inputs)
+def is_spec(encoder: object) -> bool:
+    """Whether `encoder` is an `EncoderSpec` (has `build`), not an encoder."""
+    return callable(getattr(type(encoder), "build", None))
 
 
-def _finished_chunks(out_dir: Path, wanted: EmbeddingManifest) -> list[EmbeddingChunk]:
-    """Chunks of a previous run of the same job whose files are intact; [] for a fresh job."""
+def _chunk_name(index: int) -> str:
+    return f"chunk-{index:06d}"
+
+
+def _job_digest(manifest: EmbeddingManifest) -> str:
+    """What every chunk depends on besides its keys: the job's manifest (no chunks yet)."""
+    bare = msgspec.structs.replace(manifest, chunks=[], complete=False)
+    return hashlib.sha256(msgspec.json.encode(bare)).hexdigest()
+
+
+def _previous_job(out_dir: Path, wanted: EmbeddingManifest) -> bool:
+    """Whether `out_dir` holds this job, complete; refuses another job's directory."""
     if not has_manifest(out_dir):
-        return []
+        return False
     previous = read_manifest(out_dir, EmbeddingManifest)
-    for field in _JOB_FIELDS:
-        old, new = getattr(previous, field), getattr(wanted, field)
+    for name in _JOB_FIELDS:
+        old, new = getattr(previous, name), getattr(wanted, name)
         if old != new:
             raise ManifestError(
-                f"{out_dir} holds a different embedding job ({field}: {old!r} there, {new!r} now); "
+                f"{out_dir} holds a different embedding job ({name}: {old!r} there, {new!r} now); "
                 "use a new output directory"
             )
-    intact = []
-    for chunk in previous.chunks:
-        try:
-            array = np.load(out_dir / chunk.file, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            continue  # missing or damaged: encode it again
-        if array.shape == (chunk.rows, wanted.dim) and array.dtype == np.dtype(wanted.dtype):
-            intact.append(chunk)
-    return intact
+    return previous.complete
 
 
-def _embed_chunk(
-    inputs: Inputs,
-    encoder: Encoder,
-    out_dir: Path,
-    config: EmbedJobConfig,
-    index: int,
-    first: int,
-    stop: int,
-    bar: tqdm,
-) -> EmbeddingChunk:
-    parts: list[np.ndarray] = []
-    failed: list[FailedInput] = []
-    for batch_start, batch_stop in iter_ranges(stop, config.batch_size, first):
-        items, failures = inputs.load(batch_start, batch_stop)
-        failed.extend(FailedInput(f.input, f.key, f.reason) for f in failures)
-        if items:
-            parts.append(_encode(inputs, encoder, items, batch_start, batch_stop, failures, config))
-        bar.update(batch_stop - batch_start)
-    data = np.concatenate(parts) if parts else np.empty((0, encoder.dim), dtype=config.dtype)
-    name = f"chunk-{index:06d}.npy"
-    temporary = out_dir / (name + ".tmp")
-    with open(temporary, "wb") as handle:
-        np.save(handle, data, allow_pickle=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, out_dir / name)
-    return EmbeddingChunk(index, name, first, stop - first, len(data), failed)
+def _read_chunk(out_dir: Path, name: str) -> EmbeddingChunk:
+    try:
+        return msgspec.json.decode((out_dir / name).read_bytes(), type=EmbeddingChunk)
+    except (OSError, msgspec.DecodeError) as error:
+        raise ManifestError(f"{out_dir / name}: unreadable chunk record ({error})") from None
 
 
-def _encode(
-    inputs: Inputs,
-    encoder: Encoder,
-    items: list,
-    batch_start: int,
-    batch_stop: int,
-    failures: list[LoadFailure],
-    config: EmbedJobConfig,
-) -> np.ndarray:
-    """Encode one batch; validate and L2-normalise its rows, named by input index and key."""
-    encode = encoder.encode_images if inputs.kind == "images" else encoder.encode_texts
-    raw = np.asarray(encode(items))
-    if raw.shape != (len(items), encoder.dim):
-        raise EmbeddingError(
-            f"encoder {encoder.description} returned shape {raw.shape} for {len(items)} "
-            f"{inputs.kind}, expected ({len(items)}, {encoder.dim})"
+@dataclass
+class EmbedTask:
+    """One chunk of an embedding job per unit (the `UnitTask` of `run_embedding_job`)."""
+
+    kind: str
+    loader: ImageLoader | RowLoader | TextLoader
+    encoder: Encoder | EncoderSpec
+    dim: int
+    dtype: str
+    batch_size: int
+    decode_workers: int = 0
+    _model: Any = field(default=None, repr=False)
+    _pool: DecodePool | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_model"] = state["_pool"] = None  # built per worker by setup()
+        return state
+
+    def setup(self) -> None:
+        """Build the encoder; start the decoding processes for image files."""
+        if self._model is None:
+            built = self.encoder.build() if is_spec(self.encoder) else self.encoder
+            self._model = built
+        if isinstance(self.loader, ImageLoader) and self._pool is None:
+            preparer = getattr(self._model, "image_preparer", None)
+            self._pool = DecodePool(self.decode_workers, preparer() if preparer else None)
+
+    def close(self) -> None:
+        """Stop the decoding processes (this process's copy of the task)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def run(self, unit: WorkUnit, staging: Path) -> None:
+        """Encode the unit's inputs; write its .npy rows and .json chunk record."""
+        index, first, keys = msgspec.msgpack.decode(unit.params)
+        stream = self._loaded(keys)
+        parts: list[np.ndarray] = []
+        failed: list[FailedInput] = []
+        for start in range(0, len(keys), self.batch_size):
+            batch_keys = keys[start : start + self.batch_size]
+            items, labels = [], []
+            for offset, key in enumerate(batch_keys):
+                ok, value = next(stream)
+                position = first + start + offset
+                if ok:
+                    items.append(value)
+                    labels.append(f"input {position} ({key})")
+                else:
+                    failed.append(FailedInput(position, key, value))
+            if items:
+                parts.append(self._encode(items, labels))
+        data = np.concatenate(parts) if parts else np.empty((0, self.dim), dtype=self.dtype)
+        npy_name, json_name = unit.outputs
+        with open(staging / npy_name, "wb") as handle:
+            np.save(handle, data, allow_pickle=False)
+        chunk = EmbeddingChunk(index, npy_name, first, len(keys), len(data), failed)
+        (staging / json_name).write_bytes(msgspec.json.encode(chunk))
+
+    def _loaded(self, keys: list[str]):
+        if isinstance(self.loader, ImageLoader):
+            if self._pool is not None:
+                return iter(self._pool.load(self.loader.root, keys))
+            return iter(load_images(self.loader.root, keys))
+        return iter((True, item) for item in self.loader.items(keys))
+
+    def _encode(self, items: list, labels: list[str]) -> np.ndarray:
+        """Encode one batch; validate and L2-normalise its rows, named by input index and key."""
+        model = self._model
+        encode = model.encode_images if self.kind == "images" else model.encode_texts
+        raw = np.asarray(encode(items))
+        if raw.shape != (len(items), self.dim):
+            raise EmbeddingError(
+                f"encoder {model.description} returned shape {raw.shape} for {len(items)} "
+                f"{self.kind}, expected ({len(items)}, {self.dim})"
+            )
+        rows = normalise_rows(
+            torch.from_numpy(raw.astype(np.float32, copy=False)),
+            f"{self.kind} embeddings of {model.description}",
+            labels=labels,
         )
-    failed = {failure.input for failure in failures}
-    keys = inputs.keys(batch_start, batch_stop)
-    labels = [
-        f"input {batch_start + i} ({keys[i]})"
-        for i in range(batch_stop - batch_start)
-        if batch_start + i not in failed
-    ]
-    rows = normalise_rows(
-        torch.from_numpy(raw.astype(np.float32, copy=False)),
-        f"{inputs.kind} embeddings of {encoder.description}",
-        labels=labels,
-    )
-    return rows.numpy().astype(config.dtype)
+        return rows.numpy().astype(self.dtype)
 
 
 def _write_keys_and_failures(inputs: Inputs, out_dir: Path, chunks: list[EmbeddingChunk]) -> None:

@@ -35,6 +35,7 @@ class EmbeddingMatrix:
 
     def __init__(self, path: Path, tensor: str | None = None) -> None:
         self.path = Path(path)
+        self.tensor = tensor
         if self.path.is_dir():
             self._reader: _Reader = _DirectoryReader(self.path)
         elif self.path.suffix == ".npy":

@@ -6,6 +6,11 @@ validates (NaN/inf, zero norm) and L2-normalises every row itself, so each encod
 nothing but the numbers. `description` identifies the encoder in manifests, so a resumed job
 refuses to mix rows from two different encoders.
 
+A job that runs in worker processes or on Ray actors receives an `EncoderSpec` instead (picklable:
+paths and settings; `build()` loads the encoder in the worker): `PrecomputedImagesSpec` below and
+`ov_concepts.clip.ClipEncoderSpec`. An encoder may also offer `image_preparer()`, the per-image
+CPU work (resize, crop) that decoding worker processes do before batching (`ov_concepts.decode`).
+
 Two implementations ship: `PrecomputedEncoder` (below), for corpora that already have embeddings in
 .npy/.safetensors files, where an "image" is a row number and a concept text is looked up in the
 vocabulary the concept embeddings were computed for; and `ov_concepts.clip.ClipEncoder`, which runs
@@ -13,6 +18,8 @@ an open_clip-format CLIP checkpoint (optional extra `ov-concepts[clip]`).
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -42,6 +49,21 @@ class Encoder(Protocol):
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed a batch of concept texts; returns float32 (len(texts), dim)."""
+        ...
+
+
+@runtime_checkable
+class EncoderSpec(Protocol):
+    """A picklable recipe for an encoder: `dim` and `description` without loading it."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def description(self) -> str: ...
+
+    def build(self) -> Encoder:
+        """Load the encoder (in the worker that uses it)."""
         ...
 
 
@@ -118,3 +140,51 @@ class PrecomputedEncoder:
                 )
             out[position] = self._texts.read(row, row + 1)[0]
         return out
+
+
+@dataclass(frozen=True)
+class PrecomputedImagesSpec:
+    """`PrecomputedEncoder(images=EmbeddingMatrix(path, tensor))`, picklable."""
+
+    path: Path
+    tensor: str | None = None
+
+    @property
+    def dim(self) -> int:
+        """Columns of the file."""
+        return EmbeddingMatrix(self.path, self.tensor).dim
+
+    @property
+    def description(self) -> str:
+        """The encoder's description (`precomputed:` and the file)."""
+        return self.build().description
+
+    def build(self) -> PrecomputedEncoder:
+        """Open the file (memory-mapped)."""
+        return PrecomputedEncoder(images=EmbeddingMatrix(self.path, self.tensor))
+
+
+@dataclass(frozen=True)
+class PrecomputedTextsSpec:
+    """`PrecomputedEncoder(texts=EmbeddingMatrix(path, tensor), vocabulary=...)`, picklable."""
+
+    path: Path
+    tensor: str | None
+    vocabulary: Path
+
+    @property
+    def dim(self) -> int:
+        """Columns of the file."""
+        return EmbeddingMatrix(self.path, self.tensor).dim
+
+    @property
+    def description(self) -> str:
+        """The encoder's description (`precomputed:` and the file)."""
+        return self.build().description
+
+    def build(self) -> PrecomputedEncoder:
+        """Open the file (memory-mapped) and read the vocabulary."""
+        from ov_concepts.vocabulary import load_vocabulary
+
+        texts = EmbeddingMatrix(self.path, self.tensor)
+        return PrecomputedEncoder(texts=texts, vocabulary=load_vocabulary(self.vocabulary))

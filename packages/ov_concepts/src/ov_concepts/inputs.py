@@ -8,6 +8,10 @@ should not stop a job that has run for hours.
 
 Image files are listed either from a directory (recursively, sorted by relative path, so the order
 is the same on every machine) or from a text file of paths, one per line, relative to that file.
+
+`loader()` gives the small picklable object a worker process (or Ray actor) needs to load inputs
+from their keys alone: the image root, or nothing for rows and texts. Work units carry their keys,
+so a worker never holds the whole input list.
 """
 
 import hashlib
@@ -45,6 +49,35 @@ class Inputs(Protocol):
     def load(self, start: int, stop: int) -> tuple[list[Any], list[LoadFailure]]:
         """The loaded inputs of [start, stop) that succeeded, in order, and the failures."""
         ...
+
+    def loader(self) -> "ImageLoader | RowLoader | TextLoader":
+        """What loads inputs from their keys in another process."""
+        ...
+
+
+@dataclass(frozen=True)
+class ImageLoader:
+    """Image files: a key is a path relative to `root`, decoded by `ov_concepts.decode`."""
+
+    root: Path
+
+
+@dataclass(frozen=True)
+class RowLoader:
+    """Rows of a precomputed file: a key is the row number as text; the item is the int."""
+
+    def items(self, keys: Sequence[str]) -> list[Any]:
+        """The row numbers."""
+        return [int(key) for key in keys]
+
+
+@dataclass(frozen=True)
+class TextLoader:
+    """Concept texts: the key is the text."""
+
+    def items(self, keys: Sequence[str]) -> list[Any]:
+        """The texts themselves."""
+        return list(keys)
 
 
 def inputs_digest(inputs: Inputs, block: int = 65536) -> str:
@@ -103,19 +136,23 @@ class ImageFiles:
         """Decoded Pillow images, skipping (and reporting) files that do not decode."""
         # PIL directly, not rice_vit's decode_image as the other packages: ov_concepts does not
         # depend on rice_vit (images are only for the optional `clip` extra).
-        from PIL import Image
+        from ov_concepts.decode import load_images
 
         images: list[Any] = []
         failures: list[LoadFailure] = []
-        for index in range(start, stop):
-            key = self._paths[index]
-            try:
-                with Image.open(self.root / key) as image:
-                    image.load()
-                    images.append(image.copy())
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-                failures.append(LoadFailure(index, key, f"{type(error).__name__}: {error}"))
+        keys = self._paths[start:stop]
+        for index, key, (ok, value) in zip(
+            range(start, stop), keys, load_images(self.root, keys), strict=True
+        ):
+            if ok:
+                images.append(value)
+            else:
+                failures.append(LoadFailure(index, key, value))
         return images, failures
+
+    def loader(self) -> ImageLoader:
+        """The image root."""
+        return ImageLoader(self.root)
 
 
 class EmbeddingRows:
@@ -137,6 +174,10 @@ class EmbeddingRows:
         """The row numbers themselves (rows never fail)."""
         return list(range(start, stop)), []
 
+    def loader(self) -> RowLoader:
+        """Row numbers from their keys."""
+        return RowLoader()
+
 
 class ConceptTexts:
     """The concepts of a vocabulary, in id order."""
@@ -156,6 +197,10 @@ class ConceptTexts:
     def load(self, start: int, stop: int) -> tuple[list[Any], list[LoadFailure]]:
         """The concept strings (texts never fail)."""
         return list(self.vocabulary.concepts[start:stop]), []
+
+    def loader(self) -> TextLoader:
+        """Texts from their keys."""
+        return TextLoader()
 
 
 def iter_ranges(total: int, size: int, start: int = 0) -> Iterator[tuple[int, int]]:

@@ -76,6 +76,7 @@ class AssignmentManifest(msgspec.Struct, frozen=True):
     image_block: int
     concept_block: int
     done_rows: int = 0
+    unit_rows: int | None = None
     complete: bool = False
     device: str = "cpu"
     format: str = ASSIGNMENTS_FORMAT

@@ -24,11 +24,12 @@ Needs the `clip` extra (`pip install ov-concepts[clip]`: pillow for images, toke
 """
 
 from ov_concepts.clip.config import ClipConfig, PreprocessConfig, TextConfig, VisionConfig
-from ov_concepts.clip.encoder import ClipEncoder, load_clip_encoder
+from ov_concepts.clip.encoder import ClipEncoder, ClipEncoderSpec, load_clip_encoder
 
 __all__ = [
     "ClipConfig",
     "ClipEncoder",
+    "ClipEncoderSpec",
     "PreprocessConfig",
     "TextConfig",
     "VisionConfig",

@@ -9,6 +9,7 @@ then differ in the third significant digit).
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ import torch
 from ov_concepts.clip.checkpoint import load_clip
 from ov_concepts.clip.config import ClipConfig
 from ov_concepts.clip.model import Clip
-from ov_concepts.clip.preprocess import preprocess_image
+from ov_concepts.clip.preprocess import normalise_pixels, resize_crop
 from ov_concepts.clip.tokenizer import ClipTokenizer
+from ov_concepts.decode import ResizeCrop
 from ov_concepts.errors import CheckpointError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,15 +61,16 @@ class ClipEncoder:
         """Model config, checkpoint name and size, dtype and prompt template."""
         return self._description
 
+    def image_preparer(self) -> ResizeCrop:
+        """The per-image CPU work (resize, crop, RGB) that decoding workers do before a batch."""
+        return resize_crop(self.model.config.vision.image_size, self.model.config.preprocess)
+
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
-        """Features of decoded Pillow images, float32 (N, dim)."""
+        """Features of decoded Pillow images or of `image_preparer()` outputs, float32 (N, dim)."""
         config = self.model.config
-        pixels = torch.stack(
-            [
-                preprocess_image(image, config.vision.image_size, config.preprocess)
-                for image in images
-            ]
-        )
+        prepare = self.image_preparer()
+        prepared = [image if isinstance(image, np.ndarray) else prepare(image) for image in images]
+        pixels = normalise_pixels(np.stack(prepared), config.preprocess)
         with torch.inference_mode():
             features = self.model.encode_image(pixels.to(self.device, self.dtype))
         return features.float().cpu().numpy()
@@ -82,6 +85,53 @@ class ClipEncoder:
         return features.float().cpu().numpy()
 
 
+@dataclass(frozen=True)
+class ClipEncoderSpec:
+    """How to load a `ClipEncoder`, picklable: what a worker process or Ray actor receives.
+
+    `dim` and `description` are known without loading the weights (the manifest needs them first).
+    """
+
+    checkpoint: Path
+    model: str | Path
+    tokenizer: Path | None = None
+    template: str = "{}"
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    @property
+    def dim(self) -> int:
+        """The model config's `embed_dim`."""
+        return ClipConfig.load(self.model).embed_dim
+
+    @property
+    def description(self) -> str:
+        """What `ClipEncoder.description` will be."""
+        config = ClipConfig.load(self.model)
+        size = Path(self.checkpoint).stat().st_size
+        return f"clip:{config.name}:{Path(self.checkpoint).name}:{size}:{self.dtype}:" + (
+            f"template={self.template}"
+        )
+
+    def build(self) -> ClipEncoder:
+        """Load the weights (and tokenizer) onto the device."""
+        config = ClipConfig.load(self.model)
+        clip = load_clip(config, Path(self.checkpoint))
+        text = None
+        if self.tokenizer is not None:
+            text = ClipTokenizer(Path(self.tokenizer), config.text.context_length)
+        size = Path(self.checkpoint).stat().st_size
+        description = f"clip:{config.name}:{Path(self.checkpoint).name}:{size}"
+        return ClipEncoder(
+            clip,
+            description=description,
+            tokenizer=text,
+            template=self.template,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+
 def load_clip_encoder(
     checkpoint: Path,
     model: str | Path,
@@ -92,13 +142,4 @@ def load_clip_encoder(
     dtype: str = "float32",
 ) -> ClipEncoder:
     """Load a CLIP checkpoint with a built-in or JSON model config into a `ClipEncoder`."""
-    config = ClipConfig.load(model)
-    clip = load_clip(config, Path(checkpoint))
-    text = None
-    if tokenizer is not None:
-        text = ClipTokenizer(Path(tokenizer), config.text.context_length)
-    size = Path(checkpoint).stat().st_size
-    description = f"clip:{config.name}:{Path(checkpoint).name}:{size}"
-    return ClipEncoder(
-        clip, description=description, tokenizer=text, template=template, device=device, dtype=dtype
-    )
+    return ClipEncoderSpec(Path(checkpoint), model, tokenizer, template, device, dtype).build()

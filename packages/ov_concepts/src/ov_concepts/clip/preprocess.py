@@ -6,40 +6,32 @@ centre crop (offsets rounded as torchvision rounds them), conversion to RGB (aft
 open_clip, so palette images resize with Pillow's nearest-neighbour rule there too), scaling to
 [0, 1] and per-channel normalisation. torchvision's resize of a Pillow image is Pillow's own resize,
 so the pixels match.
+
+The transform is split in two so that the Pillow half can run in decoding worker processes
+(`ov_concepts.decode.ResizeCrop`, uint8 out) and the arithmetic half batched in the model's process
+(`normalise_pixels`); `preprocess_image` chains them, bit for bit the same either way.
 """
 
 import numpy as np
 import torch
 
 from ov_concepts.clip.config import PreprocessConfig
+from ov_concepts.decode import ResizeCrop
 
 
-def _resize(image, size: int, config: PreprocessConfig):
-    from PIL import Image
-
-    resample = Image.Resampling.BICUBIC
-    if config.interpolation == "bilinear":
-        resample = Image.Resampling.BILINEAR
-    width, height = image.size
-    if config.resize_mode == "squash":
-        return image.resize((size, size), resample)
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    new_size = (new_short, new_long) if width <= height else (new_long, new_short)
-    return image.resize(new_size, resample)
+def resize_crop(size: int, config: PreprocessConfig) -> ResizeCrop:
+    """The Pillow half of the transform for images of `size` pixels, picklable."""
+    return ResizeCrop(size, config.resize_mode, config.interpolation)
 
 
-def _centre_crop(image, size: int):
-    width, height = image.size
-    top = round((height - size) / 2.0)  # Python rounds half to even, as torchvision does
-    left = round((width - size) / 2.0)
-    return image.crop((left, top, left + size, top + size))
+def normalise_pixels(pixels: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
+    """uint8 (..., size, size, 3) RGB as normalised float32 (..., 3, size, size)."""
+    scaled = np.asarray(pixels, dtype=np.float32) / 255.0
+    mean = np.asarray(config.mean, dtype=np.float32)
+    std = np.asarray(config.std, dtype=np.float32)
+    return torch.from_numpy(np.moveaxis((scaled - mean) / std, -1, -3).copy())
 
 
 def preprocess_image(image, size: int, config: PreprocessConfig) -> torch.Tensor:
     """A Pillow image as a normalised float32 tensor (3, size, size)."""
-    image = _centre_crop(_resize(image, size, config), size).convert("RGB")
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
-    mean = np.asarray(config.mean, dtype=np.float32)
-    std = np.asarray(config.std, dtype=np.float32)
-    return torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).copy())
+    return normalise_pixels(resize_crop(size, config)(image), config)
