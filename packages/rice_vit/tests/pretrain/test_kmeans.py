@@ -17,6 +17,15 @@ from rice_vit.pretrain.kmeans import (
 )
 
 
+def assert_close(got, want, *, rtol, atol=0.0):
+    """|got - want| <= atol + rtol |want| elementwise, same shape and dtype (torch.allclose:
+    torch.testing.assert_close imports torch.distributed.tensor, seconds on a busy machine)."""
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    worst = (got - want).abs().max().item() if got.numel() else 0.0
+    assert torch.allclose(got, want, rtol=rtol, atol=float(atol)), f"max |diff| {worst}"
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny problems: one intra-op thread avoids thread start-up and contention costs."""
@@ -59,7 +68,7 @@ def test_result_does_not_depend_on_the_block_size():
     x, _ = blobs(seed=2)
     small = kmeans(x, 8, iterations=4, seed=0, block_rows=7)
     large = kmeans(x, 8, iterations=4, seed=0, block_rows=100_000)
-    torch.testing.assert_close(small, large, rtol=0, atol=1e-5)
+    assert_close(small, large, rtol=0, atol=1e-5)
     assert torch.equal(assign_labels(x, small, block_rows=3), assign_labels(x, small))
 
 
@@ -148,7 +157,7 @@ def test_torch_and_faiss_agree_on_well_separated_data():
     x, truth = blobs(seed=6, clusters=4, per_cluster=100)
     torch_centres = kmeans(x, 4, iterations=8, seed=13, block_rows=128)
     faiss_centres = kmeans(x, 4, iterations=8, seed=13, backend="faiss")
-    torch.testing.assert_close(torch_centres, faiss_centres, rtol=0, atol=1e-4)
+    assert_close(torch_centres, faiss_centres, rtol=0, atol=1e-4)
     labels = assign_labels(x, torch_centres)
     assert torch.equal(labels, assign_labels(x, faiss_centres))
     # the clusters found are the true blobs (seed 13's init has one row in each blob)
@@ -222,5 +231,5 @@ def test_cuda_backend_matches_cpu():
     cpu = kmeans(x, 16, iterations=5, seed=0, block_rows=100)
     cuda = kmeans(x, 16, iterations=5, seed=0, block_rows=100, device="cuda")
     assert torch.equal(cuda, kmeans(x, 16, iterations=5, seed=0, block_rows=100, device="cuda"))
-    torch.testing.assert_close(cuda, cpu, rtol=0, atol=1e-4)
+    assert_close(cuda, cpu, rtol=0, atol=1e-4)
     assert torch.equal(assign_labels(x, cpu, device="cuda"), assign_labels(x, cpu))

@@ -200,6 +200,11 @@ class MarginSoftmaxLoss(nn.Module):
         positives_classes: (nnz,) int64 class ids in [0, K) (global ids, not shard-local).
         step: the training step; selects the sampled negatives (same step, same negatives).
         """
+        # Cosines at s = 64 need fp32: a bf16 autocast region around the caller stops here.
+        with torch.autocast(self.weight.device.type, enabled=False):
+            return self._forward(embeddings, positives_offsets, positives_classes, step)
+
+    def _forward(self, embeddings, positives_offsets, positives_classes, step: int):
         problem = self._check(embeddings, positives_offsets, positives_classes)
         dtype = torch.promote_types(embeddings.dtype, torch.float32)
         if dtype == torch.float16 or dtype == torch.bfloat16:
