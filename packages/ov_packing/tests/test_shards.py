@@ -511,3 +511,191 @@ def test_reader_refuses_more_bins_than_the_index_lists(written):
         ShardError, match=r"member 'bin-000000002\.json' follows the shard's last bin"
     ):
         list(iter_bins(written))
+
+
+# --- work units: workers, resume after a kill, exact sizes ---------------------------------------
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """Two source tars of 40 samples and a plan of 30 bins; (paths, plan)."""
+    root = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(5)
+    keys = [f"k{number:03d}" for number in range(40)]
+    paths = [
+        _write_tar(
+            root / f"part-{half}.tar",
+            [
+                (f"{key}.{ext}", rng.bytes(int(rng.integers(1, 2000))))
+                for key in keys[half * 20 : half * 20 + 20]
+                for ext in ("jpg", "json")
+            ],
+        )
+        for half in range(2)
+    ]
+    order = rng.permutation(40)[:36].tolist()
+    bins = [order[i : i + 1 + i % 2] for i in range(0, 36, 1 + 0)][:30]
+    return paths, _make_plan(keys, bins)
+
+
+def test_one_and_two_workers_write_the_same_bytes(many, tmp_path):
+    from ov_packing.work_units import LocalEngine
+
+    paths, plan = many
+    reports = []
+    one = write_shards(plan, paths, tmp_path / "one", max_shard_bytes=40_000)
+    with LocalEngine(2) as engine:
+        two = write_shards(
+            plan, paths, tmp_path / "two", max_shard_bytes=40_000, engine=engine, reports=reports
+        )
+    assert one == two
+    assert len(one.shards) > 3
+    assert all(shard.bytes <= 40_000 for shard in one.shards)
+    assert _tree(tmp_path / "one") == _tree(tmp_path / "two")
+    assert [report.engine for report in reports] == ["local engine, 2 workers"] * 2
+    assert len(reports[1].done) == len(one.shards)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir())[:2] == ["bins.npy", "index.json"]
+    assert not any(p.name.startswith(".") for p in (tmp_path / "two").iterdir())
+
+
+def test_a_write_killed_mid_job_resumes_to_the_same_bytes(many, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    paths, plan = many
+    write_shards(plan, paths, tmp_path / "reference", max_bins_per_shard=1)
+    plan.save(tmp_path / "plan.bin")
+    out = tmp_path / "out"
+    code = f"""
+import time
+from ov_packing import shards
+from ov_packing.plan import PackPlan
+run = shards._ShardTask.run
+def slow(self, unit, staging):
+    time.sleep(0.05)
+    run(self, unit, staging)
+shards._ShardTask.run = slow
+shards.write_shards(PackPlan.load({str(tmp_path / "plan.bin")!r}),
+                    {[str(p) for p in paths]!r}, {str(out)!r}, max_bins_per_shard=1)
+"""
+    process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list((out / ".units").glob("shard-*.json"))) < 8:
+            assert process.poll() is None, "the write ended before it could be killed"
+            assert time.monotonic() < deadline, "no 8 shards written in 60 s"
+            time.sleep(0.01)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    finished = len(list((out / ".units").glob("shard-*.json")))
+    assert 8 <= finished < plan.num_bins
+    assert not (out / "index.json").exists()
+    with pytest.raises(ShardError, match="output directory is a finished packed directory"):
+        write_shards(plan, paths, tmp_path / "reference")  # a finished directory is not resumed
+    reports = []
+    write_shards(plan, paths, out, max_bins_per_shard=1, reports=reports)
+    assert len(reports[1].skipped) == finished
+    assert len(reports[1].done) == plan.num_bins - finished
+    assert reports[1].redone == ()
+    assert _tree(out) == _tree(tmp_path / "reference")
+
+
+def test_a_resumed_write_redoes_a_shard_changed_since(many, tmp_path):
+    paths, plan = many
+    out = tmp_path / "out"
+    write_shards(plan, paths, tmp_path / "reference", max_bins_per_shard=4)
+    (out / ".units").mkdir(parents=True)  # as a kill leaves it, before any unit finished
+    (out / ".units" / "job.json").write_bytes(b"")
+    with pytest.raises(Exception, match=r"job\.json is not a work-units job record"):
+        write_shards(plan, paths, out, max_bins_per_shard=4)
+    (out / ".units" / "job.json").unlink()
+    write_shards(plan, paths, out, max_bins_per_shard=4)
+    assert _tree(out) == _tree(tmp_path / "reference")
+
+
+def test_bin_sizes_are_exact_for_awkward_ids_extensions_and_no_patches(tmp_path):
+    ids = ['quote"d', "tab\tnew\nline", "bell\x07", "ünïcødé/ключ", "x" * 150]
+    long_ext = "e" * 120  # member names past 100 characters take a PAX header
+    members = [(f"{key}.jpg", bytes(range(7)) * (n + 1)) for n, key in enumerate(ids)]
+    members.append((f"{ids[0]}x.{long_ext}", b"long"))
+    source = _write_tar(tmp_path / "src.tar", members)
+    plan = _make_plan([*ids, f"{ids[0]}x"], [[5, 0], [1, 2], [3, 4]], patches=False)
+    write_shards(plan, [source], tmp_path / "out")  # the writer checks each entry's size
+    bins = list(iter_bins(tmp_path / "out"))
+    assert [sample.id for packed in bins for sample in packed.samples] == [
+        plan.sample_id(i) for i in [5, 0, 1, 2, 3, 4]
+    ]
+    assert bins[0].samples[0].files == {long_ext: b"long"}
+
+
+# --- SHA-256 while reading ----------------------------------------------------------------------
+
+
+def test_a_flipped_byte_in_a_bin_is_an_error_naming_the_shard_and_bin(written):
+    from ov_packing.shard_table import load_table
+    from ov_packing.shards import read_bin
+
+    index = ShardIndex.load(written)
+    table = load_table(written)
+    path = written / "shard-000001.tar"
+    data = bytearray(path.read_bytes())
+    at = int(table.offset[3]) + 1024 + 5  # inside bin 3's data (the second of shard 1)
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    message = r"shard-000001\.tar: bin 3 \(bytes \d+\.\.\d+\) does not have the SHA-256"
+    read = iter_bins(written)
+    assert [next(read).index for _ in range(3)] == [0, 1, 2]  # bins before it are fine
+    with pytest.raises(ShardError, match=message):
+        next(read)
+    with pytest.raises(ShardError, match=message):
+        read_bin(written, table, index, 3)
+    assert read_bin(written, table, index, 2).index == 2
+
+
+def test_a_flipped_byte_outside_the_bins_fails_the_shard_hash(written):
+    path = written / "shard-000000.tar"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # in the end-of-archive padding, which no bin covers
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=r"shard-000000\.tar: SHA-256 .* differs from index"):
+        list(iter_bins(written))
+
+
+def test_without_a_table_a_flipped_byte_fails_the_shard_hash_before_any_bin(written):
+    _rewrite_first_shard(written, lambda members: members)  # now read member by member
+    path = written / "shard-000000.tar"
+    data = bytearray(path.read_bytes())
+    data[600] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=r"shard-000000\.tar: SHA-256 .* differs from index"):
+        next(iter_bins(written))
+
+
+def test_the_source_index_is_columnar(corpus):
+    import pyarrow as pa
+
+    from ov_packing.source_tars import scan_sources
+
+    paths, samples = corpus
+    index = scan_sources(paths)
+    assert isinstance(index.keys, pa.LargeStringArray)
+    assert index.keys.to_pylist() == list(samples)
+    assert [type(value) for value in (index.source, index.first_member, index.member_offset)] == [
+        np.ndarray
+    ] * 3
+    assert index.source.tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
+    row = int(index.rows_of(pa.array(["deep/x/0004"], pa.large_string()))[0])
+    assert [member.ext for member in index.members(row)] == ["jpg", "json", "seg.png"]
+    assert index.rows_of(pa.array(["nope"], pa.large_string())).tolist() == [-1]

@@ -36,12 +36,15 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
-def run(out: Path, workers: int = 1, units=None, **kwargs):
+def run(out: Path, workers: int = 1, units=None, engine=None, **kwargs):
+    if engine is None:
+        with LocalEngine(workers) as own:
+            return run(out, units=units, engine=own, **kwargs)
     return run_units(
         kwargs.pop("task", ChainTask()),
         chain_units(12) if units is None else units,
         out,
-        engine=LocalEngine(workers),
+        engine=engine,
         job_digest=kwargs.pop("job_digest", "chain-job"),
         progress=kwargs.pop("progress", False),
         **kwargs,
@@ -80,9 +83,27 @@ def test_outputs_and_records(reference):
 
 
 def test_two_workers_give_the_same_bytes_and_a_rerun_skips_everything(tmp_path, reference):
-    report = run(tmp_path, workers=2)
-    assert sorted(report.done) == [f"u-{n:04d}" for n in range(12)]
-    assert report.done == tuple(f"u-{n:04d}" for n in range(12))  # in unit order
+    with LocalEngine(2) as engine:  # one pool for both runs
+        report = run_units(
+            ChainTask(),
+            chain_units(12),
+            tmp_path,
+            engine=engine,
+            job_digest="chain-job",
+            progress=False,
+        )
+        assert report.done == tuple(f"u-{n:04d}" for n in range(12))  # in unit order
+        assert tree(tmp_path) == reference
+        (tmp_path / "part-0004.bin").unlink()
+        again = run_units(
+            ChainTask(),
+            chain_units(12),
+            tmp_path,
+            engine=engine,
+            job_digest="chain-job",
+            progress=False,
+        )
+        assert again.done == ("u-0004",)
     assert tree(tmp_path) == reference
     again = run(tmp_path, workers=2)
     assert again.done == ()
@@ -148,19 +169,20 @@ def test_a_tampered_or_missing_output_is_redone_and_reported(tmp_path, reference
 @pytest.mark.parametrize("workers", [1, 2])
 def test_an_exception_names_the_unit_and_keeps_finished_units(tmp_path, reference, workers):
     message = r"work unit 'u-0002' failed: ValueError: cannot make"
-    with pytest.raises(UnitFailed, match=message) as e:
-        run(tmp_path, workers=workers, task=ChainTask(fail_key="u-0002"))
-    assert e.value.key == "u-0002"
-    assert isinstance(e.value.error, ValueError)
-    assert e.value.__cause__ is e.value.error
-    finished = {path.stem for path in (tmp_path / ".units").glob("u-*.json")}
-    assert {"u-0000", "u-0001"} <= finished
-    assert "u-0002" not in finished
-    assert len(finished) < 11  # no new unit started after the failure
-    report = run(tmp_path, workers=workers)
-    assert set(report.skipped) == finished
-    assert "u-0002" in report.done
-    assert tree(tmp_path) == reference
+    with LocalEngine(workers) as engine:  # one pool for the failing run and the rerun
+        with pytest.raises(UnitFailed, match=message) as e:
+            run(tmp_path, engine=engine, task=ChainTask(fail_key="u-0002"))
+        assert e.value.key == "u-0002"
+        assert isinstance(e.value.error, ValueError)
+        assert e.value.__cause__ is e.value.error
+        finished = {path.stem for path in (tmp_path / ".units").glob("u-*.json")}
+        assert {"u-0000", "u-0001"} <= finished
+        assert "u-0002" not in finished
+        assert len(finished) < 11  # no new unit started after the failure
+        report = run(tmp_path, engine=engine)
+        assert set(report.skipped) == finished
+        assert "u-0002" in report.done
+        assert tree(tmp_path) == reference
 
 
 def test_another_jobs_directory_is_refused(tmp_path):

@@ -26,7 +26,8 @@ per directory (an advisory lock on `.units/job.json`'s directory where the OS ha
 Engines:
 - `LocalEngine(workers=1)` runs the units in this process; `workers > 1` uses a
   `ProcessPoolExecutor` with the "spawn" start method (safe with torch and threads), calling
-  `task.setup()` once per worker process.
+  `task.setup()` once per worker process and `run_units` call; the pool is kept for the engine's
+  next `run_units` (one start-up for a job of several stages) until `close()`.
 - `RayEngine(address)` calls `ray.init(address=address)` unless Ray is already initialised
   (`None`: the `RAY_ADDRESS` environment variable if set, else a local Ray) and runs the units on a
   pool of actors, each reserving `num_cpus_per_unit` CPUs and `num_gpus_per_unit` GPUs, calling
@@ -266,16 +267,38 @@ def run_units(
 
 
 class LocalEngine:
-    """Units on this machine: in this process (`workers=1`) or a spawn process pool."""
+    """Units on this machine: in this process (`workers=1`) or a pool of spawned processes.
+
+    The pool starts on the first `run` that needs it and is kept for later runs (a job of several
+    stages pays the process start-up once); `close()` (or `with LocalEngine(n) as engine:`) stops
+    it, and so does the interpreter's exit. The task is pickled with each unit, so keep its
+    fields small and load big things in `setup()`, which runs once per worker and `run`.
+    """
 
     def __init__(self, workers: int | None = None) -> None:
         workers = default_workers() if workers is None else workers
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers = workers
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def describe(self) -> str:
         return f"local engine, {self.workers} worker{'s' if self.workers != 1 else ''}"
+
+    def close(self) -> None:
+        """Stop the worker processes (a later `run` starts new ones)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "LocalEngine":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"workers": self.workers, "_pool": None}
 
     def run(
         self, task: UnitTask, units: Sequence[WorkUnit], out_dir: Path, job_digest: str
@@ -283,34 +306,36 @@ class LocalEngine:
         if self.workers == 1 or len(units) == 1:
             yield from self._inline(task, units, out_dir, job_digest)
             return
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(
-            max_workers=min(self.workers, len(units)),
-            mp_context=context,
-            initializer=_pool_setup,
-            initargs=(task,),
-        ) as pool:
-            waiting = list(reversed(units))
-            running: dict[concurrent.futures.Future, str] = {}
-            failed = False
-            while waiting or running:
-                while waiting and not failed and len(running) < 2 * self.workers:
-                    unit = waiting.pop()
-                    running[pool.submit(_pool_run, unit, str(out_dir), job_digest)] = unit.key
-                finished, _ = concurrent.futures.wait(
-                    running, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                for future in finished:
-                    key = running.pop(future)
-                    try:
-                        seconds = future.result()
-                    except BaseException as error:
-                        failed = True
-                        yield UnitOutcome(key, 0.0, error)
-                    else:
-                        yield UnitOutcome(key, seconds, None)
-                if failed and not running:
-                    break
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        pool = self._pool
+        token = f"{os.getpid()}-{time.time_ns()}-{id(task)}"
+        waiting = list(reversed(units))
+        running: dict[concurrent.futures.Future, str] = {}
+        failed = False
+        while waiting or running:
+            while waiting and not failed and len(running) < 2 * self.workers:
+                unit = waiting.pop()
+                future = pool.submit(_pool_run, token, task, unit, str(out_dir), job_digest)
+                running[future] = unit.key
+            finished, _ = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in finished:
+                key = running.pop(future)
+                try:
+                    seconds = future.result()
+                except BaseException as error:
+                    failed = True
+                    if isinstance(error, concurrent.futures.process.BrokenProcessPool):
+                        self._pool = None  # a worker died (killed, out of memory): start anew
+                    yield UnitOutcome(key, 0.0, error)
+                else:
+                    yield UnitOutcome(key, seconds, None)
+            if failed and not running:
+                break
 
     @staticmethod
     def _inline(
@@ -326,27 +351,22 @@ class LocalEngine:
             yield UnitOutcome(unit.key, seconds, None)
 
 
-_POOL_TASK: UnitTask | None = None
-_POOL_SETUP_ERROR: BaseException | None = None
+_POOL_TASK: tuple[str, UnitTask] | None = None
 
 
-def _pool_setup(task: UnitTask) -> None:
-    global _POOL_TASK, _POOL_SETUP_ERROR
-    try:
-        task.setup()
-    except BaseException as error:  # reported by the worker's first unit, not a broken pool
-        _POOL_SETUP_ERROR = error
-    _POOL_TASK = task
-
-
-def _pool_run(unit: WorkUnit, out_dir: str, job_digest: str) -> float:
-    if _POOL_SETUP_ERROR is not None:
-        raise WorkUnitError(
-            f"the worker's task.setup() failed: {type(_POOL_SETUP_ERROR).__name__}: "
-            f"{_POOL_SETUP_ERROR}"
-        ) from _POOL_SETUP_ERROR
-    assert _POOL_TASK is not None, "the worker's setup did not run"
-    return _execute(_POOL_TASK, unit, Path(out_dir), job_digest)
+def _pool_run(token: str, task: UnitTask, unit: WorkUnit, out_dir: str, job_digest: str) -> float:
+    """A unit in a pool worker: the task of this `run` set up once per worker (`token`)."""
+    global _POOL_TASK
+    if _POOL_TASK is None or _POOL_TASK[0] != token:
+        _POOL_TASK = None  # drop the previous run's task (a model, open files) first
+        try:
+            task.setup()
+        except Exception as error:
+            raise WorkUnitError(
+                f"the worker's task.setup() failed: {type(error).__name__}: {error}"
+            ) from error
+        _POOL_TASK = (token, task)
+    return _execute(_POOL_TASK[1], unit, Path(out_dir), job_digest)
 
 
 class RayEngine:
