@@ -133,7 +133,8 @@ def test_examples_are_capped_per_reason_but_counts_are_not(folder):
         ('{"image": "../x.png", "regions": []}', "leaves the image root"),
         ('{"image": "/etc/x.png", "regions": []}', "leaves the image root"),
         ('{"image": "a/../../x.png", "regions": []}', "leaves the image root"),
-        ("[1, 2]", "expected an object"),
+        ("[1, 2]", "a JSON array; a region manifest is JSON Lines"),
+        ("3", "expected an object, got int"),
     ],
 )
 def test_malformed_rows_are_errors_naming_file_and_line(tmp_path, line, message):

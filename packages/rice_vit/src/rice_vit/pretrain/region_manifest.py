@@ -271,6 +271,11 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
                 raise ManifestError(f"{source}: not UTF-8 ({error})") from None
             if not text.strip():
                 continue
+            if text.lstrip().startswith("["):
+                raise ManifestError(
+                    f"{source}: a JSON array; a region manifest is JSON Lines (one image object "
+                    "a line) or Parquet"
+                )
             try:
                 yield source, json.loads(text)
             except json.JSONDecodeError as error:
