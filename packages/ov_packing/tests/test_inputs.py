@@ -7,13 +7,17 @@ import re
 import string
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ov_packing import inputs
 from ov_packing.errors import InputFormatError
-from ov_packing.inputs import INT32_MAX, SampleLengths, read_lengths, write_lengths
+from ov_packing.inputs import INT32_MAX, SampleLengths, iter_lengths, read_lengths, write_lengths
+from ov_packing.sample_ids import SampleIds
 
 IDS = ["coco/000001.jpg", "a:b:c", "llava/ä漢字.png", "x" * 300]
 TOKENS = np.array([17, 70_000, 1, INT32_MAX], dtype=np.int32)
@@ -515,3 +519,135 @@ def test_jsonl_reader_accepts_exactly_one_object_per_line(tmp_path_factory, piec
             read_lengths(path)
     else:
         assert read_lengths(path).ids == [row["id"] for row in rows]
+
+
+# ---- Arrow: Parquet, ids as one Arrow column, streamed blocks ----------------------------------
+
+
+def test_ids_are_one_arrow_string_column(tmp_path):
+    path = tmp_path / "a.jsonl"
+    write_lengths(path, SampleLengths("memory", IDS, TOKENS, PATCHES))
+    ids = read_lengths(path).ids
+    assert isinstance(ids, SampleIds)
+    assert ids.arrow.type == pa.large_string()
+    assert ids.arrow.to_pylist() == IDS
+    assert ids == IDS
+    assert ids[1] == "a:b:c"
+    assert sorted(ids) == sorted(IDS)
+
+
+@pytest.mark.parametrize("with_patches", [False, True])
+def test_parquet_round_trips(tmp_path, with_patches):
+    path = tmp_path / "lengths.parquet"
+    patches = PATCHES if with_patches else None
+    write_lengths(path, SampleLengths("memory", IDS, TOKENS, patches))
+    table = pq.read_table(path)
+    assert table.column_names == ["id", "tokens"] + (["patches"] if with_patches else [])
+    assert_same(read_lengths(path), IDS, TOKENS, patches)
+    # Content decides, not the name.
+    renamed = tmp_path / "lengths.bin"
+    renamed.write_bytes(path.read_bytes())
+    assert_same(read_lengths(renamed), IDS, TOKENS, patches)
+
+
+def test_parquet_with_other_columns_and_types_is_read(tmp_path):
+    path = tmp_path / "a.parquet"
+    table = pa.table(
+        {
+            "caption": ["x", "y", "z"],
+            "id": pa.array(["a", "b", "c"], pa.large_string()),
+            "tokens": pa.array([5, 6, 7], pa.int64()),
+            "patches": pa.array([0, 1, 2], pa.uint16()),
+        }
+    )
+    pq.write_table(table, path, row_group_size=2)
+    assert_same(read_lengths(path), ["a", "b", "c"], [5, 6, 7], [0, 1, 2])
+
+
+@pytest.mark.parametrize(
+    ("columns", "what"),
+    [
+        ({"tokens": [1]}, "Parquet file has no 'id' column"),
+        ({"id": ["a"]}, "Parquet file has no 'tokens' column"),
+        ({"id": [1], "tokens": [1]}, "column 'id' must hold strings, has int64"),
+        ({"id": ["a"], "tokens": [1.5]}, "column 'tokens' must hold integers, has double"),
+        ({"id": ["a", "b", "c"], "tokens": [1, 0, 3]}, 'row 1: "tokens" must be positive, got 0'),
+        ({"id": ["a", None], "tokens": [1, 2]}, 'row 1: "id" is null'),
+        ({"id": ["a", ""], "tokens": [1, 2]}, 'row 1: "id" is empty'),
+        ({"id": ["a", "b"], "tokens": [1, None]}, 'row 1: "tokens" is null'),
+        ({"id": ["a"], "tokens": [2**31]}, 'row 0: "tokens" must be at most 2147483647'),
+        (
+            {"id": ["a", "b"], "tokens": [1, 2], "patches": [3, -1]},
+            'row 1: "patches" must not be negative, got -1',
+        ),
+        (
+            {"id": ["a", "b", "c", "b"], "tokens": [1, 2, 3, 4]},
+            "row 3: duplicate id 'b' \\(first in row 1\\)",
+        ),
+    ],
+)
+def test_malformed_parquet_names_file_and_row(tmp_path, columns, what):
+    path = tmp_path / "a.parquet"
+    pq.write_table(pa.table(columns), path, row_group_size=2)
+    with pytest.raises(InputFormatError, match=re.escape(str(path)) + ": " + what):
+        read_lengths(path)
+
+
+def test_truncated_parquet_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "a.parquet"
+    write_lengths(path, SampleLengths("memory", IDS, TOKENS, None))
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(InputFormatError, match=re.escape(str(path)) + ": not a readable Parquet"):
+        read_lengths(path)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of ~64 bytes read 16 bytes at a time, so a few rows span several blocks."""
+    monkeypatch.setattr(inputs, "_BLOCK_BYTES", 64)
+    monkeypatch.setattr(inputs, "_READ_BYTES", 16)
+    monkeypatch.setattr(inputs, "_PARQUET_BATCH", 3)
+
+
+@pytest.mark.parametrize("name", ["a.jsonl", "a.jsonl.zst", "a.txt", "a.parquet"])
+def test_reading_in_many_blocks_gives_the_same_samples(tmp_path, small_blocks, name):
+    ids = [f"sample/{i:03d}" for i in range(50)]
+    tokens = np.arange(1, 51, dtype=np.int32) * 7
+    patches = None if name == "a.txt" else np.arange(50, dtype=np.int32)
+    path = tmp_path / name
+    write_lengths(path, SampleLengths("memory", ids, tokens, patches))
+    assert_same(read_lengths(path), ids, tokens, patches)
+    blocks = list(iter_lengths(path))
+    assert len(blocks) > 5
+    assert [i for block in blocks for i in block.ids] == ids
+
+
+def test_errors_in_later_blocks_name_the_file_line(tmp_path, small_blocks):
+    rows = [f'{{"id": "r{i}", "tokens": {i + 1}}}' for i in range(30)]
+    path = write_file(tmp_path, "a.jsonl", "\n".join([*rows[:20], "", '{"id": "x"}', *rows[20:]]))
+    with raises_at(path, ":22:", 'missing "tokens"'):
+        read_lengths(path)
+    path = write_file(tmp_path, "b.jsonl", "\n".join([*rows[:25], '{"id": "r3", "tokens": 9}']))
+    with raises_at(path, ":26:", "duplicate id 'r3'.*first on line 4"):
+        read_lengths(path)
+    with_patches = [f'{{"id": "p{i}", "tokens": 1, "patches": 2}}' for i in range(20)]
+    path = write_file(
+        tmp_path, "c.jsonl", "\n".join(["", *with_patches, '{"id": "q", "tokens": 1}'])
+    )
+    with raises_at(path, ":22:", 'has no "patches" but line 2 has'):
+        read_lengths(path)
+    text = "".join(f"name:{i}:{i + 1}\n" for i in range(40)) + "\n\nname:3:1\n"
+    path = write_file(tmp_path, "d.txt", text)
+    with raises_at(path, ":43:", "duplicate id 'name:3'.*first on line 4"):
+        read_lengths(path)
+
+
+def test_zstd_truncated_in_a_later_block_is_an_error(tmp_path, small_blocks):
+    path = tmp_path / "a.jsonl.zst"
+    write_lengths(
+        path,
+        SampleLengths("memory", [f"s{i}" for i in range(100)], np.ones(100, dtype=np.int32), None),
+    )
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(InputFormatError, match="zstd data is truncated"):
+        read_lengths(path)

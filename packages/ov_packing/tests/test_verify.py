@@ -5,7 +5,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ov_packing import PlanVerificationError, SampleLengths, pack, verify_plan
+from ov_packing import (
+    PlanVerificationError,
+    SampleLengths,
+    inputs,
+    pack,
+    verify_plan,
+    write_lengths,
+)
+from ov_packing.sample_ids import SampleIds
 from ov_packing.verify import find_problems
 
 
@@ -67,3 +75,31 @@ def test_mismatch_with_the_input_names_the_sample(plan):
     )
     problems = find_problems(plan, other)
     assert problems == ["sample 2: id 'c' in the plan, 'x' in the input"]
+
+
+def test_repeated_id_is_found_naming_both_positions(plan):
+    broken = tampered(plan)
+    object.__setattr__(broken, "ids", SampleIds(["a", "b", "c", "b", "e"]))
+    assert find_problems(broken) == ["duplicate id 'b': samples 1 and 3"]
+
+
+@pytest.mark.parametrize("name", ["in.parquet", "in.jsonl"])
+def test_input_file_is_compared_block_by_block(tmp_path, monkeypatch, name):
+    monkeypatch.setattr(inputs, "_BLOCK_BYTES", 64)
+    monkeypatch.setattr(inputs, "_PARQUET_BATCH", 4)
+    ids = [f"s{i:03d}" for i in range(40)]
+    tokens = (np.arange(40, dtype=np.int32) % 9) + 1
+    plan = pack(SampleLengths("x", ids, tokens, None), capacity=10)
+    path = tmp_path / name
+    write_lengths(path, SampleLengths("x", ids, tokens, None))
+    assert find_problems(plan, path) == []
+    verify_plan(plan, str(path))
+    changed = tokens.copy()
+    changed[[33, 37]] += 1
+    write_lengths(path, SampleLengths("x", [*ids[:30], "zz", *ids[31:]], changed, None))
+    assert find_problems(plan, path) == [
+        "sample 30: id 's030' in the plan, 'zz' in the input",
+        "2 samples whose token count differs from the input: 's033', 's037'",
+    ]
+    write_lengths(path, SampleLengths("x", ids[:39], tokens[:39], None))
+    assert find_problems(plan, path) == [f"input {path} has 39 samples, the plan 40"]

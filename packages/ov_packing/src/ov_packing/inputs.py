@@ -66,6 +66,7 @@ _ZSTD_LEVEL = 3
 _PARQUET_MAGIC = b"PAR1"
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".txt": "text", ".npy": "npy", ".parquet": "parquet"}
 _BLOCK_BYTES = 16 << 20  # text read per block
+_PARQUET_BATCH = 1 << 16  # Parquet rows decoded per batch
 _READ_BYTES = 4 << 20  # file bytes read per call
 _JSONL_SCHEMA = pa.schema([("id", pa.string()), ("tokens", pa.int64()), ("patches", pa.int64())])
 _TEXT_ROW = r"^(?P<name>.+):(?P<length>[0-9]{1,10})$"
@@ -166,8 +167,8 @@ def read_lengths(path: str | Path) -> SampleLengths:
     opened = _open_parts(Path(path), source)
     if isinstance(opened, SampleLengths):
         return opened
-    unit, parts = opened
-    return _combine(list(parts), source, Path(path), unit)
+    unit, parts, rows_hint = opened
+    return _combine(parts, source, Path(path), unit, rows_hint)
 
 
 def iter_lengths(path: str | Path) -> Iterator[SampleLengths]:
@@ -183,11 +184,12 @@ def iter_lengths(path: str | Path) -> Iterator[SampleLengths]:
         yield SampleLengths(source, SampleIds(part.ids), part.tokens, part.patches)
 
 
-def _open_parts(path: Path, source: str) -> "SampleLengths | tuple[str, Iterator[_Part]]":
-    """A whole SampleLengths (npy, empty input) or ("line" or "row", the blocks' parts)."""
+def _open_parts(path: Path, source: str) -> "SampleLengths | tuple[str, Iterator[_Part], int]":
+    """A whole SampleLengths (npy, empty input) or ("line" or "row", the blocks' parts, the
+    number of rows if known up front, else 0)."""
     hint = _suffix_format(path)
     if hint == "parquet" or _starts_with(path, source, _PARQUET_MAGIC):
-        return "row", _parquet_parts(path, source)
+        return "row", _parquet_parts(path, source), _parquet_rows(path, source)
     blocks = _text_blocks(path, source)
     first = next(blocks, b"")
     if first.startswith(_NPY_MAGIC):
@@ -224,22 +226,77 @@ def _open_parts(path: Path, source: str) -> "SampleLengths | tuple[str, Iterator
                 yield part
             line += block.count(b"\n")
 
-    return "line", parts()
+    return "line", parts(), 0
 
 
-def _combine(parts: list[_Part], source: str, path: Path, unit: str) -> SampleLengths:
-    if not parts:
+class _Growing:
+    """A numpy array appended to in place, grown by half again when full (one copy at a time)."""
+
+    def __init__(self, dtype: type, capacity: int) -> None:
+        self.array = np.empty(max(capacity, 1024), dtype=dtype)
+        self.size = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        end = self.size + values.shape[0]
+        if end > self.array.shape[0]:
+            grown = np.empty(max(end, self.array.shape[0] * 3 // 2), dtype=self.array.dtype)
+            grown[: self.size] = self.array[: self.size]
+            self.array = grown
+        self.array[self.size : end] = values
+        self.size = end
+
+    def result(self) -> np.ndarray:
+        if self.array.shape[0] > self.size:
+            self.array = (
+                self.array[: self.size].copy()
+                if self.size < 0.9 * len(self.array)
+                else (self.array[: self.size])
+            )
+        return self.array
+
+
+def _combine(
+    parts: Iterator[_Part], source: str, path: Path, unit: str, rows_hint: int = 0
+) -> SampleLengths:
+    """One SampleLengths from consecutive parts, built in place: the ids' bytes and offsets, the
+    counts are appended to growing buffers, so the parts are never all held at once."""
+    offsets = _Growing(np.int64, rows_hint + 1)
+    offsets.extend(np.zeros(1, dtype=np.int64))
+    data: _Growing | None = None
+    tokens = _Growing(np.int32, rows_hint)
+    patches: _Growing | None = None
+    for part in parts:
+        ids = part.ids
+        _, offsets_buffer, data_buffer = ids.buffers()
+        part_offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[
+            ids.offset : ids.offset + len(ids) + 1
+        ]
+        low, high = int(part_offsets[0]), int(part_offsets[-1])
+        part_data = np.frombuffer(data_buffer, dtype=np.uint8)[low:high] if high > low else None
+        if data is None:
+            # Guess the total from the first part's bytes per row (grown if short).
+            per_row = (high - low) / max(1, len(ids))
+            data = _Growing(np.uint8, int(per_row * max(rows_hint, len(ids)) * 1.02) + 64)
+        base = offsets.array[offsets.size - 1] - low
+        offsets.extend(part_offsets[1:] + base)
+        if part_data is not None:
+            data.extend(part_data)
+        tokens.extend(part.tokens)
+        if part.patches is not None:
+            if patches is None:
+                patches = _Growing(np.int32, rows_hint)
+            patches.extend(part.patches)
+        del part, ids
+    if data is None:
         return SampleLengths(source, [], np.zeros(0, dtype=np.int32), None)
-    ids = SampleIds(
-        pa.concat_arrays([part.ids for part in parts]) if len(parts) > 1 else parts[0].ids
+    id_array = pa.LargeStringArray.from_buffers(
+        offsets.size - 1, pa.py_buffer(offsets.result()), pa.py_buffer(data.result())
     )
-    tokens = np.concatenate([part.tokens for part in parts]) if len(parts) > 1 else parts[0].tokens
-    patches = None
-    if parts[0].patches is not None:
-        patches = (
-            np.concatenate([part.patches for part in parts]) if len(parts) > 1 else parts[0].patches
-        )
-    parts.clear()
+    ids = SampleIds(id_array)
+    tokens_array = tokens.result()
+    patches_array = None if patches is None else patches.result()
+    pa.default_memory_pool().release_unused()  # the parts' Arrow buffers, back to the system
+    tokens, patches = tokens_array, patches_array
     duplicate = ids.first_duplicate()
     if duplicate is not None:
         first, second = duplicate
@@ -354,10 +411,14 @@ def _text_blocks(path: Path, source: str) -> Iterator[bytes]:
         size += len(chunk)
         if size >= _BLOCK_BYTES:
             data = b"".join(pending)
-            cut = data.rfind(b"\n") + 1
-            if cut:
-                yield data[:cut]
-                data = data[cut:]
+            start = 0
+            while len(data) - start >= _BLOCK_BYTES:
+                cut = data.find(b"\n", start + _BLOCK_BYTES - 1) + 1
+                if not cut:
+                    break  # a line longer than a block: wait for its end
+                yield data[start:cut]
+                start = cut
+            data = data[start:]
             pending, size = [data], len(data)
     data = b"".join(pending)
     if data:
@@ -616,24 +677,34 @@ def _parquet_parts(path: Path, source: str) -> Iterator[_Part]:
             raise InputFormatError(f"{source}: column {name!r} must hold {wanted}, has {kind}")
     columns = ["id", "tokens"] + (["patches"] if with_patches else [])
     row = 0
-    for group in range(parquet.num_row_groups):
+    batches = parquet.iter_batches(batch_size=_PARQUET_BATCH, columns=columns, use_threads=False)
+    while True:
         try:
-            table = parquet.read_row_group(group, columns=columns)
-            ids = table.column("id").combine_chunks().cast(pa.large_string())
+            batch = next(batches, None)
+            if batch is None:
+                return
+            ids = batch.column("id").cast(pa.large_string())
             _check_parquet_ids(ids, source, row)
-            tokens = _parquet_counts(table.column("tokens"), '"tokens"', source, row, MIN_TOKENS)
+            tokens = _parquet_counts(batch.column("tokens"), '"tokens"', source, row, MIN_TOKENS)
             patches = None
             if with_patches:
                 patches = _parquet_counts(
-                    table.column("patches"), '"patches"', source, row, MIN_PATCHES
+                    batch.column("patches"), '"patches"', source, row, MIN_PATCHES
                 )
-            del table
+            del batch
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputFormatError(
-                f"{source}: corrupt Parquet data in row group {group} (from row {row}) ({exc})"
+                f"{source}: corrupt Parquet data after row {row} ({exc})"
             ) from exc
         yield _Part(ids, tokens, patches, row)
         row += len(tokens)
+
+
+def _parquet_rows(path: Path, source: str) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowInvalid, OSError):
+        return 0  # reported by _parquet_parts
 
 
 def _check_parquet_ids(ids: pa.Array, source: str, row: int) -> None:
@@ -645,10 +716,7 @@ def _check_parquet_ids(ids: pa.Array, source: str, row: int) -> None:
         raise InputFormatError(f'{source}: row {row + int(np.argmax(empty))}: "id" is empty')
 
 
-def _parquet_counts(
-    column: pa.ChunkedArray, name: str, source: str, row: int, minimum: int
-) -> np.ndarray:
-    values = column.combine_chunks()
+def _parquet_counts(values: pa.Array, name: str, source: str, row: int, minimum: int) -> np.ndarray:
     if values.null_count:
         first = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
         raise InputFormatError(f"{source}: row {row + first}: {name} is null")

@@ -17,7 +17,7 @@ from typing import Any, overload
 import numpy as np
 import pyarrow as pa
 
-_BLOCK_BYTES = 1 << 22  # id bytes hashed per numpy pass
+_BLOCK_BYTES = 1 << 18  # id bytes hashed per numpy pass (its temporaries: ~40x that)
 _RADIX = 0x100000001B3  # odd, so invertible modulo 2**64
 _RADIX_INVERSE = pow(_RADIX, -1, 2**64)
 _LENGTH_MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -152,7 +152,7 @@ def _powers(size: int) -> tuple[np.ndarray, np.ndarray]:
     """RADIX**j and RADIX**-j modulo 2**64 for j < size (cached, grown by doubling)."""
     have = max(_powers_cache, default=0)
     if have < size:
-        have = max(size, 2 * have, 1 << 16)
+        have = max(size, 2 * have, _BLOCK_BYTES + 1)
         with np.errstate(over="ignore"):
             powers = np.cumprod(np.full(have, _RADIX, dtype=np.uint64))
             inverse = np.cumprod(np.full(have, _RADIX_INVERSE, dtype=np.uint64))
