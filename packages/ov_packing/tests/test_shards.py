@@ -699,3 +699,49 @@ def test_the_source_index_is_columnar(corpus):
     row = int(index.rows_of(pa.array(["deep/x/0004"], pa.large_string()))[0])
     assert [member.ext for member in index.members(row)] == ["jpg", "json", "seg.png"]
     assert index.rows_of(pa.array(["nope"], pa.large_string())).tolist() == [-1]
+
+
+# --- ov-pack write ------------------------------------------------------------------------------
+
+
+def test_cli_write_resumes_a_failed_write_and_overwrite_starts_over(many, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from ov_packing.cli import main
+
+    paths, plan = many
+    plan.save(tmp_path / "plan.ovp")
+    write_shards(plan, paths, tmp_path / "reference", max_bins_per_shard=4)
+    args = ["write", "--plan", str(tmp_path / "plan.ovp"), "--max-bins-per-shard", "4", "-q"]
+    args += [arg for path in paths for arg in ("--source", str(path))]
+    out = tmp_path / "out"
+
+    run = shards._ShardTask.run
+
+    def fail_on_shard_3(self, unit, staging):
+        if unit.key == "shard-000003":
+            raise OSError("disk full")
+        run(self, unit, staging)
+
+    monkeypatch.setattr(shards._ShardTask, "run", fail_on_shard_3)
+    result = CliRunner().invoke(main, [*args, "-o", str(out), "--workers", "1"])
+    assert result.exit_code == 1
+    assert "work unit 'shard-000003' failed: OSError: disk full" in result.output
+    assert (out / "shard-000002.tar").exists()
+    assert not (out / "index.json").exists()
+    monkeypatch.setattr(shards._ShardTask, "run", run)
+
+    result = CliRunner().invoke(main, [*args, "-o", str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"resuming the unfinished write in {out}" in result.output
+    assert "shards: 8 units: 5 run, 3 already done (verified)" in result.output
+    assert _tree(out) == _tree(tmp_path / "reference")
+
+    result = CliRunner().invoke(main, [*args, "-o", str(out), "--workers", "1"])
+    assert result.exit_code == 2  # a finished folder is not resumed
+    assert "--overwrite" in result.output
+    result = CliRunner().invoke(main, [*args, "-o", str(out), "--workers", "2", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert "resuming" not in result.output
+    assert "8 units: 8 run, 0 already done" in result.output
+    assert _tree(out) == _tree(tmp_path / "reference")

@@ -199,6 +199,40 @@ def verify(plan_path: Path, input_path: Path | None) -> None:
     )
 
 
+def _unit_options(workers_help: str):
+    """`--workers N`, `--engine local|ray`, `--ray-address ADDR`: how the work units run (the
+    spelling of every onevision command that runs `work_units`)."""
+
+    def decorate(function):
+        options = [
+            click.option(
+                "--workers",
+                type=click.IntRange(min=1),
+                default=None,
+                help=workers_help,
+            ),
+            click.option(
+                "--engine",
+                type=click.Choice(["local", "ray"]),
+                default="local",
+                help="local: processes on this machine; ray: actors of a Ray cluster (the `ray` "
+                "extra; the output folder must be on a filesystem every node mounts).",
+            ),
+            click.option(
+                "--ray-address",
+                envvar="RAY_ADDRESS",
+                default=None,
+                help="Ray cluster to join (e.g. auto, or ray://head:10001); also RAY_ADDRESS. "
+                "Default: start a local Ray.",
+            ),
+        ]
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
 @main.command()
 @click.option(
     "--plan",
@@ -227,6 +261,11 @@ def verify(plan_path: Path, input_path: Path | None) -> None:
     default=None,
     hidden_aliases=("--max-shard-bytes",),
 )
+@_unit_options(
+    "Processes writing shards (one shard per work unit); changes speed only, never the bytes. "
+    "Default: all cores. With --engine ray: at most this many actors (default: as many as the "
+    "cluster's CPUs)."
+)
 @quiet_option()
 def write(
     plan_path: Path,
@@ -235,22 +274,50 @@ def write(
     overwrite: bool,
     max_bins_per_shard: int,
     max_shard_size: int | None,
+    workers: int | None,
+    engine: str,
+    ray_address: str | None,
     quiet: bool,
 ) -> None:
-    """Write packed webdataset shards: one tar entry per bin, with its sub-samples' files."""
+    """Write packed webdataset shards: one tar entry per bin, with its sub-samples' files.
+
+    Shards are written in parallel, one work unit per shard, each moved into place when complete.
+    A folder a killed or failed write left is resumed: finished shards are checked (size and
+    SHA-256) and kept, the rest written; --overwrite starts over instead.
+    """
     from ov_packing.plan import PackPlan
-    from ov_packing.shards import write_shards
+    from ov_packing.shards import is_resumable, write_shards
+    from ov_packing.work_units import WorkUnitError, default_workers, make_engine
 
     loaded = PackPlan.load(plan_path)
-    claim_output(out, overwrite)
-    index = write_shards(
-        loaded,
-        list(source_patterns),
-        out,
-        max_bins_per_shard=max_bins_per_shard,
-        max_shard_bytes=max_shard_size,
-        progress=not quiet,
-    )
+    resume = is_resumable(out) and not overwrite
+    claim_output(out, overwrite, resumable=resume)
+    if resume:
+        _say(f"resuming the unfinished write in {out}")
+    if engine == "local":
+        runner = make_engine("local", workers or default_workers())
+    else:
+        runner = make_engine("ray", workers, ray_address)
+    reports: list = []
+    try:
+        index = write_shards(
+            loaded,
+            list(source_patterns),
+            out,
+            max_bins_per_shard=max_bins_per_shard,
+            max_shard_bytes=max_shard_size,
+            progress=not quiet,
+            engine=runner,
+            reports=reports,
+        )
+    except WorkUnitError as error:  # a failed unit (not bad input), another job's folder
+        raise click.ClickException(str(error)) from error
+    finally:
+        close = getattr(runner, "close", None)
+        if close is not None:
+            close()
+    if reports:
+        _say(f"shards: {reports[-1].summary()}")
     click.echo(f"wrote {index.num_bins:,} bins in {len(index.shards)} shards to {out}")
 
 
