@@ -251,3 +251,10 @@ def test_autocast_region_does_not_lower_the_loss_precision():
         autocast = fn(embeddings.float(), offsets, classes, 0)
     assert autocast.dtype == torch.float32
     assert autocast.item() == plain.item()
+
+
+def test_an_empty_batch_is_an_error():
+    fn = MarginSoftmaxLoss(5, 4)
+    empty = torch.zeros(0, dtype=torch.int64)
+    with pytest.raises(InputError, match="no region"):
+        fn(torch.zeros(0, 4), torch.zeros(1, dtype=torch.int64), empty, 0)

@@ -42,10 +42,12 @@ def make_case(seed, sizes, multi):
         for i in range(size):
             count = 1 + (i % 3 if multi else 0)
             sets.append(torch.randperm(K, generator=g)[:count].tolist())
-        first = torch.stack([centres[s[0]] for s in sets])
+        first = torch.stack([centres[s[0]] for s in sets]) if sets else torch.zeros(0, D)
         embeddings = torch.randn(size, D, generator=g) * 0.3 + first / first.norm(dim=1)[:, None]
-        offsets = torch.tensor([0, *torch.tensor([len(s) for s in sets]).cumsum(0).tolist()])
-        classes = torch.tensor([c for s in sets for c in s])
+        offsets = torch.tensor(
+            [0, *torch.tensor([len(s) for s in sets], dtype=torch.int64).cumsum(0).tolist()]
+        )
+        classes = torch.tensor([c for s in sets for c in s], dtype=torch.int64)
         per_rank.append((embeddings, offsets, classes))
     return centres, per_rank
 
@@ -55,6 +57,7 @@ CASES = {
     "cosface_single_sampled": dict(
         seed=1, sizes=[6, 6], multi=False, margin_type="cosface", rate=0.3
     ),
+    "cosface_rank1_empty": dict(seed=3, sizes=[6, 0], multi=True, margin_type="cosface", rate=0.5),
     "arcface_uneven_sampled": dict(
         seed=2, sizes=[7, 3], multi=True, margin_type="arcface", rate=0.5
     ),

@@ -26,13 +26,14 @@ import torch.distributed as dist
 Group = dist.ProcessGroup | None
 
 
-def all_gather_sizes(values: list[int], group: Group) -> torch.Tensor:
-    """(world, len(values)) int64 on CPU: every rank's `values` (e.g. its row counts)."""
+def all_gather_sizes(values: list[int], group: Group, device: torch.device) -> torch.Tensor:
+    """(world, len(values)) int64 on CPU: every rank's `values` (e.g. its row counts),
+    exchanged on `device` (CUDA under NCCL, which takes no CPU tensors)."""
     world = dist.get_world_size(group)
-    local = torch.tensor(values, dtype=torch.int64)
-    out = torch.empty(world * len(values), dtype=torch.int64)
+    local = torch.tensor(values, dtype=torch.int64, device=device)
+    out = torch.empty(world * len(values), dtype=torch.int64, device=device)
     dist.all_gather_into_tensor(out, local, group=group)
-    return out.view(world, len(values))
+    return out.view(world, len(values)).cpu()
 
 
 def gather_padded(x: torch.Tensor, rows: list[int], group: Group) -> torch.Tensor:

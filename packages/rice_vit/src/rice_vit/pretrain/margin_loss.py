@@ -218,7 +218,9 @@ class MarginSoftmaxLoss(nn.Module):
         )
         if self.distributed:
             sizes = all_gather_sizes(
-                [embeddings.shape[0], classes.numel(), int(problem is not None)], self.group
+                [embeddings.shape[0], classes.numel(), int(problem is not None)],
+                self.group,
+                device,
             )
             bad = [r for r in range(self.world) if sizes[r, 2]]
             if bad:
@@ -237,6 +239,8 @@ class MarginSoftmaxLoss(nn.Module):
             everyone = local
             pairs = torch.stack([rows_local, classes], dim=1)
         batch = everyone.shape[0]
+        if batch == 0:
+            raise InputError("the global batch has no region (every rank passed B = 0)")
         pos_rows, pos_logits = self._positive_logits(everyone, pairs)
         neg_logits = self._negative_logits(everyone, pairs, step)
         # log(1 + sum exp(x)) per region over the positives / the negatives of every shard:
