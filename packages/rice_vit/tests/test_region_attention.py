@@ -331,3 +331,19 @@ def test_a_learned_query_is_reported_dropped_and_the_export_is_the_plain_encoder
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="learned region_query"):
         RiceViT.from_pretrained(tmp_path)
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_cuda_region_embeddings_match_the_cpu_path_in_fp32_and_under_bf16_autocast():
+    model = make_model()
+    pixels, grid = make_inputs(GRIDS)
+    expected = model.encode(pixels, grid, regions=regions_of(REGIONS)).region_embeddings
+    cuda = model.to("cuda")
+    out = cuda.encode(pixels.cuda(), grid, regions=regions_of(REGIONS)).region_embeddings
+    torch.testing.assert_close(out.cpu(), expected, atol=1e-4, rtol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        low = cuda.encode(pixels.cuda(), grid, regions=regions_of(REGIONS)).region_embeddings
+    assert low.dtype == torch.bfloat16
+    relative = (low.float().cpu() - expected).norm() / expected.norm()
+    assert relative < 2e-2
