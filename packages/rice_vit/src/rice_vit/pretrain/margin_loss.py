@@ -22,9 +22,9 @@ always kept). The subset is `torch.randperm(K)` of a CPU generator seeded from (
 it depends only on (K, rho, seed, step), so it is the same on every rank, on every device and for
 any world size (a run on 2 ranks samples the negatives a run on 1 process samples). rho = 1 uses
 every class (the full, unsampled loss). Cost: O(K) host work per step for the permutation
-(about 10 ms at K = 1M). What is deterministic: the sampled set for a given (seed, step); the
-loss and gradients up to floating-point reduction order (the cross-rank sums run in gloo/NCCL's
-order, so 1 vs 2 ranks agree to ~1e-6, not bit for bit).
+(about 30 ms at K = 1M on one CPU core). What is deterministic: the sampled set for a given
+(seed, step); the loss and gradients up to floating-point reduction order (the cross-rank sums
+run in gloo/NCCL's order, so 1 vs 2 ranks agree to ~1e-6, not bit for bit).
 
 Sharding (model-parallel classifier). With `world` ranks, rank r holds the centres of classes
 [floor(r K / world), floor((r + 1) K / world)) as its `weight` (K_local, D): shards differ by at
