@@ -124,12 +124,14 @@ class Attention(nn.Module):
         self, regions: RegionTokens, normed: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         """proj(region attention): queries from the normed region tokens (the q part of qkv,
-        rotated by the class angle) over the image tokens' keys/values `k`, `v` in each box."""
-        width = self.num_heads * self.head_dim
-        q = F.linear(normed, self.qkv.weight[:width], self.qkv.bias[:width])
-        q = apply_rope(q.view(-1, self.num_heads, self.head_dim), regions.cos, regions.sin)
+        rotated by the class angle) over the image tokens' keys/values `k`, `v` in each box.
+        The whole qkv module runs on the R region rows (its k, v parts unused: a few rows, and
+        the module's own call, so wrappers and hooks on `qkv` apply)."""
+        rows = normed.shape[0]
+        q = self.qkv(normed).view(rows, 3, self.num_heads, self.head_dim)[:, 0]
+        q = apply_rope(q, regions.cos, regions.sin)
         attended = region_attention(q, k, v, regions.plan)
-        return self.proj(attended.reshape(-1, width))
+        return self.proj(attended.reshape(rows, self.num_heads * self.head_dim))
 
 
 class MLP(nn.Module):
