@@ -5,6 +5,7 @@ import struct
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ov_packing import PackParams, PackPlan, PlanFileError, pack
@@ -202,3 +203,52 @@ def test_long_and_unicode_ids_round_trip(tmp_path):
     plan = pack(np.array([10, 20, 30]), capacity=64, ids=ids)
     plan.save(tmp_path / "p")
     assert PackPlan.load(tmp_path / "p").ids == ids
+
+
+def test_cli_plans_from_parquet_reading_the_ids_after_packing(tmp_path):
+    from click.testing import CliRunner
+
+    from ov_packing.cli import main
+    from ov_packing.inputs import write_lengths
+
+    lengths = generate_lengths("sft", 3_000, seed=2)
+    source = tmp_path / "in.parquet"
+    write_lengths(source, lengths)
+    runner = CliRunner()
+    args = ["plan", str(source), "--capacity", "8192", "--patch-capacity", "9000"]
+    result = runner.invoke(main, [*args, "-o", str(tmp_path / "p.ovp")])
+    assert result.exit_code == 0, result.output
+    loaded = PackPlan.load(tmp_path / "p.ovp")
+    expected = pack(lengths, capacity=8192, patch_capacity=9000)
+    assert_same_plan(loaded, expected)
+    assert (tmp_path / "p.ovp").read_bytes() == expected.to_bytes()
+    assert (
+        "ok:"
+        in runner.invoke(main, ["verify", str(tmp_path / "p.ovp"), "--input", str(source)]).output
+    )
+    # The same ids from JSONL give the same plan bytes; format 1 on request.
+    write_lengths(tmp_path / "in.jsonl", lengths)
+    result = runner.invoke(
+        main,
+        [
+            "plan",
+            str(tmp_path / "in.jsonl"),
+            *args[2:],
+            "--plan-format",
+            "1",
+            "-o",
+            str(tmp_path / "v1.ovp"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "v1.ovp").read_bytes() == expected.to_bytes(version=1)
+    # A repeated id, found when the id column is read after packing, names both rows.
+    ids = list(lengths.ids)
+    ids[2500] = ids[7]
+    pq.write_table(pa.table({"id": ids, "tokens": lengths.tokens}), source)
+    result = runner.invoke(
+        main, ["plan", str(source), "--capacity", "8192", "-o", str(tmp_path / "d.ovp")]
+    )
+    assert result.exit_code == 2
+    assert f"{source}: row 2500: duplicate id '{ids[7]}' (first in row 7)" in result.output
+    assert not (tmp_path / "d.ovp").exists()

@@ -6,6 +6,7 @@ one-line error naming the file, line or sample (exit status 2; 1 for a plan that
 `verify`), never a traceback.
 """
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -101,13 +102,16 @@ def plan(
     line), the `name:length` text format or a .npy array; all but Parquet optionally
     zstd-compressed (.zst).
     """
-    from ov_packing.inputs import read_lengths
+    from ov_packing.inputs import is_parquet, read_counts, read_ids, read_lengths
     from ov_packing.packer import pack
     from ov_packing.stats import compute_stats, format_stats
 
     claim_output(out, overwrite, folder=False)
     started = time.perf_counter()
-    lengths = read_lengths(input_path)
+    # Parquet is columnar: the packer runs on the counts alone and the id column is read after
+    # it, so the ids and the packer's working memory are never resident together.
+    columnar = is_parquet(input_path)
+    lengths = read_counts(input_path) if columnar else read_lengths(input_path)
     _say(
         f"read {len(lengths):,} samples from {input_path} in {time.perf_counter() - started:.2f} s"
     )
@@ -123,9 +127,15 @@ def plan(
         threads=workers,
     )
     _say(f"packed into {result.num_bins:,} bins in {time.perf_counter() - started:.2f} s")
+    summary = format_stats(compute_stats(result))  # before the ids are read: its memory is freed
+    if columnar:
+        del lengths
+        started = time.perf_counter()
+        result = dataclasses.replace(result, ids=read_ids(input_path))
+        _say(f"read the ids from {input_path} in {time.perf_counter() - started:.2f} s")
     result.save(out, version=int(plan_format))
     _say(f"wrote {out}")
-    click.echo(format_stats(compute_stats(result)))
+    click.echo(summary)
 
 
 @main.command()

@@ -150,8 +150,8 @@ def _as_counts(values: Any, name: str, minimum: int) -> np.ndarray:
 class _Part:
     """The rows of one block: ids, counts, and the 1-based line of the block's first line."""
 
-    ids: pa.LargeStringArray
-    tokens: np.ndarray
+    ids: pa.LargeStringArray | None
+    tokens: np.ndarray | None
     patches: np.ndarray | None
     first_line: int
 
@@ -259,44 +259,63 @@ def _combine(
     parts: Iterator[_Part], source: str, path: Path, unit: str, rows_hint: int = 0
 ) -> SampleLengths:
     """One SampleLengths from consecutive parts, built in place: the ids' bytes and offsets, the
-    counts are appended to growing buffers, so the parts are never all held at once."""
+    counts are appended to growing buffers, so the parts are never all held at once. Parts
+    without ids (Parquet read without its id column) give a SampleLengths without ids."""
     offsets = _Growing(np.int64, rows_hint + 1)
     offsets.extend(np.zeros(1, dtype=np.int64))
     data: _Growing | None = None
     tokens = _Growing(np.int32, rows_hint)
     patches: _Growing | None = None
+    with_ids = True
+    rows = 0
     for part in parts:
         ids = part.ids
-        _, offsets_buffer, data_buffer = ids.buffers()
-        part_offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[
-            ids.offset : ids.offset + len(ids) + 1
-        ]
-        low, high = int(part_offsets[0]), int(part_offsets[-1])
-        part_data = np.frombuffer(data_buffer, dtype=np.uint8)[low:high] if high > low else None
-        if data is None:
-            # Guess the total from the first part's bytes per row (grown if short).
-            per_row = (high - low) / max(1, len(ids))
-            data = _Growing(np.uint8, int(per_row * max(rows_hint, len(ids)) * 1.02) + 64)
-        base = offsets.array[offsets.size - 1] - low
-        offsets.extend(part_offsets[1:] + base)
-        if part_data is not None:
-            data.extend(part_data)
-        tokens.extend(part.tokens)
+        if ids is None:
+            with_ids = False
+        else:
+            _, offsets_buffer, data_buffer = ids.buffers()
+            part_offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[
+                ids.offset : ids.offset + len(ids) + 1
+            ]
+            low, high = int(part_offsets[0]), int(part_offsets[-1])
+            if data is None:
+                # Guess the total from the first part's bytes per row (grown if short).
+                per_row = (high - low) / max(1, len(ids))
+                data = _Growing(np.uint8, int(per_row * max(rows_hint, len(ids)) * 1.02) + 64)
+            offsets.extend(part_offsets[1:] + (offsets.array[offsets.size - 1] - low))
+            if high > low:
+                data.extend(np.frombuffer(data_buffer, dtype=np.uint8)[low:high])
+        rows += len(part.ids) if part.tokens is None else len(part.tokens)
+        if part.tokens is not None:
+            tokens.extend(part.tokens)
         if part.patches is not None:
             if patches is None:
                 patches = _Growing(np.int32, rows_hint)
             patches.extend(part.patches)
         del part, ids
+    tokens_array = tokens.result()
+    if tokens.size != rows:  # ids alone were read: one token each, a zero-stride placeholder
+        tokens_array = np.broadcast_to(np.int32(1), (rows,))
+    patches_array = None if patches is None else patches.result()
+    if not with_ids:
+        pa.default_memory_pool().release_unused()
+        return SampleLengths(source, None, tokens_array, patches_array)
     if data is None:
         return SampleLengths(source, [], np.zeros(0, dtype=np.int32), None)
-    id_array = pa.LargeStringArray.from_buffers(
-        offsets.size - 1, pa.py_buffer(offsets.result()), pa.py_buffer(data.result())
+    ids = _unique_ids(
+        pa.LargeStringArray.from_buffers(
+            offsets.size - 1, pa.py_buffer(offsets.result()), pa.py_buffer(data.result())
+        ),
+        source,
+        path,
+        unit,
     )
-    ids = SampleIds(id_array)
-    tokens_array = tokens.result()
-    patches_array = None if patches is None else patches.result()
+    return SampleLengths(source, ids, tokens_array, patches_array)
+
+
+def _unique_ids(array: pa.LargeStringArray, source: str, path: Path, unit: str) -> SampleIds:
     pa.default_memory_pool().release_unused()  # the parts' Arrow buffers, back to the system
-    tokens, patches = tokens_array, patches_array
+    ids = SampleIds(array)
     duplicate = ids.first_duplicate()
     if duplicate is not None:
         first, second = duplicate
@@ -310,7 +329,37 @@ def _combine(
             f"{source}:{second_line}: duplicate id {sample_id} (first on line {first_line})"
         )
     ids.mark_unique()
-    return SampleLengths(source, ids, tokens, patches)
+    return ids
+
+
+def is_parquet(path: str | Path) -> bool:
+    """Whether `read_lengths` reads `path` as Parquet (by its suffix or its first bytes)."""
+    path = Path(path)
+    return _suffix_format(path) == "parquet" or _starts_with(path, os.fspath(path), _PARQUET_MAGIC)
+
+
+def read_counts(path: str | Path) -> SampleLengths:
+    """`read_lengths` without the ids for Parquet input (its id column is not even read: see
+    `read_ids`), so the packer can run without them in memory; other formats are read whole and
+    their ids dropped."""
+    source = os.fspath(path)
+    if not is_parquet(path):
+        lengths = read_lengths(path)
+        return SampleLengths(source, None, lengths.tokens, lengths.patches)
+    path = Path(path)
+    parts = _parquet_parts(path, source, with_ids=False)
+    return _combine(parts, source, path, "row", _parquet_rows(path, source))
+
+
+def read_ids(path: str | Path) -> SampleIds | None:
+    """The ids of a lengths file, checked (non-empty, unique; errors name the row or line), as
+    `read_lengths` reads them; for Parquet only the id column is read. None for npy input."""
+    source = os.fspath(path)
+    if not is_parquet(path):
+        return read_lengths(path).ids
+    path = Path(path)
+    parts = _parquet_parts(path, source, with_counts=False)
+    return _combine(parts, source, path, "row", _parquet_rows(path, source)).ids
 
 
 def _lines_of_rows(path: Path, source: str, rows: tuple[int, int]) -> tuple[int, int]:
@@ -651,7 +700,9 @@ def _parse_text_slow(block: bytes, source: str, line_offset: int) -> _Part | Non
 # ---- Parquet ----------------------------------------------------------------------------------
 
 
-def _parquet_parts(path: Path, source: str) -> Iterator[_Part]:
+def _parquet_parts(
+    path: Path, source: str, with_ids: bool = True, with_counts: bool = True
+) -> Iterator[_Part]:
     try:
         parquet = pq.ParquetFile(path)
     except FileNotFoundError as exc:
@@ -675,7 +726,9 @@ def _parquet_parts(path: Path, source: str) -> Iterator[_Part]:
         if not ok:
             wanted = "strings" if name == "id" else "integers"
             raise InputFormatError(f"{source}: column {name!r} must hold {wanted}, has {kind}")
-    columns = ["id", "tokens"] + (["patches"] if with_patches else [])
+    columns = (["id"] if with_ids else []) + (
+        ["tokens"] + (["patches"] if with_patches else []) if with_counts else []
+    )
     row = 0
     batches = parquet.iter_batches(batch_size=_PARQUET_BATCH, columns=columns, use_threads=False)
     while True:
@@ -683,21 +736,27 @@ def _parquet_parts(path: Path, source: str) -> Iterator[_Part]:
             batch = next(batches, None)
             if batch is None:
                 return
-            ids = batch.column("id").cast(pa.large_string())
-            _check_parquet_ids(ids, source, row)
-            tokens = _parquet_counts(batch.column("tokens"), '"tokens"', source, row, MIN_TOKENS)
+            ids = None
+            if with_ids:
+                ids = batch.column("id").cast(pa.large_string())
+                _check_parquet_ids(ids, source, row)
+            tokens = None
             patches = None
-            if with_patches:
-                patches = _parquet_counts(
-                    batch.column("patches"), '"patches"', source, row, MIN_PATCHES
+            if with_counts:
+                tokens = _parquet_counts(
+                    batch.column("tokens"), '"tokens"', source, row, MIN_TOKENS
                 )
+                if with_patches:
+                    patches = _parquet_counts(
+                        batch.column("patches"), '"patches"', source, row, MIN_PATCHES
+                    )
             del batch
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputFormatError(
                 f"{source}: corrupt Parquet data after row {row} ({exc})"
             ) from exc
         yield _Part(ids, tokens, patches, row)
-        row += len(tokens)
+        row += len(ids) if tokens is None else len(tokens)
 
 
 def _parquet_rows(path: Path, source: str) -> int:
