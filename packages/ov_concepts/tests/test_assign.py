@@ -1,5 +1,11 @@
 """The assignment job: files, brute-force equality, minimum similarity, resume, bad inputs."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import msgspec
 import numpy as np
 import pytest
@@ -99,7 +105,56 @@ def test_a_killed_assignment_resumes_at_the_first_unfinished_unit(tmp_path, inpu
     assert _all_files(tmp_path / "whole") == _all_files(tmp_path / "resumed")
 
 
-def test_unit_rows_and_workers_do_not_change_the_bytes(tmp_path, inputs):
+_KILLED_ASSIGNMENT = """
+import sys, time
+from pathlib import Path
+import ov_concepts.assign as assign_module
+from ov_concepts.assign import AssignConfig, assign_concepts
+from ov_concepts.embeddings import EmbeddingMatrix
+
+real = assign_module.blocked_topk
+def slow(*args, **kwargs):
+    time.sleep(0.05)
+    return real(*args, **kwargs)
+assign_module.blocked_topk = slow
+folder, out = Path(sys.argv[1]), Path(sys.argv[2])
+assign_concepts(EmbeddingMatrix(folder / "images.npy"), EmbeddingMatrix(folder / "concepts.npy"),
+                out, AssignConfig(topk=5, image_block=64, unit_rows=128))
+"""
+
+
+@pytest.mark.slow  # starts Python processes (torch import); runs in CI
+def test_sigkill_mid_assignment_then_rerun_writes_the_same_bytes(tmp_path, inputs):
+    images, concepts = inputs
+    config = AssignConfig(topk=5, image_block=64, unit_rows=128)
+    assign_concepts(images, concepts, tmp_path / "whole", config)
+    out = tmp_path / "killed"
+    script = tmp_path / "job.py"
+    script.write_text(_KILLED_ASSIGNMENT)
+    process = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(out)])
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".units" / "rows-000000000128.json").exists():
+            assert process.poll() is None, "the job ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not read_manifest(out, AssignmentManifest).complete
+    seen = []
+    real = assign_module.blocked_topk
+    assign_module.blocked_topk = lambda x, *a, **k: seen.append(len(x)) or real(x, *a, **k)
+    try:
+        assign_concepts(images, concepts, out, config)
+    finally:
+        assign_module.blocked_topk = real
+    assert sum(seen) <= 1000 - 256  # the first two units were kept
+    assert _all_files(tmp_path / "whole") == _all_files(out)
+
+
+def test_unit_rows_do_not_change_the_bytes(tmp_path, inputs):
     images, concepts = inputs
     reference = None
     for unit_rows in (128, 384, 1 << 18):

@@ -133,6 +133,7 @@ run_embedding_job(EmbeddingRows(30), Slow(images=EmbeddingMatrix(source)), out,
 """
 
 
+@pytest.mark.slow  # starts Python processes (torch import); runs in CI
 def test_sigkill_mid_job_then_rerun_writes_the_same_bytes_as_one_uninterrupted_run(tmp_path, rows):
     matrix, _ = rows
     run_embedding_job(EmbeddingRows(30), PrecomputedEncoder(images=matrix), tmp_path / "a", CONFIG)
@@ -233,6 +234,31 @@ def test_corrupt_images_are_counted_listed_and_skipped(tmp_path):
     keys = (tmp_path / "out" / "keys.txt").read_text().splitlines()
     assert keys == ["a.png", "d.gif", "e.webp", "f.png", "sub/c.jpg"]
     assert EmbeddingMatrix(tmp_path / "out").rows == 5
+
+
+def test_decoding_worker_processes_write_the_same_bytes(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(13):
+        pixels = rng.integers(0, 256, (5 + i, 9, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"{i:02d}.png")
+    (images / "07.png").write_bytes(b"corrupt")
+    config = EmbedJobConfig(chunk_inputs=5, batch_size=2)
+    outputs = []
+    for decode_workers in (0, 2):
+        out = tmp_path / f"decode-{decode_workers}"
+        manifest = run_embedding_job(
+            ImageFiles.from_path(images),
+            MeanColourEncoder(),
+            out,
+            config,
+            decode_workers=decode_workers,
+        )
+        assert manifest.rows == 12
+        assert [f.key for chunk in manifest.chunks for f in chunk.failed] == ["07.png"]
+        outputs.append(_all_files(out))
+    assert outputs[0] == outputs[1]
 
 
 def test_image_list_files_are_relative_to_their_folder(tmp_path):

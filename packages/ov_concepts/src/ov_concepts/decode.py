@@ -21,6 +21,9 @@ stays bounded however fast the workers are and however slow the model is.
 
 import concurrent.futures
 import multiprocessing
+import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -97,6 +100,18 @@ def load_images(
     return out
 
 
+def _exit_with_parent(parent: int) -> None:
+    """In a decoding worker: exit when the process that started it is gone (SIGKILLed, or a Ray
+    actor killed), instead of waiting forever for work."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 class DecodePool:
     """Loads images in `workers` spawned processes (0: inline), yielding results in input order."""
 
@@ -119,7 +134,10 @@ class DecodePool:
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         if workers > 0:
             self._executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
             )
 
     def load(self, root: Path, keys: Sequence[str]) -> Iterator[tuple[bool, Any]]:
