@@ -358,6 +358,15 @@ def test_cli_embeds_images_and_concepts_with_a_checkpoint(checkpoint, tokenizer_
     assert "1 images could not be decoded" in result.output
     result = runner.invoke(
         main,
+        ["embed-images", "--images", str(images), *common, "--decode-workers", "0", "--quiet"]
+        + ["--out", str(tmp_path / "I0")],
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("chunk-000000.npy", "chunk-000000.json", "keys.txt", "manifest.json"):
+        # decoded in 2 worker processes (the default here: all cores) or inline: same bytes
+        assert (tmp_path / "I" / name).read_bytes() == (tmp_path / "I0" / name).read_bytes()
+    result = runner.invoke(
+        main,
         [
             "embed-concepts",
             str(tmp_path / "vocab.txt"),
