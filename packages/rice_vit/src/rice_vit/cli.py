@@ -27,6 +27,7 @@ from rice_vit.cli_conventions import (
     quiet_option,
     store_dtype_option,
 )
+from rice_vit.pretrain.cli import pretrain
 
 _CONTEXT = {"show_default": True, "help_option_names": ["-h", "--help"]}
 
@@ -265,3 +266,6 @@ def convert(
         tensor.numel() for name, tensor in model.state_dict().items() if name not in dropped
     )
     click.echo(f"wrote {destination} ({layout}, {written:,} parameters)", err=True)
+
+
+main.add_command(pretrain)  # rice-vit pretrain features|kmeans|labels|train|export|synthetic

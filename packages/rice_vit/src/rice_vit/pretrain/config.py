@@ -99,9 +99,11 @@ class DataConfig(_Section):
 
     _name = "data"
     manifest: str = "manifest.jsonl"
-    """The labelled manifest (`rice-vit pretrain labels` writes it): JSONL or Parquet."""
+    """The labelled manifest `rice-vit pretrain labels` writes (JSONL or Parquet); its
+    `labels.json` beside it gives the class counts and the OCR labeller (tokenizer or bytes)."""
     image_root: str | None = None
-    """Folder the manifest's image paths are relative to (None: the manifest's folder)."""
+    """Folder the manifest's image paths are relative to (None: the one `labels.json` records,
+    the unlabelled manifest's folder)."""
     regions_per_image: int = 10
     """N regions sampled per image and epoch (subsampled or repeated; the paper's best, 10)."""
     batch_images: int = 32
@@ -110,8 +112,6 @@ class DataConfig(_Section):
     """Resize floor of the native-resolution processor."""
     max_pixels: int = 200_704
     """Resize ceiling of the processor (448 x 448 by default: pretraining ran at 224-560)."""
-    ocr_tokenizer: str | None = None
-    """A tokenizer.json whose token ids label OCR regions (None: UTF-8 bytes, 256 classes)."""
 
     def check(self) -> None:
         """Positive counts, min_pixels <= max_pixels."""
@@ -253,7 +253,6 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
 }
 PATH_FIELDS = {("model", "checkpoint"), ("data", "manifest"), ("data", "image_root")}
-PATH_FIELDS |= {("data", "ocr_tokenizer")}
 
 
 # ----------------------------------------------------------------------------- typing of values

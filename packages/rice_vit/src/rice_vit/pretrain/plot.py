@@ -75,7 +75,7 @@ def plot_loss(records: Sequence[dict[str, Any]], path: str | Path, *, title: str
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.09, right=0.98, bottom=0.12, top=0.92)
     path = Path(path)
     figure.savefig(path)
     return path
