@@ -14,12 +14,16 @@ child's peak is not inherited from the pytest process; see bench_pack's note). "
 interpreter" subtracts the peak of the same launcher running a bare `python -c pass`; the report
 also gives the figure above an interpreter that has imported everything `ov-pack` imports
 (`ov_packing.cli`, numpy, pyarrow, pyarrow.parquet, pyarrow.json), i.e. the per-sample data alone.
+With `OV_PACK_BENCH_BASELINE=<commit>` (e.g. `369aacd`, the last commit before plan format 2) two
+more rows run that commit's `ov-pack` (its Python sources from `git archive`, with this checkout's
+compiled core) on the same JSONL: the code as it was, not only the old formats.
+
 Samples: the `sft` generator (tokens and ViT patches), ids `s000000000`... (10 bytes), packed at
 8192 tokens and 8192 patches per bin.
 """
 
 import os
-import resource  # noqa: F401  (documents the measurement; used in the launcher)
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +49,37 @@ _IMPORTS = (
     "ov_packing.inputs, ov_packing.verify, ov_packing.stats"
 )
 _OV_PACK = [sys.executable, "-m", "ov_packing"]
+BASELINE = os.environ.get("OV_PACK_BENCH_BASELINE")
+_OLD_RUNNER = """
+import sys
+sys.meta_path = [f for f in sys.meta_path if "ScikitBuild" not in type(f).__name__]
+sys.path.insert(0, {tree!r})
+import ov_packing
+assert ov_packing.__file__.startswith({tree!r}), ov_packing.__file__
+from ov_packing.cli import main
+main(sys.argv[1:], prog_name="ov-pack")
+"""
+
+
+def _baseline_command(folder: Path) -> list[str]:
+    """`ov-pack` as it was at commit BASELINE: its sources, this checkout's compiled core."""
+    import ov_packing._core
+
+    tree = folder / "baseline"
+    tree.mkdir()
+    root = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    archive = subprocess.run(
+        ["git", "-C", root, "archive", BASELINE, "packages/ov_packing/src/ov_packing"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    package = tree / "ov_packing"
+    (tree / "packages/ov_packing/src/ov_packing").rename(package)
+    shutil.copy(ov_packing._core.__file__, package)
+    return [sys.executable, "-c", _OLD_RUNNER.format(tree=str(tree))]
 
 
 def _peak_kib(command: list[str]) -> tuple[int, float]:
@@ -97,6 +132,19 @@ def test_plan_and_verify_peak_memory_before_and_after(inputs):
             *_OV_PACK, "verify", str(folder / "v2.ovp"), "--input", str(inputs["parquet"]),
         ],
     }  # fmt: skip
+    if BASELINE:
+        old = _baseline_command(folder)
+        runs[f"today ({BASELINE}): plan from JSONL"] = [
+            *old,
+            "plan",
+            str(inputs["jsonl"]),
+            *budgets,
+            "-o",
+            str(folder / "old.ovp"),
+        ]
+        runs[f"today ({BASELINE}): verify --input JSONL"] = [
+            *old, "verify", str(folder / "old.ovp"), "--input", str(inputs["jsonl"]),
+        ]  # fmt: skip
     results = {}
     for name, command in runs.items():
         peak, seconds = _peak_kib(command)
@@ -109,9 +157,9 @@ def test_plan_and_verify_peak_memory_before_and_after(inputs):
         f"\n{SAMPLES:,} samples; bare interpreter peak {bare / 1024:.1f} MiB, "
         f"with ov-pack's imports {imported / 1024:.1f} MiB"
     )
-    print(f"{'run':42} {'B/sample above bare':>20} {'above imports':>14} {'seconds':>8}")
+    print(f"{'run':44} {'B/sample above bare':>20} {'above imports':>14} {'seconds':>8}")
     for name, (above_bare, above_imports, seconds) in results.items():
-        print(f"{name:42} {above_bare:20.1f} {above_imports:14.1f} {seconds:8.2f}")
+        print(f"{name:44} {above_bare:20.1f} {above_imports:14.1f} {seconds:8.2f}")
     assert (folder / "v1.ovp").read_bytes()[:6] == b"OVPLAN"
     assert (folder / "v2.ovp").read_bytes()[:6] == b"ARROW1"
     if SAMPLES >= GOAL_FROM:
