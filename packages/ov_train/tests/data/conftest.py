@@ -324,10 +324,11 @@ def raw_corpus(tmp_path) -> RawCorpus:
 
 @pytest.fixture(scope="session")
 def config_for() -> Callable[..., PrepareConfig]:
-    """PrepareConfig with the tests' defaults (small max_length, no progress bars)."""
+    """PrepareConfig with the tests' defaults (small max_length, no progress bars, measuring in
+    this process: a spawned worker costs seconds of imports, tested where it matters)."""
 
     def make(inputs: tuple, out_dir: Path, **overrides: object) -> PrepareConfig:
-        settings: dict[str, object] = {"max_length": MAX_LENGTH, "progress": False}
+        settings: dict[str, object] = {"max_length": MAX_LENGTH, "progress": False, "workers": 1}
         settings.update(overrides)
         return PrepareConfig(inputs=inputs, out_dir=out_dir, **settings)
 

@@ -2,6 +2,11 @@
 selection, packer rejections, truncation, refusals."""
 
 import json
+import pickle
+import re
+import signal
+import subprocess
+import sys
 from collections import Counter
 
 import msgspec
@@ -9,7 +14,7 @@ import pytest
 
 from ov_packing import PackPlan
 from ov_packing.shards import iter_bins
-from ov_train.data.errors import PrepareError
+from ov_train.data.errors import PrepareError, SourceFileError
 from ov_train.data.ingest_llava import LlavaSource
 from ov_train.data.manifest import read_manifest
 from ov_train.data.prepare import prepare
@@ -99,17 +104,43 @@ def test_report_files_describe_the_run(prepared):
     assert not (result.out_dir / "work").exists()
 
 
-def test_same_inputs_give_byte_identical_outputs_whatever_the_worker_count(
-    tmp_path, raw_corpus, processor, config_for
+def _all_bytes(folder):
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+_KILLED_RUN = """
+import os, pickle, signal, sys
+from ov_model.processor import OVProcessor
+from ov_train.data import measure_units
+from ov_train.data.prepare import prepare
+
+config, model_dir = pickle.loads(open(sys.argv[1], "rb").read())
+run, calls = measure_units.MeasureTask.run, []
+
+def killed_in_the_third_unit(self, unit, staging):
+    calls.append(unit.key)
+    run(self, unit, staging)  # its outputs staged, not yet committed
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+measure_units.MeasureTask.run = killed_in_the_third_unit
+prepare(config, OVProcessor.from_pretrained(model_dir))
+"""
+
+
+def test_outputs_are_byte_identical_for_1_and_2_workers_and_after_a_kill_and_rerun(
+    tmp_path, raw_corpus, processor, config_for, tiny_model_dir
 ):
-    outputs = []
-    for name, workers in (("a", 1), ("b", 2), ("c", 3)):
-        config = config_for(raw_corpus.inputs, tmp_path / name, workers=workers)
-        result = prepare(config, processor)
-        files = sorted(path for path in result.out_dir.rglob("*") if path.is_file())
-        outputs.append({path.relative_to(result.out_dir): path.read_bytes() for path in files})
-    assert outputs[0] == outputs[1] == outputs[2]
-    assert {str(path) for path in outputs[0]} >= {
+    # unit_rows=4: the LLaVA file is 5 units, then 2 tars, 2 parquet files: 9 units
+    reference = prepare(config_for(raw_corpus.inputs, tmp_path / "a", unit_rows=4), processor)
+    assert reference.measuring.total == 9
+    assert len(reference.measuring.done) == 9
+    expected = _all_bytes(reference.out_dir)
+    assert set(expected) >= {
         "manifest.jsonl",
         "plan.ovp",
         "report.json",
@@ -117,6 +148,53 @@ def test_same_inputs_give_byte_identical_outputs_whatever_the_worker_count(
         "shards/index.json",
         "shards/shard-000000.tar",
     }
+    # A run SIGKILLed in the middle of its third unit, then the same job again on 2 workers.
+    config = config_for(raw_corpus.inputs, tmp_path / "b", unit_rows=4, workers=2)
+    arguments = tmp_path / "arguments.pickle"
+    arguments.write_bytes(
+        pickle.dumps((config_for(raw_corpus.inputs, tmp_path / "b", unit_rows=4), tiny_model_dir))
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_RUN, str(arguments)], capture_output=True, text=True
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (tmp_path / "b" / "report.json").exists()
+    resumed = prepare(config, processor)
+    assert resumed.measuring.skipped == ("m000000", "m000001")
+    assert resumed.measuring.done == tuple(f"m{number:06d}" for number in range(2, 9))
+    assert resumed.measuring.engine == "local engine, 2 workers"
+    assert _all_bytes(resumed.out_dir) == expected
+
+
+def test_a_damaged_input_stops_the_job_and_a_rerun_keeps_the_finished_units(
+    tmp_path, raw_corpus, processor, config_for
+):
+    lines = tmp_path / "more.jsonl"
+    good = json.dumps(
+        {
+            "id": "more",
+            "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hi."}],
+        }
+    )
+    lines.write_text(f"{good}\n{{cut")
+    inputs = (*raw_corpus.inputs, LlavaSource(lines))
+    out = tmp_path / "out"
+    with pytest.raises(SourceFileError, match=rf"^{re.escape(str(lines))}:2: line is not JSON"):
+        prepare(config_for(inputs, out), processor)
+    assert not (out / "report.json").exists()
+    # Another job is refused in the unfinished folder; the same job resumes it.
+    with pytest.raises(PrepareError, match="holds an unfinished preparation of other inputs"):
+        prepare(config_for(inputs, out, max_length=150), processor)
+    lines.write_text(f"{good}\n")
+    resumed = prepare(config_for(inputs, out), processor)
+    assert resumed.measuring.skipped == tuple(f"m{number:06d}" for number in range(5))
+    assert resumed.measuring.done == ("m000005",)
+    fresh = prepare(config_for(inputs, tmp_path / "fresh"), processor)
+    assert _all_bytes(out) == _all_bytes(fresh.out_dir)
+    assert resumed.report.counts.packed == len(raw_corpus.good) + 1
+    # A finished preparation is not resumed: it is refused, as any other non-empty folder.
+    with pytest.raises(PrepareError, match="is a finished preparation"):
+        prepare(config_for(inputs, out), processor)
 
 
 def test_header_only_mode_misses_truncated_pixels_but_not_garbage(
@@ -309,6 +387,9 @@ def test_nothing_packable_still_writes_manifest_and_report(tmp_path, processor, 
         ({"capacity": -3}, "capacity must be a positive integer or None"),
         ({"seed": -1}, "seed must be an integer"),
         ({"caption_prompt": "<image> what?"}, "must not contain <image>"),
+        ({"engine": "spark"}, "engine must be 'local' or 'ray', got 'spark'"),
+        ({"ray_address": "10.0.0.1:6379"}, "ray_address needs engine='ray'"),
+        ({"unit_rows": 0}, "unit_rows must be a positive integer"),
     ],
 )
 def test_config_is_validated_at_construction(tmp_path, raw_corpus, config_for, overrides, message):

@@ -1,6 +1,7 @@
 """`prepare_command`: options mapped from PrepareConfig with defaults shown, a real run, errors."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -52,7 +53,7 @@ def test_a_run_over_all_three_formats(tmp_path, raw_corpus, tiny_model_dir):
         *("--webdataset", str(webdataset.path)),
         *("--parquet", str(parquet.path), "--parquet", str(captions.path)),
         *("--model", str(tiny_model_dir), "--out", str(tmp_path / "out")),
-        *("--max-length", "160", "--max-bins-per-shard", "4", "--quiet"),
+        *("--max-length", "160", "--max-bins-per-shard", "4", "--quiet", "--workers", "1"),
     ]
     result = CliRunner().invoke(prepare_command, arguments)
     assert result.exit_code == 0, result.output
@@ -98,7 +99,7 @@ def test_recipe_gives_epochs_per_run_and_warns_on_a_capacity_that_does_not_divid
     llava = raw_corpus.inputs[0]
     base = [
         *("--llava", str(llava.path), "--image-root", str(llava.image_root)),
-        *("--model", str(tiny_model_dir), "--max-length", "160", "--quiet"),
+        *("--model", str(tiny_model_dir), "--max-length", "160", "--quiet", "--workers", "1"),
     ]
     result = CliRunner().invoke(
         prepare_command, [*base, "--out", str(tmp_path / "a"), "--recipe", "stage1-tiny"]
@@ -143,7 +144,7 @@ def test_without_a_recipe_the_report_has_no_run_fit(tmp_path, raw_corpus, tiny_m
     llava = raw_corpus.inputs[0]
     arguments = [
         *("--llava", str(llava.path), "--image-root", str(llava.image_root)),
-        *("--model", str(tiny_model_dir), "--max-length", "160", "--quiet"),
+        *("--model", str(tiny_model_dir), "--max-length", "160", "--quiet", "--workers", "1"),
         *("--out", str(tmp_path / "out")),
     ]
     result = CliRunner().invoke(prepare_command, arguments)
@@ -163,3 +164,54 @@ def test_an_unknown_recipe_is_one_error_line(tmp_path, raw_corpus, tiny_model_di
     assert "stage9-tiny" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_run_is_resumed_by_the_same_command(tmp_path, raw_corpus, tiny_model_dir):
+    llava = raw_corpus.inputs[0]
+    turns = [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hi."}]
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"id": "more", "conversations": turns}) + "\n{cut")
+    arguments = [
+        *("--llava", str(llava.path), "--image-root", str(llava.image_root)),
+        *("--llava", str(more), "--model", str(tiny_model_dir), "--max-length", "160"),
+        *("--quiet", "--workers", "1", "--out", str(tmp_path / "out")),
+    ]
+    result = CliRunner().invoke(prepare_command, arguments)
+    assert result.exit_code == 2
+    assert f"Error: {more}:2: line is not JSON" in result.output
+    assert "Traceback" not in result.output
+    more.write_text(json.dumps({"id": "more", "conversations": turns}) + "\n")
+    result = CliRunner().invoke(prepare_command, arguments)
+    assert result.exit_code == 0, result.output
+    assert "measuring (resumed): 2 units: 1 run, 1 already done (verified)" in result.output
+    assert load_report(tmp_path / "out").counts.packed == 7
+    # --overwrite starts over; without it a finished preparation is refused
+    result = CliRunner().invoke(prepare_command, arguments)
+    assert result.exit_code == 2
+    assert "is a finished preparation" in result.output
+    result = CliRunner().invoke(prepare_command, [*arguments, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert "resumed" not in result.output
+
+
+def test_an_image_path_outside_the_image_root_is_one_error_line(tmp_path, tiny_model_dir):
+    turns = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A cat."}]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"id": "x", "image": "../../etc/passwd", "conversations": turns}]))
+    (tmp_path / "images").mkdir()
+    arguments = [
+        *("--llava", str(data), "--image-root", str(tmp_path / "images")),
+        *("--model", str(tiny_model_dir), "--quiet", "--workers", "1"),
+        *("--out", str(tmp_path / "out")),
+    ]
+    result = CliRunner().invoke(prepare_command, arguments)
+    assert result.exit_code == 2
+    assert (
+        f"Error: {data}#0: sample 'x', image 0: path '../../etc/passwd' has a '..' component"
+        in result.output
+    )
+    result = CliRunner().invoke(
+        prepare_command, [*arguments, "--engine", "local", "--ray-address", "x:1"]
+    )
+    assert result.exit_code == 2
+    assert "ray_address needs engine='ray'" in result.output

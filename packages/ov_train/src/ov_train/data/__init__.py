@@ -5,15 +5,18 @@ One file per job:
 
 - `raw_sample`: the common `RawSample` / `BadSample` form, the `Reason`s a sample is rejected
   for;
-- `conversations`, `input_paths`: shared reading rules (turns, captions, ids; files of an input);
-- `ingest_llava`, `ingest_webdataset`, `ingest_parquet`: one ingester per raw format;
+- `conversations`, `input_paths`: shared reading rules (turns, captions, ids; files of an input;
+  image paths kept inside their folder);
+- `ingest_llava`, `ingest_webdataset`, `ingest_parquet`: one ingester per raw format, each
+  cutting its files into independently readable slices (`input_slices`);
 - `images`: image headers, optional full decode, real-format extensions;
 - `measure`: exact token and patch counts through `OVProcessor.measure`;
 - `selection`: the hook between measuring and packing (ov_concepts balancing, id lists);
 - `work_tars`, `sample_record`: normalised source tars and the per-sample JSON the shards carry;
 - `manifest`, `report`: the per-sample manifest and the run report;
 - `prepare_config`, `prepare`, `prepare_cli`: the pipeline, its settings and `ov-train prepare`;
-  the pipeline's steps: `measure_inputs` (ingest + measure + work tars), `pack_selected`
+  the pipeline's steps: `measure_inputs` (ingest + measure + work tars, as resumable work units
+  on a local or Ray engine: `measure_units`), `pack_selected`
   (selection copies + packing plan), `prepare_summary` (final manifest + report contents);
   `prepare_output` (the output folder's layout, finding the shards in it), `run_fit` (the
   packed data against a run of a recipe: capacity vs micro-batch budget, epochs per run);
@@ -56,6 +59,8 @@ _EXPORTS = {
     "InputConfigError": "ov_train.data.errors",
     "LoaderError": "ov_train.data.errors",
     "PrepareError": "ov_train.data.errors",
+    "SourceFileError": "ov_train.data.errors",
+    "UnsafePathError": "ov_train.data.errors",
 }
 __all__ = [
     "CAPTION_PROMPT",
@@ -77,6 +82,8 @@ __all__ = [
     "RunFit",
     "SelectFn",
     "Selection",
+    "SourceFileError",
+    "UnsafePathError",
     "WebDatasetSource",
     "balanced_dir_selector",
     "concept_balance_selector",
@@ -89,7 +96,14 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ov_train.data.conversations import CAPTION_PROMPT
-    from ov_train.data.errors import DataError, InputConfigError, LoaderError, PrepareError
+    from ov_train.data.errors import (
+        DataError,
+        InputConfigError,
+        LoaderError,
+        PrepareError,
+        SourceFileError,
+        UnsafePathError,
+    )
     from ov_train.data.ingest_llava import LlavaSource
     from ov_train.data.ingest_parquet import ParquetSource
     from ov_train.data.ingest_webdataset import WebDatasetSource

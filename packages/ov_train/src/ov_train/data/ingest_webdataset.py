@@ -15,8 +15,15 @@ What a sample holds:
 The id is the key, the source reference `tar:key`.
 
 Problems: a sample without usable text, undecodable JSON or an extension twice is a
-`malformed_row`; a tar that breaks part-way (truncated, corrupt gzip) is one `unreadable_source`
-entry naming the sample it broke in, after the samples read before the damage.
+`malformed_row`. A tar that breaks part-way (truncated, corrupt gzip, a garbled header) or ends
+without its end-of-archive blocks (cut exactly between two members, which Python's `tarfile`
+alone takes for a normal end) is a `SourceFileError` naming the tar, the byte of the tar stream
+and the sample it broke in: the job stops, as the samples after the damage would be missing. A
+member whose name is absolute or has a `..` component is an `UnsafePathError` naming the tar and
+the member (ov_packing refuses such members too).
+
+A job's slices (`input_slices`) are whole tars: a webdataset is usually many tars of a few
+thousand samples each, read as a stream (never seeked).
 """
 
 import re
@@ -24,12 +31,15 @@ import tarfile
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import msgspec
 
 from ov_train.data.conversations import RowError, caption_conversation, parse_conversation
+from ov_train.data.errors import SourceFileError, UnsafePathError
 from ov_train.data.input_paths import expand_input
+from ov_train.data.input_slices import Slice
 from ov_train.data.raw_sample import BadSample, IngestResult, RawSample, Reason
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm"})
@@ -58,10 +68,41 @@ class WebDatasetSource:
         """InputConfigError if the path names no tar."""
         self.files()
 
-    def iter_samples(self, *, caption_prompt: str) -> Iterator[IngestResult]:
+    def iter_samples(
+        self, *, caption_prompt: str, allow_absolute_paths: bool = False
+    ) -> Iterator[IngestResult]:
         """Every sample of every tar, in order, as a RawSample or a BadSample."""
+        for piece in self.slices(unit_rows=1):
+            yield from self.read_slice(piece, caption_prompt=caption_prompt)
+
+    def slices(self, *, unit_rows: int) -> Iterator[Slice]:
+        """One slice per tar (whatever `unit_rows`)."""
+        del unit_rows
         for path in self.files():
-            yield from _tar_samples(path, caption_prompt)
+            yield Slice(path, 0, path.stat().st_size, 0)
+
+    def read_slice(
+        self, piece: Slice, *, caption_prompt: str, allow_absolute_paths: bool = False
+    ) -> Iterator[IngestResult]:
+        """The samples of one tar, in order (member names are never used as paths, so
+        `allow_absolute_paths` does not apply)."""
+        del allow_absolute_paths
+        yield from _tar_samples(piece.path, caption_prompt)
+
+
+class _EndAwareTarInfo(tarfile.TarInfo):
+    """A TarInfo that notes on its TarFile when the archive's all-zero end block was read.
+
+    `tarfile` ends its iteration silently on an end block, on no data at all and on a garbled
+    header alike; only the first is the end of a complete archive."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.EOFHeaderError:
+            tarfile_.ov_end_block_seen = True  # type: ignore[attr-defined]
+            raise
 
 
 def _tar_samples(path: Path, caption_prompt: str) -> Iterator[IngestResult]:
@@ -69,9 +110,16 @@ def _tar_samples(path: Path, caption_prompt: str) -> Iterator[IngestResult]:
     key: str | None = None
     files: dict[str, bytes] = {}
     problem: str | None = None
+    position = 0
+    member: Any = None
     try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
+        with tarfile.open(path, mode="r|*", tarinfo=_EndAwareTarInfo) as tar:
+            while True:
+                position = tar.offset
+                member = tar.next()
+                if member is None:
+                    break
+                _check_member_name(name, member)
                 if not member.isreg() or _META.match(member.name):
                     continue
                 match = _KEY_AND_EXT.match(member.name)
@@ -82,17 +130,44 @@ def _tar_samples(path: Path, caption_prompt: str) -> Iterator[IngestResult]:
                     if key is not None:
                         yield _sample(name, key, files, problem, caption_prompt)
                     key, files, problem = member_key, {}, None
+                position = member.offset_data
                 extracted = tar.extractfile(member)
                 assert extracted is not None  # regular members always have data
                 if ext.lower() in files and problem is None:
                     problem = f"extension {ext!r} appears twice (member {member.name!r})"
                 files[ext.lower()] = extracted.read()
+            if not getattr(tar, "ov_end_block_seen", False):
+                raise SourceFileError(
+                    f"{name}: the tar stream ends at byte {tar.offset} without its end-of-archive "
+                    f"blocks{_after(key)}: the file is truncated or corrupt there"
+                )
     except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
-        where = "" if key is None else f" in sample {key!r}"
-        yield BadSample(name, name, Reason.UNREADABLE_SOURCE, f"tar is unreadable{where}: {error}")
-        return
+        raise SourceFileError(
+            f"{name}: tar is truncated or corrupt at byte {position} of the tar stream"
+            f"{_in(key, member)}: {error}"
+        ) from None
     if key is not None:
         yield _sample(name, key, files, problem, caption_prompt)
+
+
+def _check_member_name(tar_name: str, member: tarfile.TarInfo) -> None:
+    absolute = member.name.startswith("/")
+    if absolute or ".." in PurePosixPath(member.name).parts:
+        what = "an absolute name" if absolute else "a '..' component"
+        raise UnsafePathError(
+            f"{tar_name}: member {member.name!r} (header at byte {member.offset}) has {what}: a "
+            "webdataset member name must stay inside the folder it would be extracted to"
+        )
+
+
+def _after(key: str | None) -> str:
+    return "" if key is None else f" (last sample read: {key!r})"
+
+
+def _in(key: str | None, member: tarfile.TarInfo | None) -> str:
+    if member is None:
+        return ""
+    return f" (member {member.name!r} of sample {key!r})" if key else f" (member {member.name!r})"
 
 
 def _sample(

@@ -15,8 +15,7 @@
   before the cut (the sizes are those after it); null for a sample packed whole.
 
 Rows are in input order (inputs in the order given, rows in file order), field order fixed, so
-the file is byte-identical across runs on the same inputs. An input that cannot be read from some
-point on gets one `unreadable_source` row named by the input.
+the file is byte-identical across runs on the same inputs.
 """
 
 from collections.abc import Iterator

@@ -19,11 +19,11 @@ import numpy as np
 
 from ov_packing import PackPlan, RejectReason, pack
 from ov_train.data.manifest import read_manifest
-from ov_train.data.measure_inputs import AcceptedSamples
+from ov_train.data.measure_units import AcceptedSamples
 from ov_train.data.prepare_config import PrepareConfig
 from ov_train.data.prepare_output import ROWS_NAME
 from ov_train.data.selection import SelectFn
-from ov_train.data.work_tars import copy_key, sample_key
+from ov_train.data.work_tars import copy_key
 
 
 def apply_selection(
@@ -60,7 +60,7 @@ def pack_items(
     """The packing plan of one item per selected copy (ids: the work-tar keys)."""
     copy_number = np.arange(len(item_of)) - np.repeat(np.cumsum(copies) - copies, copies)
     ids = [
-        sample_key(accepted.rows[i]) if c == 0 else copy_key(sample_key(accepted.rows[i]), c)
+        accepted.key(i) if c == 0 else copy_key(accepted.key(i), c)
         for i, c in zip(item_of.tolist(), copy_number.tolist(), strict=True)
     ]
     tokens = np.asarray(accepted.llm_tokens, dtype=np.int64)[item_of]

@@ -3,10 +3,11 @@
 The packing and output options are generated from `PrepareConfig`'s fields (name, type, default,
 `metadata["help"]`), so a new setting appears on the command line without being written twice.
 Inputs are repeatable options, one per format; the processor is read from a model (or processor)
-folder. `--recipe` names the recipe that will train on the data: the report and the output then
-say how the data fits one run of it (`run_fit`: epochs per run, a warning when the capacity does
-not divide its micro-batch budget). Importing this module does not import torch: `--help` answers
-at once.
+folder. `--workers/--engine/--ray-address` say where the measuring units run; an interrupted run
+is resumed by running the same command again (`--overwrite` starts over). `--recipe` names the
+recipe that will train on the data: the report and the output then say how the data fits one run
+of it (`run_fit`: epochs per run, a warning when the capacity does not divide its micro-batch
+budget). Importing this module does not import torch: `--help` answers at once.
 """
 
 import dataclasses
@@ -36,7 +37,12 @@ _EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 _EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 _NOT_CONFIG_OPTIONS = ("inputs", "out_dir")
 _PARQUET_COLUMNS = ("image_column", "conversations_column", "caption_column", "id_column")
-_SHOWN_DEFAULTS = {"capacity": "max_length"}
+_SHOWN_DEFAULTS = {
+    "capacity": "max_length",
+    "workers": "all cores",
+    "ray_address": "RAY_ADDRESS, else a local Ray",
+}
+_CHOICES = {"engine": ("local", "ray")}
 # Fields whose flag follows the spelling every onevision CLI shares (see cli_conventions):
 # `--max-shard-size 500MB` for max_shard_bytes, `-q/--quiet` for progress=False.
 _CONVENTION_OPTIONS = {
@@ -57,7 +63,7 @@ def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
             continue
         flag = config_field.name.replace("_", "-")
         help_text = config_field.metadata["help"]
-        default = config_field.default
+        default = config_field.metadata.get("cli_default", config_field.default)
         if config_field.type is bool:
             option = click.option(f"--{flag}/--no-{flag}", default=default, help=help_text)
         else:
@@ -93,6 +99,8 @@ def _click_type(annotation: Any, name: str) -> Any:
         annotation = inner
     if annotation is int:
         return click.IntRange(min=0 if name == "seed" else 1)
+    if name in _CHOICES:
+        return click.Choice(_CHOICES[name])
     return str
 
 
@@ -203,7 +211,11 @@ def prepare_command(**options: Any) -> None:
         raise click.UsageError("--balanced and --balance-keys go together")
     with _user_errors():
         inputs = _inputs(options)
-        claim_output(options["out_dir"], options["overwrite"], keep=_input_paths(options))
+        # resumable: prepare itself resumes an unfinished run of the same job and refuses
+        # anything else in the folder; --overwrite starts over
+        claim_output(
+            options["out_dir"], options["overwrite"], keep=_input_paths(options), resumable=True
+        )
         if options["select_ids"] is not None:
             select = ids_file_selector(options["select_ids"])
         elif options["balanced"] is not None:
@@ -228,6 +240,8 @@ def prepare_command(**options: Any) -> None:
             max_pixels=options["max_pixels"],
         )
         result = prepare(config, processor, select=select, recipe=recipe)
+    if result.measuring is not None and result.measuring.skipped:
+        click.echo(f"measuring (resumed): {result.measuring.summary()}")
     counts = result.report.counts
     click.echo(
         f"{counts.rows:,} samples: {counts.packed:,} packed ({counts.packed_copies:,} copies), "

@@ -47,8 +47,40 @@ class PrepareConfig:
         default=True,
         metadata={"help": "Decode every image once to catch corrupt data (else headers only)."},
     )
-    workers: int = field(
-        default=1, metadata={"help": "Processes measuring samples (1: this one; needs fork)."}
+    allow_absolute_paths: bool = field(
+        default=False,
+        metadata={
+            "help": "Allow absolute image paths in the data (relative paths with '..' are "
+            "refused always)."
+        },
+    )
+    unit_rows: int = field(
+        default=2048,
+        metadata={
+            "help": "Rows per measuring work unit (a JSONL/JSON file is cut every that many "
+            "rows; a parquet row group is never split; a tar is one unit)."
+        },
+    )
+    workers: int | None = field(
+        default=1,
+        metadata={
+            "help": "Processes measuring units and writing shards (none: all cores; 1: this "
+            "process). With --engine ray: most actors (none: as many as the cluster's CPUs).",
+            "cli_default": None,
+        },
+    )
+    """1 by default here (library callers choose); `ov-train prepare --workers` defaults to all
+    cores."""
+    engine: str = field(
+        default="local",
+        metadata={"help": "Where measuring units run: local (processes) or ray (actors)."},
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata={
+            "help": "Ray cluster to join with --engine ray (none: RAY_ADDRESS if set, else a "
+            "local Ray)."
+        },
     )
     max_bins_per_shard: int | None = field(
         default=1000, metadata={"help": "Most bins per shard tar (none: no limit)."}
@@ -78,7 +110,14 @@ class PrepareConfig:
             _check_positive(
                 name, getattr(self, name), optional=name != "max_length", limit=2**31 - 1
             )
-        _check_positive("workers", self.workers, optional=False)
+        _check_positive("workers", self.workers, optional=True)
+        _check_positive("unit_rows", self.unit_rows, optional=False)
+        if self.engine not in ("local", "ray"):
+            raise PrepareError(
+                f"PrepareConfig.engine must be 'local' or 'ray', got {self.engine!r}"
+            )
+        if self.ray_address is not None and self.engine != "ray":
+            raise PrepareError("PrepareConfig.ray_address needs engine='ray'")
         for name in ("max_bins_per_shard", "max_shard_bytes"):
             _check_positive(name, getattr(self, name), optional=True)
         if (
@@ -108,3 +147,16 @@ def _check_positive(name: str, value: Any, *, optional: bool, limit: int | None 
         raise PrepareError(f"PrepareConfig.{name} must be {allowed}, got {value!r}")
     if limit is not None and value > limit:
         raise PrepareError(f"PrepareConfig.{name} must be at most {limit:,}, got {value:,}")
+
+
+def describe_input(source: InputSource) -> str:
+    """One line naming an input and how it is read (the report's `inputs`)."""
+    if isinstance(source, LlavaSource):
+        return f"llava:{source.path} (images: {source.root})"
+    if isinstance(source, WebDatasetSource):
+        return f"webdataset:{source.path}"
+    return (
+        f"parquet:{source.path} (columns: image={source.image_column}, "
+        f"conversations={source.conversations_column}, caption={source.caption_column}, "
+        f"id={source.id_column})"
+    )

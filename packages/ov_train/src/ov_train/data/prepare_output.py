@@ -5,9 +5,12 @@ finding the packed shards in it (what `ov-train run --data` accepts).
     plan.ovp            the ov_packing plan (ids are the work-tar keys, `s<row>`)
     shards/             ov_packing packed shards + index.json + bin table (bins.npy, samples.npy)
     report.json/.md     counts per reason, every rejected and truncated sample, packing statistics
-    work/               normalised source tars + intermediate rows (removed unless keep_work)
+    work/               measuring units (normalised source tars + rows, their records), the
+                        processor, intermediate rows (removed unless keep_work)
 
-`report.json` is written last: a folder without it is an unfinished run.
+`report.json` is written last: a folder without it is an unfinished run. An unfinished run's
+folder (`work/job.json` present) is resumed by a run with the same inputs and measuring settings
+(`check_out_dir`): the measuring units it finished are kept, everything after them is redone.
 
 `resolve_shards_dir` lets a run name either the preparation folder or its `shards/` folder (or
 any packed shard folder, e.g. one `ov-pack` wrote): users type the folder they gave `--out`, and
@@ -24,6 +27,7 @@ from ov_train.data.manifest import MANIFEST_NAME
 from ov_train.data.report import REPORT_JSON
 
 if TYPE_CHECKING:
+    from ov_packing.work_units import UnitReport
     from ov_train.data.report import PrepareReport
 
 PLAN_NAME = "plan.ovp"
@@ -39,6 +43,8 @@ class PrepareResult:
 
     out_dir: Path
     report: "PrepareReport"
+    measuring: "UnitReport | None" = None
+    """What the measuring units did (how many ran, how many a resumed run found done)."""
 
     @property
     def manifest_path(self) -> Path:
@@ -56,19 +62,37 @@ class PrepareResult:
         return self.out_dir / SHARDS_NAME
 
 
-def check_out_dir(out_dir: Path) -> None:
-    """PrepareError unless `out_dir` is absent or an empty folder (nothing is ever overwritten)."""
+def check_out_dir(out_dir: Path, job_digest: str, job_name: str) -> bool:
+    """Whether `prepare` resumes in `out_dir`: False for an absent or empty folder, True for the
+    unfinished preparation of the same measuring job (`work/<job_name>` holds `job_digest`).
+    PrepareError for anything else (nothing is ever overwritten): a file, a finished
+    preparation, an unfinished one of other inputs or settings, a folder holding other things."""
     if not out_dir.exists():
-        return
+        return False
     if not out_dir.is_dir():
         raise PrepareError(f"{out_dir}: output path exists and is not a directory")
     entries = sorted(entry.name for entry in out_dir.iterdir())
-    if entries:
-        what = "a finished preparation" if REPORT_JSON in entries else "not empty"
+    if not entries:
+        return False
+    job_file = out_dir / WORK_NAME / job_name
+    if REPORT_JSON not in entries and job_file.is_file():
+        import msgspec
+
+        try:
+            digest = msgspec.json.decode(job_file.read_bytes()).get("digest")
+        except (msgspec.DecodeError, AttributeError):
+            digest = None
+        if digest == job_digest:
+            return True
         raise PrepareError(
-            f"{out_dir}: output directory is {what} (holds {', '.join(entries[:5])}"
-            f"{', ...' if len(entries) > 5 else ''}); prepare into an empty directory"
+            f"{out_dir}: holds an unfinished preparation of other inputs or measuring settings "
+            f"(see {job_file}); prepare into another folder, or start over with --overwrite"
         )
+    what = "a finished preparation" if REPORT_JSON in entries else "not empty"
+    raise PrepareError(
+        f"{out_dir}: output directory is {what} (holds {', '.join(entries[:5])}"
+        f"{', ...' if len(entries) > 5 else ''}); prepare into an empty directory"
+    )
 
 
 def resolve_shards_dir(path: str | Path) -> Path:
@@ -89,8 +113,8 @@ def resolve_shards_dir(path: str | Path) -> Path:
         return shards
     if (path / MANIFEST_NAME).is_file() and not (path / REPORT_JSON).is_file():
         raise PrepareError(
-            f"{path}: an unfinished `ov-train prepare` (no {REPORT_JSON}); run it again into an "
-            "empty folder"
+            f"{path}: an unfinished `ov-train prepare` (no {REPORT_JSON}); run the same "
+            "`ov-train prepare` again to finish it"
         )
     if (path / REPORT_JSON).is_file():
         raise PrepareError(

@@ -17,12 +17,10 @@ import numpy as np
 
 from ov_model.processor import OVProcessor
 from ov_packing import PackPlan, compute_stats
-from ov_train.data.ingest_llava import LlavaSource
-from ov_train.data.ingest_webdataset import WebDatasetSource
 from ov_train.data.manifest import MANIFEST_NAME, ManifestRow, encode_row, read_manifest
-from ov_train.data.measure_inputs import AcceptedSamples
+from ov_train.data.measure_units import AcceptedSamples
 from ov_train.data.pack_selected import packed_copies
-from ov_train.data.prepare_config import InputSource, PrepareConfig
+from ov_train.data.prepare_config import PrepareConfig, describe_input
 from ov_train.data.prepare_output import ROWS_NAME
 from ov_train.data.report import (
     PrepareReport,
@@ -70,7 +68,7 @@ def write_manifest_and_summarise(
             counts[row.status] += 1
             manifest.write(encode_row(row))
     report = PrepareReport(
-        inputs=[_describe(source) for source in config.inputs],
+        inputs=[describe_input(source) for source in config.inputs],
         settings=_settings(config, processor),
         counts=SampleCounts(
             rows=sum(counts.values()),
@@ -128,6 +126,7 @@ def _settings(config: PrepareConfig, processor: OVProcessor) -> dict[str, Any]:
         "patch_capacity": config.patch_capacity,
         "max_per_bin": config.max_per_bin,
         "seed": config.seed,
+        "unit_rows": config.unit_rows,
         "caption_prompt": config.caption_prompt,
         "verify_images": config.verify_images,
         "max_bins_per_shard": config.max_bins_per_shard,
@@ -138,15 +137,3 @@ def _settings(config: PrepareConfig, processor: OVProcessor) -> dict[str, Any]:
         "merge_size": images.merge_size,
         "vocab_size": processor.tokenizer.vocab_size,
     }
-
-
-def _describe(source: InputSource) -> str:
-    if isinstance(source, LlavaSource):
-        return f"llava:{source.path} (images: {source.root})"
-    if isinstance(source, WebDatasetSource):
-        return f"webdataset:{source.path}"
-    return (
-        f"parquet:{source.path} (columns: image={source.image_column}, "
-        f"conversations={source.conversations_column}, caption={source.caption_column}, "
-        f"id={source.id_column})"
-    )

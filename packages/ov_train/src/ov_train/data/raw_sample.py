@@ -8,7 +8,9 @@ in its own file and every later step (measuring, packing, writing) is written on
 
 Nothing is dropped silently. A row an ingester cannot read becomes a `BadSample` with a `Reason`
 and a human-readable detail; later steps add their own reasons (an image that does not decode, a
-sample too long). Every one ends up in the manifest and the report, listed by sample id.
+sample too long). Every one ends up in the manifest and the report, listed by sample id. A file
+that cannot be read on (truncated, not JSON, a corrupt parquet row group or tar) is not a
+sample: it is a `SourceFileError` that stops the job, naming the file and the position.
 
 Images stay encoded: `bytes` as found in a tar or a parquet cell, or a `Path` to a file (LLaVA
 folders, parquet cells that hold only a path), read when the sample is measured. `None` marks an
@@ -49,9 +51,6 @@ class Reason(enum.StrEnum):
     """More tokens than `max_length` (or not truncatable without losing every supervised token)."""
     DUPLICATE_ID = "duplicate_id"
     """An id seen before in the inputs; the first occurrence is kept."""
-    UNREADABLE_SOURCE = "unreadable_source"
-    """A whole input (a JSON file, a tar, a parquet file) is corrupt from some point on; the
-    entry is named by the input, the samples read before the damage are kept."""
     OVER_CAPACITY = "tokens_over_capacity"
     """The packer rejected it: more tokens than the bin capacity."""
     OVER_PATCH_CAPACITY = "patches_over_capacity"
@@ -93,7 +92,7 @@ class RawSample:
 
 @dataclass(frozen=True, slots=True)
 class BadSample:
-    """A sample (or, for `unreadable_source`, an input) that will not be trained on, and why."""
+    """A sample that will not be trained on, and why."""
 
     id: str
     source: str

@@ -6,12 +6,15 @@ tar in its work folder: `<key>.json` (a `SampleRecord`) then `<key>.img0.<ext>`,
 
 Why keys are not the raw ids: a webdataset key ends at the first '.' of the member's base name
 and may not hold some characters, while raw ids are free text (`000123.jpg`, `a/b c`). The key is
-`s<manifest row, 9 digits>`, unique and safe by construction; the manifest and the record keep
-the raw id. A sample drawn k times by a selection gets k - 1 extra copies keyed
-`s<row>_r1`, `s<row>_r2`, ... (`write_copies`), because every packed item needs its own key.
+`s<measuring unit, 6 digits>-<row in the unit, 6 digits>` (`sample_key`), unique and safe by
+construction, and known inside the unit that measures the row (no unit needs to know how many
+rows the units before it hold); the manifest and the record keep the raw id. A sample drawn k
+times by a selection gets k - 1 extra copies keyed `<key>_r1`, `<key>_r2`, ... (`write_copies`),
+because every packed item needs its own key.
 
-Tars are written deterministically (mtime 0, uid/gid 0, no user names, mode 0o644, PAX format)
-and split every `samples_per_tar` samples, so a re-run writes the same bytes.
+Tars are written deterministically (mtime 0, uid/gid 0, no user names, mode 0o644, PAX format):
+one per measuring unit (`open_work_tar`, `add_sample`), and the copies' tars split every
+`samples_per_tar` samples (`WorkTarWriter`), so a re-run writes the same bytes.
 """
 
 import io
@@ -25,9 +28,9 @@ from ov_train.data.sample_record import RECORD_EXT
 SAMPLES_PER_TAR = 10_000
 
 
-def sample_key(row: int) -> str:
-    """The work-tar key of manifest row `row`."""
-    return f"s{row:09d}"
+def sample_key(unit: int, row: int) -> str:
+    """The work-tar key of row `row` (0-based) of measuring unit `unit`."""
+    return f"s{unit:06d}-{row:06d}"
 
 
 def copy_key(key: str, copy: int) -> str:
@@ -56,14 +59,7 @@ class WorkTarWriter:
         if self._tar is None or self._count == self.samples_per_tar:
             self._open_next()
         assert self._tar is not None
-        for ext, data in files:
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+        add_sample(self._tar, key, files)
         self._count += 1
 
     def close(self) -> None:
@@ -87,10 +83,25 @@ class WorkTarWriter:
         self.close()
         path = self.folder / f"{self.prefix}-{len(self.paths):06d}.tar"
         self.paths.append(path)
-        self._tar = tarfile.open(  # noqa: SIM115 - closed in close()
-            path, "w", format=tarfile.PAX_FORMAT, encoding="utf-8"
-        )
+        self._tar = open_work_tar(path)
         self._count = 0
+
+
+def open_work_tar(path: Path) -> tarfile.TarFile:
+    """A new work tar at `path`, for `add_sample` (close it, or use it in a `with`)."""
+    return tarfile.open(path, "w", format=tarfile.PAX_FORMAT, encoding="utf-8")
+
+
+def add_sample(tar: tarfile.TarFile, key: str, files: Sequence[tuple[str, bytes]]) -> None:
+    """Append one sample, deterministically: `files` are (extension, bytes) in order."""
+    for ext, data in files:
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        tar.addfile(info, io.BytesIO(data))
 
 
 def write_copies(sources: Sequence[Path], copies: Mapping[str, int], writer: WorkTarWriter) -> None:
