@@ -358,8 +358,17 @@ def test_cli_embeds_images_and_concepts_with_a_checkpoint(checkpoint, tokenizer_
     assert "1 images could not be decoded" in result.output
     result = runner.invoke(
         main,
-        ["embed-images", "--images", str(images), *common, "--decode-workers", "0", "--quiet"]
-        + ["--out", str(tmp_path / "I0")],
+        [
+            "embed-images",
+            "--images",
+            str(images),
+            *common,
+            "--decode-workers",
+            "0",
+            "--quiet",
+            "--out",
+            str(tmp_path / "I0"),
+        ],
     )
     assert result.exit_code == 0, result.output
     for name in ("chunk-000000.npy", "chunk-000000.json", "keys.txt", "manifest.json"):
@@ -385,3 +394,17 @@ def test_cli_embeds_images_and_concepts_with_a_checkpoint(checkpoint, tokenizer_
     )
     assert result.exit_code == 2
     assert "--tokenizer is required with --checkpoint" in result.output
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)],
+)
+def test_batched_normalisation_on_the_device_has_the_bits_of_numpys(config, device):
+    from ov_concepts.clip.preprocess import normalise_pixels, normalise_pixels_on
+
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    expected = normalise_pixels(pixels, config.preprocess).numpy()
+    got = normalise_pixels_on(pixels, config.preprocess, device).cpu().numpy()
+    assert got.shape == (5, 3, 32, 32)
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))

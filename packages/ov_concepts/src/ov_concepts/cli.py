@@ -102,6 +102,20 @@ _WORKERS_MODEL = (
 )
 
 
+def _default_decode_workers(engine: str, workers: int | None, device: str) -> int:
+    """All cores shared by the local models; on Ray, cores per GPU minus the model's."""
+    import os
+
+    cores = os.cpu_count() or 1
+    if engine == "local":
+        return max(1, cores // (workers or 1))
+    if not device.startswith("cuda"):
+        return 1
+    import torch
+
+    return max(1, cores // max(1, torch.cuda.device_count()) - 1)
+
+
 def _engine(engine: str, workers: int | None, ray_address: str | None, device: str, cpus=1):
     """The work-units engine; Ray actors reserve a GPU each when the device is CUDA."""
     from ov_concepts.work_units import make_engine
@@ -240,7 +254,8 @@ def _job_config(batch_size: int, chunk_size: int, store_dtype: str):
     default=None,
     help="Processes decoding and resizing images for each model, feeding it batches in input "
     "order (0: decode in the model's process; results are the same bytes). With --engine ray, "
-    "each actor reserves this many CPUs. Default: all cores.",
+    "each actor reserves this many CPUs. Default: all cores / --workers locally; with Ray on "
+    "CUDA, this node's cores per GPU minus one; with Ray on CPU, 1.",
 )
 @_encoder_options
 def embed_images(
@@ -267,8 +282,6 @@ def embed_images(
     Corrupt images are skipped and listed in OUT/failures.jsonl; OUT/keys.txt names the image of
     each embedding row.
     """
-    import os
-
     from ov_concepts.embed_job import run_embedding_job
 
     _check_source(checkpoint, from_embeddings)
@@ -292,7 +305,7 @@ def embed_images(
             checkpoint, clip_model, device=device, dtype=_clip_dtype(dtype, device)
         )
     if decode_workers is None:
-        decode_workers = os.cpu_count() or 1
+        decode_workers = _default_decode_workers(engine, workers, device)
     manifest = run_embedding_job(
         inputs,
         encoder,

@@ -19,7 +19,7 @@ import torch
 from ov_concepts.clip.checkpoint import load_clip
 from ov_concepts.clip.config import ClipConfig
 from ov_concepts.clip.model import Clip
-from ov_concepts.clip.preprocess import normalise_pixels, resize_crop
+from ov_concepts.clip.preprocess import normalise_pixels_on, resize_crop
 from ov_concepts.clip.tokenizer import ClipTokenizer
 from ov_concepts.decode import ResizeCrop
 from ov_concepts.errors import CheckpointError
@@ -70,9 +70,9 @@ class ClipEncoder:
         config = self.model.config
         prepare = self.image_preparer()
         prepared = [image if isinstance(image, np.ndarray) else prepare(image) for image in images]
-        pixels = normalise_pixels(np.stack(prepared), config.preprocess)
         with torch.inference_mode():
-            features = self.model.encode_image(pixels.to(self.device, self.dtype))
+            pixels = normalise_pixels_on(np.stack(prepared), config.preprocess, self.device)
+            features = self.model.encode_image(pixels.to(self.dtype))
         return features.float().cpu().numpy()
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
