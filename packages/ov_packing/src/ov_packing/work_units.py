@@ -31,7 +31,8 @@ Engines:
 - `RayEngine(address)` calls `ray.init(address=address)` unless Ray is already initialised
   (`None`: the `RAY_ADDRESS` environment variable if set, else a local Ray) and runs the units on a
   pool of actors, each reserving `num_cpus_per_unit` CPUs and `num_gpus_per_unit` GPUs, calling
-  `setup()` once and `run()` per unit. On a cluster `out_dir` must be on a filesystem every node
+  `setup()` once per `run_units` call and `run()` per unit; the actors are kept for the engine's
+  next `run_units` until `close()`. On a cluster `out_dir` must be on a filesystem every node
   mounts at the same path. Ray is imported only here.
 
 If a unit raises, no new units are started, the units in flight finish (their records are kept) and
@@ -71,6 +72,7 @@ __all__ = [
     "make_engine",
     "run_units",
     "unit_digest",
+    "use_this_python",
 ]
 
 RECORD_FORMAT = "ov-work-units"
@@ -389,12 +391,16 @@ class RayEngine:
         self.num_cpus_per_unit = num_cpus_per_unit
         self.num_gpus_per_unit = num_gpus_per_unit
         self.actors = actors
+        self._actors: list[Any] = []
 
     def describe(self) -> str:
         where = self.address or os.environ.get("RAY_ADDRESS") or "local Ray"
         return f"Ray engine ({where})"
 
     def _connect(self) -> Any:
+        local = not (self.address or os.environ.get("RAY_ADDRESS"))
+        if local:
+            use_this_python()
         try:
             import ray
         except ImportError as error:  # pragma: no cover - depends on the install
@@ -424,52 +430,97 @@ class RayEngine:
             )
         return min(count, units)
 
+    def close(self) -> None:
+        """Stop the actors (a later `run` starts new ones)."""
+        if self._actors:
+            import ray
+
+            for actor in self._actors:
+                ray.kill(actor)
+        self._actors = []
+
+    def __enter__(self) -> "RayEngine":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_actors": []}
+
     def run(
         self, task: UnitTask, units: Sequence[WorkUnit], out_dir: Path, job_digest: str
     ) -> Iterator[UnitOutcome]:
         ray = self._connect()
-        actor_class = ray.remote(num_cpus=self.num_cpus_per_unit, num_gpus=self.num_gpus_per_unit)(
-            _UnitActor
-        )
+        wanted = self._actor_count(ray, len(units))
+        if len(self._actors) < wanted:
+            actor_class = ray.remote(
+                num_cpus=self.num_cpus_per_unit, num_gpus=self.num_gpus_per_unit
+            )(_UnitActor)
+            self._actors += [actor_class.remote() for _ in range(wanted - len(self._actors))]
+        token = f"{os.getpid()}-{time.time_ns()}-{id(task)}"
         task_ref = ray.put(task)
-        actors = [actor_class.remote(task_ref) for _ in range(self._actor_count(ray, len(units)))]
-        try:
-            waiting = list(reversed(units))
-            running: dict[Any, tuple[str, Any]] = {}
-            idle = list(actors)
-            failed = False
-            while waiting or running:
-                while waiting and idle and not failed:
-                    unit, actor = waiting.pop(), idle.pop()
-                    ref = actor.run.remote(unit, str(out_dir), job_digest)
-                    running[ref] = (unit.key, actor)
-                ready, _ = ray.wait(list(running), num_returns=1)
-                for ref in ready:
-                    key, actor = running.pop(ref)
-                    idle.append(actor)
-                    try:
-                        seconds = ray.get(ref)
-                    except Exception as error:
-                        failed = True
-                        yield UnitOutcome(key, 0.0, _ray_cause(error))
+        waiting = list(reversed(units))
+        running: dict[Any, tuple[str, Any]] = {}
+        idle = list(self._actors[:wanted])
+        failed = False
+        while waiting or running:
+            while waiting and idle and not failed:
+                unit, actor = waiting.pop(), idle.pop()
+                ref = actor.run.remote(token, task_ref, unit, str(out_dir), job_digest)
+                running[ref] = (unit.key, actor)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                key, actor = running.pop(ref)
+                try:
+                    seconds = ray.get(ref)
+                except Exception as error:
+                    failed = True
+                    if isinstance(error, ray.exceptions.RayActorError):
+                        self._actors.remove(actor)  # its process died: not reused
                     else:
-                        yield UnitOutcome(key, seconds, None)
-                if failed and not running:
-                    break
-        finally:
-            for actor in actors:
-                ray.kill(actor)
+                        idle.append(actor)
+                    yield UnitOutcome(key, 0.0, _ray_cause(error))
+                else:
+                    idle.append(actor)
+                    yield UnitOutcome(key, seconds, None)
+            if failed and not running:
+                break
+
+
+def use_this_python() -> None:
+    """Make a local Ray start its workers with this interpreter and environment.
+
+    Ray >= 2.47 notices a driver started by `uv run` and starts every worker through `uv run`
+    again, in a copy of the working directory, which re-resolves (and here fails to find) the
+    project; a local Ray shares this machine's environment, so that is never needed. Setting
+    `RAY_ENABLE_UV_RUN_RUNTIME_ENV=0` yourself does the same (it is read when Ray is imported;
+    this also updates the value if Ray was imported already). Not done for a cluster
+    (`--ray-address`/`RAY_ADDRESS`), whose nodes are set up by their owner.
+    """
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    if os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] == "0":
+        import sys
+
+        constants = sys.modules.get("ray._private.ray_constants")
+        if constants is not None and hasattr(constants, "RAY_ENABLE_UV_RUN_RUNTIME_ENV"):
+            constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
 
 
 class _UnitActor:
-    """A Ray actor: the task set up once, then one unit per call."""
+    """A Ray actor: the task of each `run` (`token`) set up once, then one unit per call."""
 
-    def __init__(self, task: UnitTask) -> None:
-        task.setup()
-        self.task = task
+    def __init__(self) -> None:
+        self.current: tuple[str, UnitTask] | None = None
 
-    def run(self, unit: WorkUnit, out_dir: str, job_digest: str) -> float:
-        return _execute(self.task, unit, Path(out_dir), job_digest)
+    def run(
+        self, token: str, task: UnitTask, unit: WorkUnit, out_dir: str, job_digest: str
+    ) -> float:
+        if self.current is None or self.current[0] != token:
+            self.current = None  # drop the previous run's task (a model, open files) first
+            task.setup()
+            self.current = (token, task)
+        return _execute(self.current[1], unit, Path(out_dir), job_digest)
 
 
 def _ray_cause(error: BaseException) -> BaseException:
