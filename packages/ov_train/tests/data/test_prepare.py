@@ -17,6 +17,7 @@ from ov_packing.shards import iter_bins
 from ov_train.data.errors import PrepareError, SourceFileError
 from ov_train.data.ingest_llava import LlavaSource
 from ov_train.data.manifest import read_manifest
+from ov_train.data.measure_units import MeasureTask, UnitRow, plan_units
 from ov_train.data.prepare import prepare
 from ov_train.data.report import TruncatedSample, load_report
 from ov_train.data.sample_record import SampleRecord
@@ -403,3 +404,30 @@ def _image(data):
     from PIL import Image
 
     return Image.open(io.BytesIO(data))
+
+
+def test_a_worker_started_in_another_folder_reads_relative_inputs_from_the_jobs(
+    tmp_path, raw_corpus, processor, config_for, monkeypatch
+):
+    llava = raw_corpus.inputs[0]
+    monkeypatch.chdir(llava.path.parent)
+    relative = LlavaSource(llava.path.name, llava.image_root.name)
+    config = config_for((relative,), tmp_path / "out")
+    processor.save_pretrained(tmp_path / "processor")
+    task = MeasureTask.of(config, tmp_path / "processor")
+    (unit,) = plan_units(config)
+    monkeypatch.chdir(tmp_path)  # where a Ray actor might start
+    task.setup()
+    task.run(unit, tmp_path / "staging")
+    rows = msgspec.msgpack.decode(
+        (tmp_path / "staging" / "measure" / "m000000.rows").read_bytes(), type=list[UnitRow]
+    )
+    assert {row.id for row in rows if row.reason is None} == {
+        "llava-0",
+        "llava-1",
+        "llava-2",
+        "llava-3",
+        "llava-pair",
+        "17",
+    }
+    assert rows[0].source == "data.json#0"  # named as given

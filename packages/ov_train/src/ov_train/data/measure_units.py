@@ -30,6 +30,7 @@ On a cluster, the output folder must be on a filesystem every node mounts at the
 
 import array
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,8 @@ class MeasureTask:
     verify_images: bool
     caption_prompt: str
     allow_absolute_paths: bool
+    cwd: str = field(default_factory=os.getcwd)
+    """The folder relative input paths are relative to (a Ray actor may start elsewhere)."""
     _processor: Any = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -172,7 +175,7 @@ class MeasureTask:
         """The task of `config`'s measuring, with the processor saved in `processor_dir`."""
         return cls(
             inputs=config.inputs,
-            processor_dir=str(processor_dir),
+            processor_dir=str(processor_dir.absolute()),
             max_length=config.max_length,
             truncate=config.truncate,
             verify_images=config.verify_images,
@@ -186,9 +189,11 @@ class MeasureTask:
         return state
 
     def setup(self) -> None:
-        """Load the processor (once per worker)."""
+        """Load the processor (once per worker), in the folder the job was started from."""
         from ov_model.processor import OVProcessor
 
+        if os.getcwd() != self.cwd:  # a worker started elsewhere: relative inputs resolve here
+            os.chdir(self.cwd)
         self._processor = OVProcessor.from_pretrained(self.processor_dir)
 
     def run(self, unit: WorkUnit, staging: Path) -> None:
