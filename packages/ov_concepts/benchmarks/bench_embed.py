@@ -14,6 +14,9 @@ per second, so the job is bound by decoding, as the real one is. Cases:
 
 - `decode_only`: one process decoding + resizing (`ResizeCrop`, what a worker does), images/s per
   core: the figure to multiply by cores for an estimate;
+- `decode_pool[0]` / `decode_pool[N]`: decoding alone through `DecodePool`, inline or in N
+  worker processes (start-up included): the speed-up decoding workers give where the model does
+  not compete for the cores (a GPU);
 - `model_only`: the model on already-prepared pixels (the ceiling of the whole job);
 - `job[0]` / `job[N]`: the whole `run_embedding_job` (one chunk of all images, batches of 32)
   decoding inline or in N worker processes, process start-up included; both must write the same
@@ -32,7 +35,7 @@ from PIL import Image
 from ov_concepts.clip.config import ClipConfig
 from ov_concepts.clip.encoder import ClipEncoder
 from ov_concepts.clip.model import Clip
-from ov_concepts.decode import ResizeCrop, load_images
+from ov_concepts.decode import DecodePool, ResizeCrop, load_images
 from ov_concepts.embed_job import EmbedJobConfig, run_embedding_job
 from ov_concepts.inputs import ImageFiles
 
@@ -83,6 +86,18 @@ def test_decode_only(benchmark, jpegs):
     assert all(ok for ok, _ in loaded)
     assert loaded[0][1].shape == (224, 224, 3)
     _record(benchmark, IMAGES, "decode + resize, one process")
+
+
+@pytest.mark.parametrize("workers", [0, DECODE_WORKERS], ids=lambda w: f"workers{w}")
+def test_decode_pool(benchmark, jpegs, workers):
+    keys = sorted(p.name for p in jpegs.iterdir())
+
+    def decode():
+        with DecodePool(workers, ResizeCrop(224)) as pool:  # process start-up included
+            return [ok for ok, _ in pool.load(jpegs, keys)]
+
+    assert all(benchmark.pedantic(decode, rounds=2, warmup_rounds=0))
+    _record(benchmark, IMAGES, f"decode + resize, DecodePool({workers})")
 
 
 def test_model_only(benchmark, jpegs, encoder):

@@ -236,6 +236,8 @@ def _previous_job(out_dir: Path, wanted: AssignmentManifest) -> AssignmentManife
     previous = read_manifest(out_dir, AssignmentManifest)
     for name in _JOB_FIELDS:
         old, new = getattr(previous, name), getattr(wanted, name)
+        if name == "unit_rows" and old is None and previous.complete:
+            continue  # finished before units existed: the arrays do not depend on unit_rows
         if old != new:
             raise ManifestError(
                 f"{out_dir} holds a different assignment ({name}: {old!r} there, {new!r} "
