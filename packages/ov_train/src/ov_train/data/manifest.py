@@ -1,7 +1,7 @@
 """`manifest.jsonl`: one row per input sample, what was measured and what became of it.
 
     {"id": "...", "source": "file#row", "status": "packed", "reason": null, "detail": null,
-     "key": "s000000042", "copies": 1, "image_sizes": [[480, 640]], "text_tokens": 57,
+     "key": "s000003-000042", "copies": 1, "image_sizes": [[480, 640]], "text_tokens": 57,
      "llm_tokens": 449, "vit_patches": 1568, "supervised_tokens": 21, "truncated_from": null}
 
 - `status`: `packed` (in `copies` bins), `rejected` (`reason` and `detail` say why; a value of

@@ -2,7 +2,7 @@
 finding the packed shards in it (what `ov-train run --data` accepts).
 
     manifest.jsonl      one row per input sample (`manifest.py`)
-    plan.ovp            the ov_packing plan (ids are the work-tar keys, `s<row>`)
+    plan.ovp            the ov_packing plan (ids are the work-tar keys, `s<unit>-<row>`)
     shards/             ov_packing packed shards + index.json + bin table (bins.npy, samples.npy)
     report.json/.md     counts per reason, every rejected and truncated sample, packing statistics
     work/               measuring units (normalised source tars + rows, their records), the
