@@ -745,3 +745,12 @@ def test_cli_write_resumes_a_failed_write_and_overwrite_starts_over(many, tmp_pa
     assert "resuming" not in result.output
     assert "8 units: 8 run, 0 already done" in result.output
     assert _tree(out) == _tree(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 513, 10**6, 8**11 - 1, 8**11])
+@pytest.mark.parametrize(
+    "name",
+    ["bin-000000007.json", "bin-000000001.s12.seg.png", "x" * 100, "x" * 101, "é.jpg", "a/b.c"],
+)
+def test_fast_member_headers_equal_tarfiles(name, size):
+    assert shards._tar_header(name, size) == shards._tarfile_header(name, size)

@@ -868,7 +868,8 @@ class _ShardTask:
         return entry.getvalue()
 
 
-def _tar_header(name: str, size: int) -> bytes:
+def _tarfile_header(name: str, size: int) -> bytes:
+    """The member header tarfile writes (PAX format, mtime 0, uid/gid 0, mode 0o644)."""
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = 0
@@ -877,6 +878,24 @@ def _tar_header(name: str, size: int) -> bytes:
     info.uname = info.gname = ""
     info.type = tarfile.REGTYPE
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+_HEADER_TEMPLATE = bytearray(_tarfile_header("", 0))
+_ASCII_NAME = re.compile(r"[\x01-\x7f]{1,100}")
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    """`_tarfile_header(name, size)`, byte for byte, ten times faster in the usual case (an
+    ASCII name of at most 100 characters, a size below 8 GiB: one 512-byte ustar block, no PAX
+    record): tarfile's own header for the empty name, with the name, size and checksum set."""
+    if size >= 8**11 or not _ASCII_NAME.fullmatch(name):
+        return _tarfile_header(name, size)
+    header = bytearray(_HEADER_TEMPLATE)
+    header[0 : len(name)] = name.encode("ascii")
+    header[124:136] = b"%011o\0" % size
+    header[148:156] = b"        "
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
 
 
 def _tar_file_size(content_bytes: int) -> int:

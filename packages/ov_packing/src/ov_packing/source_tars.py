@@ -256,14 +256,12 @@ def merge_tar_indexes(paths: list[Path], parts: Sequence[TarIndex]) -> SourceInd
 
 
 def _check_unique_keys(index: SourceIndex) -> None:
-    if len(index.keys) < 2:
+    from ov_packing.sample_ids import find_duplicate  # 64-bit hashes, sorted: 9 B per key
+
+    found = find_duplicate(index.keys)
+    if found is None:
         return
-    first = pc.index_in(index.keys, value_set=index.keys).to_numpy(zero_copy_only=False)
-    repeated = np.flatnonzero(first != np.arange(len(first)))
-    if repeated.size == 0:
-        return
-    second = int(repeated[0])
-    earlier = int(first[second])
+    earlier, second = found
     key = index.keys[second].as_py()
     first_name = f"{key}.{index.members(earlier)[0].ext}"
     name = f"{key}.{index.members(second)[0].ext}"
