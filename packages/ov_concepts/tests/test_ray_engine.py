@@ -12,7 +12,7 @@ from ov_concepts.embed_job import EmbedJobConfig, run_embedding_job
 from ov_concepts.embeddings import EmbeddingMatrix
 from ov_concepts.encoders import PrecomputedImagesSpec
 from ov_concepts.inputs import EmbeddingRows
-from ov_concepts.work_units import RayEngine
+from ov_concepts.work_units import RayEngine, use_this_python
 
 ray = pytest.importorskip("ray")
 
@@ -20,15 +20,12 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def local_ray():
     # Under `uv run` Ray by default starts its workers with `uv run` in a packaged copy of the
-    # working directory (its uv hook); that copy is not this workspace's environment, so the
-    # workers would fail to import ray. The environment is already here: turn the hook off.
-    patch = pytest.MonkeyPatch()
-    patch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    patch.setattr(ray._private.ray_constants, "RAY_ENABLE_UV_RUN_RUNTIME_ENV", False)
+    # working directory; that copy is not this workspace's environment, so the workers would fail
+    # to import ray. RayEngine turns that off for a local Ray; Ray is started here, before it.
+    use_this_python()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-    patch.undo()
 
 
 def _all_files(directory):
@@ -47,9 +44,8 @@ def test_ray_engine_writes_the_local_engines_bytes(local_ray, tmp_path):
     spec = PrecomputedImagesSpec(tmp_path / "source.npy")
     config = EmbedJobConfig(chunk_inputs=8, batch_size=3)
     run_embedding_job(EmbeddingRows(50), spec, tmp_path / "local", config)
-    run_embedding_job(
-        EmbeddingRows(50), spec, tmp_path / "ray", config, engine=RayEngine(num_cpus_per_unit=1)
-    )
+    with RayEngine(num_cpus_per_unit=1) as engine:
+        run_embedding_job(EmbeddingRows(50), spec, tmp_path / "ray", config, engine=engine)
     embedded = _all_files(tmp_path / "local")
     assert len([name for name in embedded if name.endswith(".npy")]) == 7
     assert _all_files(tmp_path / "ray") == embedded

@@ -29,7 +29,8 @@ def test_two_worker_processes_write_the_bytes_of_one(tmp_path):
     spec = PrecomputedImagesSpec(tmp_path / "source.npy")
     config = EmbedJobConfig(chunk_inputs=8, batch_size=3)
     run_embedding_job(EmbeddingRows(45), spec, tmp_path / "E1", config)
-    run_embedding_job(EmbeddingRows(45), spec, tmp_path / "E2", config, engine=LocalEngine(2))
+    with LocalEngine(2) as engine:
+        run_embedding_job(EmbeddingRows(45), spec, tmp_path / "E2", config, engine=engine)
     embedded = _all_files(tmp_path / "E1")
     assert sum(name.startswith(".units/chunk-") for name in embedded) == 6
     assert _all_files(tmp_path / "E2") == embedded
@@ -38,7 +39,8 @@ def test_two_worker_processes_write_the_bytes_of_one(tmp_path):
     concepts = EmbeddingMatrix(tmp_path / "concepts.npy")
     config = AssignConfig(topk=6, image_block=8, unit_rows=16, concept_block=32)
     assign_concepts(images, concepts, tmp_path / "A1", config)
-    assign_concepts(images, concepts, tmp_path / "A2", config, engine=LocalEngine(2))
+    with LocalEngine(2) as engine:
+        assign_concepts(images, concepts, tmp_path / "A2", config, engine=engine)
     assert _all_files(tmp_path / "A1") == _all_files(tmp_path / "A2")
 
     with pytest.raises(ConceptsError, match=r"pass an EncoderSpec"):

@@ -117,7 +117,8 @@ def _default_decode_workers(engine: str, workers: int | None, device: str) -> in
 
 
 def _engine(engine: str, workers: int | None, ray_address: str | None, device: str, cpus=1):
-    """The work-units engine; Ray actors reserve a GPU each when the device is CUDA."""
+    """The work-units engine (a context manager: its processes or actors stop at the end); Ray
+    actors reserve a GPU each when the device is CUDA."""
     from ov_concepts.work_units import make_engine
 
     if engine == "local":
@@ -306,15 +307,16 @@ def embed_images(
         )
     if decode_workers is None:
         decode_workers = _default_decode_workers(engine, workers, device)
-    manifest = run_embedding_job(
-        inputs,
-        encoder,
-        out_dir,
-        _job_config(batch_size, chunk_size, store_dtype),
-        progress=not quiet,
-        engine=_engine(engine, workers, ray_address, device, cpus=max(1, decode_workers)),
-        decode_workers=decode_workers,
-    )
+    with _engine(engine, workers, ray_address, device, cpus=max(1, decode_workers)) as runner:
+        manifest = run_embedding_job(
+            inputs,
+            encoder,
+            out_dir,
+            _job_config(batch_size, chunk_size, store_dtype),
+            progress=not quiet,
+            engine=runner,
+            decode_workers=decode_workers,
+        )
     failed = sum(len(chunk.failed) for chunk in manifest.chunks)
     _say(f"wrote {manifest.rows:,} image embeddings ({manifest.dim} dims) to {out_dir}")
     if failed:
@@ -390,14 +392,15 @@ def embed_concepts(
             device=device,
             dtype=_clip_dtype(dtype, device),
         )
-    manifest = run_embedding_job(
-        ConceptTexts(vocabulary),
-        encoder,
-        out_dir,
-        _job_config(batch_size, chunk_size, store_dtype),
-        progress=not quiet,
-        engine=_engine(engine, workers, ray_address, device),
-    )
+    with _engine(engine, workers, ray_address, device) as runner:
+        manifest = run_embedding_job(
+            ConceptTexts(vocabulary),
+            encoder,
+            out_dir,
+            _job_config(batch_size, chunk_size, store_dtype),
+            progress=not quiet,
+            engine=runner,
+        )
     _say(f"wrote {manifest.rows:,} concept embeddings ({manifest.dim} dims) to {out_dir}")
 
 
@@ -494,14 +497,10 @@ def assign(
     concepts = EmbeddingMatrix(concepts_path, concepts_tensor)
     claim_output(out_dir, overwrite, resumable=True)
     started = time.perf_counter()
-    manifest = assign_concepts(
-        images,
-        concepts,
-        out_dir,
-        config,
-        progress=not quiet,
-        engine=_engine(engine, workers, ray_address, device),
-    )
+    with _engine(engine, workers, ray_address, device) as runner:
+        manifest = assign_concepts(
+            images, concepts, out_dir, config, progress=not quiet, engine=runner
+        )
     seconds = time.perf_counter() - started
     _say(
         f"assigned top-{manifest.topk} of {manifest.concepts:,} concepts to {manifest.images:,} "
