@@ -330,7 +330,7 @@ def export(run: Path, out: Path, overwrite: bool, layout: str, max_shard_size: i
 @click.option(
     "--eval-images", type=click.IntRange(min=4), default=160, help="Held-out images drawn."
 )
-@click.option("--steps", type=click.IntRange(min=1), default=400, help="Training steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=1200, help="Training steps.")
 @click.option("--clusters", type=click.IntRange(min=1), default=24, help="K-means centres.")
 @seed_option("Seeds the drawing, the init, the k-means and the training.")
 @quiet_option()

@@ -67,13 +67,13 @@ class DemoSettings:
 
     images: int = 480
     eval_images: int = 160
-    steps: int = 400
+    steps: int = 1200
     clusters: int = 24
     batch_images: int = 16
     regions_per_image: int = 10
     seed: int = 0
     lr: float = 1e-3
-    font_size: int = 22
+    font_size: int = 30
     """Word glyph size in pixels."""
     model_overrides: dict[str, int] = field(
         default_factory=lambda: {
