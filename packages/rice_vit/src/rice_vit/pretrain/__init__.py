@@ -5,5 +5,6 @@ features of the crops (`features`), k-means cluster labels (`kmeans`) and OCR to
 (`ocr_labels`), packed region batches (`batches`), the sharded margin softmax loss
 (`margin_loss`), the training loop with exact resume (`train`, `checkpoint`, `config`), the
 evaluation of region embeddings (`evaluate`) and a synthetic end-to-end run (`synthetic`,
-`demo`). The `rice-vit pretrain` commands (`cli`) run each step.
+`demo`). `pipeline` chains the steps from file to file; the `rice-vit pretrain` commands
+(`cli`) run each of them.
 """
