@@ -137,7 +137,22 @@ SEED = {
     "ov-train prepare",
     "ov-train quickstart",
 }
-WORKERS = {"ov-pack plan": 2, "ov-train prepare": 1}
+WORKERS = {
+    "ov-pack plan": 2,
+    "ov-pack write": None,
+    "ov-concepts embed-images": None,
+    "ov-concepts embed-concepts": None,
+    "ov-concepts assign": None,
+    "ov-train prepare": None,
+}
+# commands that run resumable work units: --engine local|ray and --ray-address
+ENGINE = {
+    "ov-pack write",
+    "ov-concepts embed-images",
+    "ov-concepts embed-concepts",
+    "ov-concepts assign",
+    "ov-train prepare",
+}
 QUIET = {
     "rice-vit embed",
     "ov-pack write",
@@ -325,6 +340,19 @@ def test_workers_is_a_positive_integer(name):
     workers = _options(COMMANDS[name])["--workers"]
     assert workers.default == WORKERS[name]
     assert workers.type.min == 1
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_engine_and_ray_address_exactly_where_work_units_run(name):
+    options = _options(COMMANDS[name])
+    assert ("--engine" in options) == (name in ENGINE)
+    assert ("--ray-address" in options) == (name in ENGINE)
+    if name in ENGINE:
+        engine = options["--engine"]
+        assert engine.default == "local"
+        assert tuple(engine.type.choices) == ("local", "ray")
+        assert options["--ray-address"].default is None
+        assert "[default: local]" in _help(name)
 
 
 @pytest.mark.parametrize("name", sorted(QUIET))

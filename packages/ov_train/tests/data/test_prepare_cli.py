@@ -188,7 +188,7 @@ def test_an_interrupted_run_is_resumed_by_the_same_command(tmp_path, raw_corpus,
     # --overwrite starts over; without it a finished preparation is refused
     result = CliRunner().invoke(prepare_command, arguments)
     assert result.exit_code == 2
-    assert "is a finished preparation" in result.output
+    assert "out is not empty; pass --overwrite to replace it" in result.output
     result = CliRunner().invoke(prepare_command, [*arguments, "--overwrite"])
     assert result.exit_code == 0, result.output
     assert "resumed" not in result.output

@@ -197,7 +197,9 @@ def prepare_command(**options: Any) -> None:
     """Measure raw data (LLaVA JSON + images, webdataset tars, HF parquet) with the model's
     processor, pack it and write packed shards, a manifest and a report into OUT."""
     from ov_model.processor import OVProcessor
+    from ov_train.data.measure_units import JOB_NAME
     from ov_train.data.prepare import prepare
+    from ov_train.data.prepare_output import holds_unfinished_preparation
     from ov_train.data.report import REPORT_MD
     from ov_train.data.run_fit import RunFit
     from ov_train.data.selection import balanced_dir_selector, ids_file_selector
@@ -211,10 +213,14 @@ def prepare_command(**options: Any) -> None:
         raise click.UsageError("--balanced and --balance-keys go together")
     with _user_errors():
         inputs = _inputs(options)
-        # resumable: prepare itself resumes an unfinished run of the same job and refuses
-        # anything else in the folder; --overwrite starts over
+        # an unfinished run is left to prepare, which resumes it when it is the same job (and
+        # refuses it otherwise); anything else in the folder is refused here, before the
+        # processor is read; --overwrite starts over
         claim_output(
-            options["out_dir"], options["overwrite"], keep=_input_paths(options), resumable=True
+            options["out_dir"],
+            options["overwrite"],
+            keep=_input_paths(options),
+            resumable=holds_unfinished_preparation(Path(options["out_dir"]), JOB_NAME),
         )
         if options["select_ids"] is not None:
             select = ids_file_selector(options["select_ids"])

@@ -62,6 +62,12 @@ class PrepareResult:
         return self.out_dir / SHARDS_NAME
 
 
+def holds_unfinished_preparation(out_dir: Path, job_name: str) -> bool:
+    """Whether `out_dir` holds an unfinished `prepare` run (its `work/<job_name>` without a
+    `report.json`): the one folder content `ov-train prepare` continues instead of refusing."""
+    return (out_dir / WORK_NAME / job_name).is_file() and not (out_dir / REPORT_JSON).exists()
+
+
 def check_out_dir(out_dir: Path, job_digest: str, job_name: str) -> bool:
     """Whether `prepare` resumes in `out_dir`: False for an absent or empty folder, True for the
     unfinished preparation of the same measuring job (`work/<job_name>` holds `job_digest`).
