@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from PIL import Image
 from ov_model import LlavaOV
 from ov_model.packing import IGNORE_INDEX
 from ov_model.processor import OVProcessor
+from ov_packing.errors import ShardError
 from ov_packing.shards import iter_bins
 from ov_train.data.bin_order import StreamPosition
 from ov_train.data.bin_table import (
@@ -153,6 +155,28 @@ def test_the_bin_table_written_with_the_shards_equals_a_scan(packed):
         assert getattr(table, name).tolist() == getattr(scanned, name).tolist(), name
     assert table.fingerprint == scanned.fingerprint
     assert [read_bin(table, index) for index in range(table.num_bins)] == list(iter_bins(packed[0]))
+
+
+def test_a_flipped_byte_in_a_bin_is_an_error_naming_the_shard_and_bin(packed, tmp_path):
+    copy = tmp_path / "shards"
+    shutil.copytree(packed[0], copy)
+    table = load_bin_table(copy)
+    assert table.sha256 is not None
+    assert table.sha256.shape == (table.num_bins, 32)
+    victim = table.num_bins // 2
+    shard = copy / table.shard_names[int(table.shard[victim])]
+    # a byte inside the bin's last member's data, not in a header: only the digest can see it
+    position = int(table.offset[victim] + table.length[victim]) - 2 * 512 - 1
+    data = bytearray(shard.read_bytes())
+    data[position] ^= 0x01
+    shard.write_bytes(bytes(data))
+    expected = [read_bin(load_bin_table(packed[0]), index) for index in range(table.num_bins)]
+    for index in range(table.num_bins):
+        if index == victim:
+            with pytest.raises(ShardError, match=rf"{shard.name}: bin {victim} \(bytes .*SHA-256"):
+                read_bin(table, index)
+        else:
+            assert read_bin(table, index) == expected[index]
 
 
 def test_micro_batches_hold_the_processed_samples_of_their_bins(packed, processor):

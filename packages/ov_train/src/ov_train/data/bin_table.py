@@ -12,7 +12,8 @@ Shard folders written before tables existed (index version 1) fall back to `scan
 with a warning: it walks the tar headers of every shard (the data of images is skipped, only each
 bin's small JSON is read), about a second per 100,000 members on a local disk, and knows no
 supervised counts, so such a folder can be read but not trained on (the loader says so; prepare
-it again). `read_bin` reads a bin's byte range (positioned reads, safe in forked workers) and
+it again). `read_bin` reads a bin's byte range (positioned reads, safe in forked workers),
+checks its SHA-256 against the table (a flipped byte is an error naming the shard and bin) and
 parses it into ov_packing's own `PackedBin`, with the checks `iter_bins` makes: member names
 belong to the bin, the JSON describes this bin, every listed file is present and nothing else is
 (tests check the result equals `iter_bins` bin for bin).
@@ -21,7 +22,6 @@ The layout read is the one documented in `ov_packing.shards` (index versions 1 a
 """
 
 import hashlib
-import io
 import os
 import tarfile
 import warnings
@@ -36,11 +36,12 @@ from ov_packing.shards import (
     INDEX_NAME,
     PackedBin,
     ShardIndex,
-    assemble_bin,
     bin_key,
+    check_bin_digest,
     decode_bin_record,
+    parse_bin,
 )
-from ov_packing.source_tars import open_tar, tar_members, unsafe_name_reason
+from ov_packing.source_tars import open_tar, tar_members
 
 _BLOCK = tarfile.BLOCKSIZE
 SUPERVISED_TARGETS = "supervised_targets"
@@ -75,6 +76,9 @@ class BinTable:
     """The same per sub-sample, bins in order (rows `first_sample[b]:first_sample[b + 1]`)."""
     first_sample: np.ndarray | None = None
     """int64 (bins + 1,): where each bin's sub-samples start in `sample_columns`."""
+    sha256: np.ndarray | None = None
+    """uint8 (bins, 32): each bin's SHA-256, checked by `read_bin` (None: a table of version 1,
+    or a scan)."""
 
     @property
     def num_bins(self) -> int:
@@ -111,6 +115,7 @@ def load_bin_table(shards_dir: str | Path) -> BinTable:
         columns=table.bin_columns,
         sample_columns=table.sample_columns,
         first_sample=table.first_sample,
+        sha256=table.sha256,
     )
 
 
@@ -188,7 +193,9 @@ def _scan_shard(path: Path, first_bin: int, number: int, columns: list[list[int]
 
 
 def read_bin(table: BinTable, index: int) -> PackedBin:
-    """Bin `index` with its sub-samples' files, checked as ov_packing's `iter_bins` checks it."""
+    """Bin `index` with its sub-samples' files: one positioned read, its SHA-256 checked against
+    the bin table (tables of version 2), then parsed with the checks `iter_bins` makes
+    (`ov_packing.shards.parse_bin`); ShardError naming the shard and bin otherwise."""
     if not 0 <= index < table.num_bins:
         raise IndexError(f"bin {index} is outside 0..{table.num_bins - 1}")
     path = table.shards_dir / table.shard_names[int(table.shard[index])]
@@ -200,18 +207,6 @@ def read_bin(table: BinTable, index: int) -> PackedBin:
         os.close(descriptor)
     if len(data) != length:
         raise ShardError(f"{path}: truncated: bin {index} needs {length} bytes at {offset}")
-    key = bin_key(index)
-    files: dict[str, bytes] = {}
-    # Two zero blocks end the archive, so tarfile stops cleanly after the bin's last member.
-    with tarfile.open(fileobj=io.BytesIO(data + b"\0" * (2 * _BLOCK)), mode="r:") as tar:
-        for member in tar_members(tar, path):
-            reason = unsafe_name_reason(member.name)
-            if reason is not None or not member.isreg() or not member.name.startswith(f"{key}."):
-                raise ShardError(
-                    f"{path}: member {member.name!r} at bin {index}'s place is not one of its "
-                    f"regular files{'' if reason is None else ' (' + reason + ')'}"
-                )
-            extracted = tar.extractfile(member)
-            assert extracted is not None  # regular member
-            files[member.name] = extracted.read()
-    return assemble_bin(path, index, files)
+    if table.sha256 is not None:
+        check_bin_digest(path, index, offset, data, table.sha256[index])
+    return parse_bin(path, index, data)
