@@ -176,6 +176,7 @@ def test_empty_input_is_an_empty_plan():
         ({"tokens": [5, 6], "patches": [1]}, "1 patch counts for 2 samples"),
         ({"tokens": [5], "capacity": 0}, "capacity must be positive"),
         ({"tokens": [5], "ids": ["a", "b"]}, "2 ids for 1 samples"),
+        ({"tokens": [5, 6, 7], "ids": ["a", "b", "a"]}, "duplicate id 'a': samples 0 and 2"),
     ],
 )
 def test_bad_arguments_are_value_errors_naming_the_sample(kwargs, message):
@@ -233,6 +234,17 @@ def test_two_budget_winner_is_never_worse_than_first_fit_alone(make):
     best_fit_only = pack(tokens, heuristics=("best-fit-decreasing",), **problem)
     assert plan.num_bins == min(first_fit_only.num_bins, best_fit_only.num_bins)
     assert plan.num_bins <= first_fit_only.num_bins
+
+
+def test_duplicate_ids_are_refused_before_the_core_packs(monkeypatch):
+    from ov_packing import packer
+
+    def core_must_not_run(*args, **kwargs):
+        raise AssertionError("the core ran although the ids repeat")
+
+    monkeypatch.setattr(packer._core, "pack", core_must_not_run)
+    with pytest.raises(ValueError, match="duplicate id 'x': samples 1 and 3"):
+        pack(np.array([4, 5, 6, 7]), capacity=CAPACITY, ids=["w", "x", "y", "x"])
 
 
 def test_unknown_heuristic_is_refused():

@@ -3,7 +3,8 @@
 The heavy lifting happens in the compiled `ov_packing._core` extension (C++17, pybind11); the
 modules here are a thin, typed Python API over it:
 
-- `inputs`: read and write per-sample lengths (JSONL, `name:length` text, .npy, optionally .zst);
+- `inputs`: read and write per-sample lengths (Parquet, JSONL, `name:length` text, .npy,
+  optionally .zst), whole or block by block; ids as one Arrow string column (`sample_ids`);
 - `packer`: `pack(...) -> PackPlan`;
 - `plan`: the `PackPlan` and its versioned file format;
 - `stats`, `verify`: numbers about a plan and an independent check of its invariants;
@@ -22,9 +23,17 @@ from ov_packing.errors import (
     PlanVerificationError,
     ShardError,
 )
-from ov_packing.inputs import SampleLengths, read_lengths, write_lengths
+from ov_packing.inputs import (
+    SampleLengths,
+    iter_lengths,
+    read_counts,
+    read_ids,
+    read_lengths,
+    write_lengths,
+)
 from ov_packing.packer import pack
 from ov_packing.plan import PackParams, PackPlan, RejectReason
+from ov_packing.sample_ids import SampleIds
 from ov_packing.stats import PackStats, compute_stats
 from ov_packing.verify import verify_plan
 
@@ -39,13 +48,17 @@ __all__ = [
     "PlanFileError",
     "PlanVerificationError",
     "RejectReason",
+    "SampleIds",
     "SampleLengths",
     "ShardError",
     "__version__",
     "compute_stats",
+    "iter_lengths",
     "lower_bound_bins",
     "pack",
     "packing_lower_bound",
+    "read_counts",
+    "read_ids",
     "read_lengths",
     "verify_plan",
     "write_lengths",

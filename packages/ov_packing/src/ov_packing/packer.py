@@ -41,6 +41,7 @@ from ov_packing import _core
 from ov_packing.inputs import SampleLengths
 from ov_packing.int32_array import as_int32
 from ov_packing.plan import PackParams, PackPlan
+from ov_packing.sample_ids import SampleIds
 
 HEURISTICS = ("first-fit-decreasing", "best-fit-decreasing")
 
@@ -54,7 +55,7 @@ def pack(
     seed: int = 0,
     threads: int | None = None,
     patches: npt.ArrayLike | None = None,
-    ids: list[str] | None = None,
+    ids: "SampleIds | Sequence[str] | None" = None,
     heuristics: Sequence[str] = HEURISTICS,
 ) -> PackPlan:
     """Pack samples into bins of at most `capacity` tokens and return the plan.
@@ -83,8 +84,14 @@ def pack(
         raise ValueError(f"{patch_array.shape[0]} patch counts for {tokens.shape[0]} samples")
     if patch_capacity is not None and patch_array is None:
         raise ValueError("patch_capacity needs per-sample patch counts")
-    if ids is not None and len(ids) != tokens.shape[0]:
-        raise ValueError(f"{len(ids)} ids for {tokens.shape[0]} samples")
+    if ids is not None:
+        ids = SampleIds(ids)
+        if len(ids) != tokens.shape[0]:
+            raise ValueError(f"{len(ids)} ids for {tokens.shape[0]} samples")
+        duplicate = ids.first_duplicate()  # before the core runs; cached for the PackPlan
+        if duplicate is not None:
+            first, second = duplicate
+            raise ValueError(f"duplicate id {ids[second]!r}: samples {first} and {second}")
     if threads is None:
         threads = min(2, os.cpu_count() or 1)
     if threads < 1:
