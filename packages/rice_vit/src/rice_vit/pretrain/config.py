@@ -132,14 +132,15 @@ class LossConfig(_Section):
     margin_kind: MarginKind = "arcface"
     """arcface: cos(theta + m); cosface: cos(theta) - m (the paper does not say which)."""
     sample_rate: float = 0.1
-    """rho: each rank samples floor(rho * K_local) negative centres per step, positives always
-    kept (1.0: every centre, no sampling)."""
+    """rho: floor(rho * K) negative centres sampled per step over all K classes (seeded by the
+    step, so every world size samples the same ones), the batch's positives always kept (1.0:
+    every centre, no sampling; 0.0: the positives alone)."""
 
     def check(self) -> None:
-        """s > 0, 0 <= m < pi/2 (arcface) or < 2 (cosface), 0 < rho <= 1."""
+        """s > 0, 0 <= m < 2, 0 <= rho <= 1."""
         self._require(self.scale > 0, "scale", "must be > 0")
         self._require(0 <= self.margin < 2, "margin", "must be in [0, 2)")
-        self._require(0 < self.sample_rate <= 1, "sample_rate", "must be in (0, 1]")
+        self._require(0 <= self.sample_rate <= 1, "sample_rate", "must be in [0, 1]")
 
 
 @dataclass(frozen=True, kw_only=True)
