@@ -3,8 +3,9 @@ and every module named in MUST_RUN ran all its tests (none skipped).
 
 pytest exits 0 when a folder silently contributes nothing (a renamed file, a bad pattern), so the
 JUnit report is checked root by root: at least one test executed and not skipped. Modules that
-skip themselves when a system tool is missing (the chat-page test without chromium) are listed in
-MUST_RUN: CI installs the tool, so a skip there means the install went wrong.
+skip themselves when a system tool or an extra is missing (the chat-page test without chromium, the
+Ray engine tests without the ray extra) are listed in MUST_RUN: CI installs them, so a skip there
+means the install went wrong.
 """
 
 import sys
@@ -23,7 +24,13 @@ def test_roots() -> list[str]:
     return [*roots, "tests."]
 
 
-MUST_RUN = ("packages.ov_model.tests.serve.test_chat_page",)
+MUST_RUN = (
+    "packages.ov_model.tests.serve.test_chat_page",
+    # the Ray engine on a local Ray (CI installs the ray extras)
+    "packages.ov_packing.tests.test_ray_engine",
+    "packages.ov_concepts.tests.test_ray_engine",
+    "packages.ov_train.tests.data.test_prepare_ray",
+)
 """Modules whose tests must all run in CI (CI installs what they need)."""
 
 

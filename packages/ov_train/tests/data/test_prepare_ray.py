@@ -3,10 +3,9 @@
 One module, one Ray for all its tests (starting Ray costs seconds); CI installs the `ray` extra.
 """
 
-import os
-
 import pytest
 
+from ov_packing.work_units import use_this_python
 from ov_train.data.prepare import prepare
 
 
@@ -20,15 +19,8 @@ def _all_bytes(folder):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    # Under `uv run` Ray >= 2.43 would by default run its workers through `uv run` with this
-    # checkout packed as their working_dir (slow, and not what a test of our engine needs):
-    # switched off by the variable, read when ray is imported, and by its constant if ray was
-    # imported already.
-    os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
-    import ray
-    from ray._private import ray_constants
-
-    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
+    ray = pytest.importorskip("ray")
+    use_this_python()  # workers run this interpreter, not `uv run` again (see its docstring)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
