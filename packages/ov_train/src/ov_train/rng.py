@@ -2,9 +2,9 @@
 
 Exact resume needs every generator a step may draw from to continue where it stopped: Python's
 `random`, NumPy's global generator, torch's CPU generator and, when CUDA is in use, each
-device's. They are captured into plain JSON values (torch states as base64 of their bytes,
-NumPy's key as a list of ints) rather than pickled, so a checkpoint holds no executable data,
-and restored after the model is built, since building it draws from them.
+device's. `capture_rng_state`/`restore_rng_state` (from `rice_vit.rng_state`, shared with
+`rice-vit pretrain`) turn them into plain JSON values rather than pickles, so a checkpoint holds
+no executable data; they are restored after the model is built, since building it draws from them.
 
 Deterministic mode (`torch.use_deterministic_algorithms`) makes kernels pick reproducible
 algorithms; on CUDA cuBLAS also needs `CUBLAS_WORKSPACE_CONFIG`, which must be set before
@@ -13,15 +13,23 @@ process-wide switch: the context manager restores the previous setting, so a tra
 inside a larger program (or a test session) leaves it as it found it.
 """
 
-import base64
 import contextlib
 import os
 import random
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch
+
+from rice_vit.rng_state import capture_rng_state, restore_rng_state
+
+__all__ = [
+    "capture_rng_state",
+    "deterministic_mode",
+    "restore_rng_state",
+    "resume_seed",
+    "seed_everything",
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -43,41 +51,6 @@ def deterministic_mode(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
-
-
-def _encode(state: torch.Tensor) -> str:
-    return base64.b64encode(state.numpy().tobytes()).decode("ascii")
-
-
-def _decode(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every generator's state as JSON-compatible values."""
-    version, internal, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],
-        "torch": _encode(torch.get_rng_state()),
-        "cuda": [],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # never start CUDA for this
-        state["cuda"] = [_encode(s.cpu()) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `capture_rng_state` captured (CUDA states only when devices exist)."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(_decode(state["torch"]))
-    if state["cuda"] and torch.cuda.is_available():
-        states = state["cuda"][: torch.cuda.device_count()]
-        torch.cuda.set_rng_state_all([_decode(s) for s in states])
 
 
 def resume_seed(seed: int, step: int, rank: int) -> int:

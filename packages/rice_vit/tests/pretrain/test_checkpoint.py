@@ -51,7 +51,7 @@ def test_a_checkpoint_reads_back_bit_for_bit_with_the_random_state(tmp_path):
     for old, new in zip(optimizer.state.values(), fresh.state.values(), strict=True):
         assert torch.equal(old["exp_avg_sq"], new["exp_avg_sq"])
         assert old["step"] == new["step"]
-    from rice_vit.pretrain.checkpoint import restore_rng_state
+    from rice_vit.rng_state import restore_rng_state
 
     restore_rng_state(loaded.state["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected

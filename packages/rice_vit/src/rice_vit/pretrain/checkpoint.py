@@ -26,20 +26,18 @@ restored anyway, so a run killed and resumed reaches bitwise the weights of an u
 (tested on a tiny model).
 """
 
-import base64
 import json
 import os
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from rice_vit.errors import CheckpointError
+from rice_vit.rng_state import capture_rng_state
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -54,45 +52,6 @@ def step_folder_name(step: int) -> str:
 
 def _rank_file(prefix: str, rank: int, suffix: str) -> str:
     return f"{prefix}-rank{rank:05d}{suffix}"
-
-
-# ----------------------------------------------------------------------------- random state
-
-
-def _encode(state: torch.Tensor) -> str:
-    return base64.b64encode(state.numpy().tobytes()).decode("ascii")
-
-
-def _decode(text: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8).clone()
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every global generator's state as JSON values."""
-    version, internal, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [version, list(internal), gauss],
-        "numpy": [kind, keys.tolist(), int(position), int(has_gauss), float(cached)],
-        "torch": _encode(torch.get_rng_state()),
-        "cuda": [],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # never start CUDA for this
-        state["cuda"] = [_encode(s.cpu()) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `capture_rng_state` captured (CUDA states only where devices exist)."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(_decode(state["torch"]))
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(
-            [_decode(s) for s in state["cuda"][: torch.cuda.device_count()]]
-        )
 
 
 # ----------------------------------------------------------------------------- writing

@@ -48,12 +48,7 @@ from torch import nn
 from rice_vit.config import RiceViTConfig
 from rice_vit.errors import CheckpointError, ConfigError
 from rice_vit.model import RiceViT
-from rice_vit.pretrain.checkpoint import (
-    latest_checkpoint,
-    read_checkpoint,
-    restore_rng_state,
-    write_checkpoint,
-)
+from rice_vit.pretrain.checkpoint import latest_checkpoint, read_checkpoint, write_checkpoint
 from rice_vit.pretrain.config import PretrainConfig, config_from_dict, config_to_toml
 from rice_vit.pretrain.margin_loss import MarginSoftmaxLoss
 from rice_vit.pretrain.plot import (
@@ -65,6 +60,7 @@ from rice_vit.pretrain.plot import (
     truncate_loss_log,
 )
 from rice_vit.region_boxes import RegionBoxes
+from rice_vit.rng_state import restore_rng_state
 
 CONFIG_FILE = "config.toml"
 ENCODER_FILE = "encoder.json"
