@@ -29,6 +29,7 @@ from ov_concepts.cli_conventions import (
     quiet_option,
     seed_option,
     store_dtype_option,
+    work_unit_options,
 )
 from ov_concepts.errors import ConceptsError
 
@@ -59,40 +60,6 @@ class _Group(Group):
 
 def _say(message: str) -> None:
     click.echo(message, err=True)
-
-
-def _unit_options(workers_help: str):
-    """`--workers N`, `--engine local|ray`, `--ray-address ADDR`: how the work units run (the
-    spelling of every onevision command that runs `work_units`)."""
-
-    def decorate(function):
-        options = [
-            click.option(
-                "--workers",
-                type=click.IntRange(min=1),
-                default=None,
-                help=workers_help,
-            ),
-            click.option(
-                "--engine",
-                type=click.Choice(["local", "ray"]),
-                default="local",
-                help="local: this machine's processes; ray: actors of a Ray cluster (the `ray` "
-                "extra), one unit at a time each.",
-            ),
-            click.option(
-                "--ray-address",
-                envvar="RAY_ADDRESS",
-                default=None,
-                help="Ray cluster to join (e.g. ray://head:10001, or auto); also RAY_ADDRESS. "
-                "Default: start a local Ray.",
-            ),
-        ]
-        for option in reversed(options):
-            function = option(function)
-        return function
-
-    return decorate
 
 
 _WORKERS_MODEL = (
@@ -220,7 +187,7 @@ def _encoder_options(function):
     ]
     for option in reversed(options):
         function = option(function)
-    return _unit_options(_WORKERS_MODEL)(function)
+    return work_unit_options(_WORKERS_MODEL)(function)
 
 
 def _check_source(checkpoint, from_embeddings) -> None:
@@ -444,7 +411,7 @@ def embed_concepts(
     help="Images per work unit (resumable, atomic), a multiple of --image-block; the bytes do not "
     "depend on it. Default: 64 image blocks.",
 )
-@_unit_options(
+@work_unit_options(
     "Processes (or Ray actors) running units, each holding the concept matrix. Default: 1 "
     "locally (the matmuls use every core already; more help on several GPUs, through Ray); "
     "with --engine ray, as many actors as the cluster holds."

@@ -23,6 +23,7 @@ from ov_packing.cli_conventions import (
     overwrite_option,
     quiet_option,
     seed_option,
+    work_unit_options,
     workers_option,
 )
 from ov_packing.errors import PackingError, PlanVerificationError
@@ -209,40 +210,6 @@ def verify(plan_path: Path, input_path: Path | None) -> None:
     )
 
 
-def _unit_options(workers_help: str):
-    """`--workers N`, `--engine local|ray`, `--ray-address ADDR`: how the work units run (the
-    spelling of every onevision command that runs `work_units`)."""
-
-    def decorate(function):
-        options = [
-            click.option(
-                "--workers",
-                type=click.IntRange(min=1),
-                default=None,
-                help=workers_help,
-            ),
-            click.option(
-                "--engine",
-                type=click.Choice(["local", "ray"]),
-                default="local",
-                help="local: processes on this machine; ray: actors of a Ray cluster (the `ray` "
-                "extra; the output folder must be on a filesystem every node mounts).",
-            ),
-            click.option(
-                "--ray-address",
-                envvar="RAY_ADDRESS",
-                default=None,
-                help="Ray cluster to join (e.g. auto, or ray://head:10001); also RAY_ADDRESS. "
-                "Default: start a local Ray.",
-            ),
-        ]
-        for option in reversed(options):
-            function = option(function)
-        return function
-
-    return decorate
-
-
 @main.command()
 @click.option(
     "--plan",
@@ -271,7 +238,7 @@ def _unit_options(workers_help: str):
     default=None,
     hidden_aliases=("--max-shard-bytes",),
 )
-@_unit_options(
+@work_unit_options(
     "Processes writing shards (one shard per work unit); changes speed only, never the bytes. "
     "Default: all cores. With --engine ray: at most this many actors (default: as many as the "
     "cluster's CPUs)."

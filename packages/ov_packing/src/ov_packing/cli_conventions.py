@@ -276,6 +276,41 @@ def workers_option(help: str, *, default: int = 1, hidden_aliases: Iterable[str]
     )
 
 
+def work_unit_options(workers_help: str) -> Decorator:
+    """`--workers N` (default None: the command's own default), `--engine local|ray` and
+    `--ray-address ADDR` (also RAY_ADDRESS): how a command's resumable work units run; the bytes
+    written are the same on every engine."""
+    options = [
+        _option(
+            "--workers", "workers", type=click.IntRange(min=1), default=None, help=workers_help
+        ),
+        _option(
+            "--engine",
+            "engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help="local: processes on this machine; ray: actors of a Ray cluster (the `ray` "
+            "extra; the output folder must be on a filesystem every node mounts).",
+        ),
+        _option(
+            "--ray-address",
+            "ray_address",
+            envvar="RAY_ADDRESS",
+            default=None,
+            help="Ray cluster to join (e.g. auto, or ray://head:10001); also RAY_ADDRESS. "
+            "Default: start a local Ray.",
+        ),
+    ]
+
+    def decorate(function: Any) -> Any:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
 def parse_size(text: str | int) -> int:
     """Bytes from 1000, '500MB' (10**6) or '2GiB' (2**30); ValueError when unreadable."""
     if isinstance(text, int) and not isinstance(text, bool):
