@@ -11,6 +11,9 @@ of reach of a broken pipeline: with the clusters shuffled across regions (the co
 
 import json
 
+import pytest
+import torch
+
 from rice_vit import RiceViT
 from rice_vit.pretrain.config import load_config
 from rice_vit.pretrain.demo import DemoSettings, run_demo
@@ -21,6 +24,17 @@ from rice_vit.pretrain.train import build_encoder
 from rice_vit.processor import ImageProcessor
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls on one thread: torch's thread pool costs more than it saves at this size, and
+    on a loaded 2-core machine a step went from 0.08 s to seconds with two threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_the_reduced_synthetic_run_learns_the_object_classes_from_pixel_clusters(tmp_path):
     settings = DemoSettings(images=48, eval_images=8, steps=120, clusters=12)
     result = run_demo(tmp_path, settings, progress=False, log=lambda line: None)
