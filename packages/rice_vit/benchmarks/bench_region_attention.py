@@ -153,8 +153,7 @@ def test_cpu_encode_with_region_layers_vs_plain(benchmark, one_cpu_thread, case)
 
     runners = {"plain": encode(None), "regions": encode(regions)}
     if benchmark.disabled:  # --benchmark-disable: each variant once, as a smoke test
-        for run in runners.values():
-            run()
+        benchmark(lambda: [run() for run in runners.values()])
         return
     medians = paired(
         benchmark,
@@ -248,11 +247,16 @@ def run_step_case(benchmark, group, config, grid, device, autocast_dtype, classe
         run()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for variant, step in steps.items():
-        loss = float(step())
-        assert math.isfinite(loss), f"{variant}: loss {loss}"
-    if benchmark.disabled:
+
+    def check_every_step() -> None:
+        for variant, step in steps.items():
+            loss = float(step())
+            assert math.isfinite(loss), f"{variant}: loss {loss}"
+
+    if benchmark.disabled:  # --benchmark-disable: each variant's step once, as a smoke test
+        benchmark(check_every_step)
         return
+    check_every_step()
     clock = time.perf_counter if device.type == "cuda" else time.process_time
     medians = paired(
         benchmark,
